@@ -1,0 +1,5 @@
+import sys
+
+from llmcourse.cli import main
+
+sys.exit(main())

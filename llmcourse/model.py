@@ -1,0 +1,334 @@
+"""The GPT model: configuration, causal self-attention, the transformer block and the full network.
+
+Parameter names follow OpenAI's GPT-2 checkpoints as published on the Hugging Face hub
+(``transformer.wte``, ``transformer.h.0.attn.c_attn``, ``lm_head`` ...), so pretrained weights
+load by name. Shapes in comments use B = batch, T = sequence length, C = embedding size,
+H = number of heads, D = head size (C / H).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmcourse.embeddings import embed_tokens_and_positions
+from llmcourse.errors import CourseError
+
+
+class InputError(CourseError, ValueError):
+    """The token ids or targets given to the model do not fit its configuration."""
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The hyper-parameters that fix a GPT's shape.
+
+    ``context_length`` is the longest sequence the model reads (the size of the positional
+    embedding table); ``qkv_bias`` adds a bias to the query/key/value projection (GPT-2 has one);
+    ``tie_embeddings`` shares the token embedding matrix with the output layer (as GPT-2 does).
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    qkv_bias: bool = True
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                "each head gets n_embd / n_head dimensions"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> GPTConfig:
+        """A named configuration (see ``PRESETS``), with any field overridden by keyword."""
+        if name not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise CourseError(f"unknown model preset {name!r}; choose one of: {known}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CourseError(f"GPTConfig has no field(s) {sorted(unknown)}")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # OpenAI's four GPT-2 sizes (parameter counts with tied embeddings).
+    "gpt2-small": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    # The course's own sizes: GPT-2's tokenizer, small enough to train on a laptop CPU.
+    "course-tiny": GPTConfig(context_length=64, n_layer=2, n_head=2, n_embd=64),
+    "course-small": GPTConfig(context_length=256, n_layer=4, n_head=4, n_embd=256),
+}
+
+
+class KVCacheLike(Protocol):
+    """What attention needs from a key/value cache (``llmcourse.generation.KVCache``)."""
+
+    length: int
+
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position sees itself and earlier positions only."""
+
+    def __init__(self, config: GPTConfig, layer_index: int = 0):
+        super().__init__()
+        self.n_head = config.n_head
+        self.layer_index = layer_index
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCacheLike | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend over ``x`` (B, T, C); returns the output (B, T, C) and, when asked, the
+        attention weights (B, H, T, T_keys), computed by the explicit formula."""
+        B, T, C = x.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_index, k, v)  # (B, H, past + T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if return_weights:
+            mask = causal_mask(T, past, x.device)  # (T, past + T), True where allowed
+            y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
+        elif past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:  # a single new query sees every cached key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            mask = causal_mask(T, past, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # merge heads: (B, T, H * D)
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+def causal_mask(n_queries: int, n_past: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean mask (n_queries, n_past + n_queries): query i may see key j iff j <= n_past + i."""
+    keys = torch.arange(n_past + n_queries, device=device)
+    queries = torch.arange(n_past, n_past + n_queries, device=device)
+    return keys[None, :] <= queries[:, None]
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention written out: softmax(q k^T / sqrt(D), masked) v.
+
+    q (B, H, T, D), k and v (B, H, S, D), mask (T, S) with True where allowed.
+    Returns the output (B, H, T, D) and the attention weights (B, H, T, S) before dropout.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    dropped = dropout(weights) if dropout is not None else weights
+    return dropped @ v, weights
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: expand 4x, GELU (tanh approximation), project."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig, layer_index: int = 0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCacheLike | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.ln_1(x), kv_cache, return_weights)
+        x = x + attended  # shortcut connection around attention
+        x = x + self.mlp(self.ln_2(x))  # and around the feed-forward network
+        return x, weights
+
+
+class GPT(nn.Module):
+    """A GPT-2-style decoder-only transformer language model."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.context_length, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer),
+        # so the stream's variance does not grow with depth.
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCacheLike | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits (B, T, vocab_size) for token ids ``idx`` (B, T).
+
+        With ``targets`` (B, T) also returns the mean cross-entropy loss over targets that are not
+        -100. With ``kv_cache`` the ids continue the cached sequence (positions start after it).
+        """
+        logits, _ = self._run(idx, kv_cache, return_weights=False)
+        if targets is None:
+            return logits
+        return logits, self.loss(logits, targets)
+
+    def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B, T, V) and the attention weights of every layer, each (B, H, T, T).
+
+        Uses the explicit attention formula (slower than the fused kernel, same result)."""
+        logits, weights = self._run(idx, None, return_weights=True)
+        return logits, weights
+
+    def _run(
+        self, idx: torch.Tensor, kv_cache: KVCacheLike | None, return_weights: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        past = kv_cache.length if kv_cache is not None else 0
+        self.check_input(idx, past)
+        x = embed_tokens_and_positions(self.transformer.wte, self.transformer.wpe, idx, past)
+        x = self.transformer.drop(x)  # (B, T, C)
+        all_weights = []
+        for block in self.transformer.h:
+            x, weights = block(x, kv_cache, return_weights)
+            if weights is not None:
+                all_weights.append(weights)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x), all_weights  # (B, T, V)
+
+    def check_input(self, idx: torch.Tensor, past: int = 0) -> None:
+        """Raise ``InputError`` unless ``idx`` is a (B, T) integer tensor of valid token ids
+        that fits in the context after ``past`` cached positions."""
+        if idx.dim() != 2:
+            raise InputError(
+                f"token ids must have shape (batch, sequence), got {tuple(idx.shape)}; "
+                "for a single sequence use ids.unsqueeze(0)"
+            )
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"token ids must be an integer tensor, got dtype {idx.dtype}")
+        length = past + idx.size(1)
+        if length > self.config.context_length:
+            raise InputError(
+                f"sequence of {length} tokens is longer than the model's context of "
+                f"{self.config.context_length}; keep only the last "
+                f"{self.config.context_length} tokens (ids[:, -context_length:])"
+            )
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise InputError(
+                f"token ids must lie in [0, {self.config.vocab_size - 1}] for this model's "
+                f"vocabulary, got values from {int(idx.min())} to {int(idx.max())}; "
+                "was the text encoded with a different tokenizer?"
+            )
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of logits (B, T, V) against targets (B, T); -100 is ignored."""
+        if targets.shape != logits.shape[:2]:
+            raise InputError(
+                f"targets must have the shape of the inputs {tuple(logits.shape[:2])}, "
+                f"got {tuple(targets.shape)}"
+            )
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    def num_parameters(self, *, non_embedding: bool = False) -> int:
+        """Number of distinct parameters (a tied matrix counts once).
+
+        ``non_embedding`` leaves out the token and position tables (and an untied output layer),
+        the count that sets the model's compute per token."""
+        count = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            count -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                count -= self.lm_head.weight.numel()
+        return count
+
+
+def count_parameters(config: GPTConfig) -> int:
+    """The number of parameters of ``GPT(config)``, computed from the shapes without building it."""
+    C, V = config.n_embd, config.vocab_size
+    attention = C * 3 * C + (3 * C if config.qkv_bias else 0) + C * C + C
+    mlp = C * 4 * C + 4 * C + 4 * C * C + C
+    layer_norms = 2 * 2 * C
+    embeddings = V * C + config.context_length * C
+    output = 0 if config.tie_embeddings else V * C
+    return embeddings + config.n_layer * (attention + mlp + layer_norms) + 2 * C + output
+
+
+def memory_bytes(num_parameters: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes to hold ``num_parameters`` weights of ``dtype`` (weights only, no activations)."""
+    return num_parameters * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmcourse.errors import CourseError
+from llmcourse.model import (
+    GPT,
+    PRESETS,
+    CausalSelfAttention,
+    GPTConfig,
+    InputError,
+    causal_mask,
+    count_parameters,
+    explicit_attention,
+    memory_bytes,
+)
+
+TINY = GPTConfig(vocab_size=97, context_length=16, n_layer=2, n_head=4, n_embd=32)
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def test_forward_shapes_and_loss(tiny_model):
+    ids = torch.randint(0, 97, (3, 11))
+    logits = tiny_model(ids)
+    assert logits.shape == (3, 11, 97)
+    logits_again, loss = tiny_model(ids, ids)
+    assert torch.equal(logits, logits_again)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), ids.reshape(-1))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_untrained_loss_is_near_log_vocab(tiny_model):
+    ids, targets = torch.randint(0, 97, (2, 8, 16))
+    _, loss = tiny_model(ids, targets)
+    assert abs(loss.item() - math.log(97)) < 0.1
+
+
+def test_targets_minus_100_are_ignored(tiny_model):
+    ids = torch.randint(0, 97, (1, 6))
+    targets = ids.clone()
+    targets[0, 3:] = -100
+    logits, loss = tiny_model(ids, targets)
+    expected = torch.nn.functional.cross_entropy(logits[0, :3], ids[0, :3])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_future_tokens_do_not_change_earlier_logits(tiny_model):
+    ids = torch.randint(0, 97, (1, 10))
+    changed = ids.clone()
+    changed[0, 6:] = (changed[0, 6:] + 1) % 97
+    a, b = tiny_model(ids), tiny_model(changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_explicit_attention_path_equals_fused(tiny_model):
+    ids = torch.randint(0, 97, (2, 16))
+    fused = tiny_model(ids)
+    explicit, weights = tiny_model.forward_with_attention(ids)
+    torch.testing.assert_close(explicit, fused, rtol=0, atol=1e-5)
+    assert len(weights) == TINY.n_layer
+    for layer_weights in weights:
+        assert layer_weights.shape == (2, TINY.n_head, 16, 16)
+        torch.testing.assert_close(layer_weights.sum(-1), torch.ones(2, 4, 16))
+        upper = torch.triu(torch.ones(16, 16, dtype=torch.bool), diagonal=1)
+        assert (layer_weights[..., upper] == 0).all()  # no weight on future positions
+
+
+def test_explicit_attention_matches_hand_computation():
+    q = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (1, 1, 2, 2)
+    k = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    out, weights = explicit_attention(q, k, v, causal_mask(2, 0))
+    # Row 0 sees key 0 only; row 1 scores (0, 1) / sqrt(2) over keys 0 and 1.
+    w1 = torch.softmax(torch.tensor([0.0, 1.0]) / math.sqrt(2), dim=0)
+    assert torch.allclose(weights[0, 0], torch.tensor([[1.0, 0.0], w1.tolist()]))
+    assert torch.allclose(out[0, 0, 1], w1[0] * v[0, 0, 0] + w1[1] * v[0, 0, 1])
+
+
+def test_causal_mask_with_past_positions():
+    mask = causal_mask(2, 3)
+    assert mask.tolist() == [
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
+
+
+def test_attention_with_dropout_in_training_is_random_and_off_in_eval():
+    torch.manual_seed(0)
+    attention = CausalSelfAttention(GPTConfig(n_embd=16, n_head=2, dropout=0.5))
+    x = torch.randn(1, 5, 16)
+    attention.train()
+    assert not torch.equal(attention(x)[0], attention(x)[0])
+    attention.eval()
+    assert torch.equal(attention(x)[0], attention(x)[0])
+
+
+def test_sequence_longer_than_context_is_rejected(tiny_model):
+    with pytest.raises(InputError, match="longer than the model's context of 16") as error:
+        tiny_model(torch.zeros(1, 17, dtype=torch.long))
+    assert isinstance(error.value, CourseError)
+
+
+@pytest.mark.parametrize("bad", [-1, 97, 50256])
+def test_token_ids_outside_the_vocabulary_are_rejected(tiny_model, bad):
+    ids = torch.tensor([[1, 2, bad]])
+    with pytest.raises(InputError, match=r"\[0, 96\]"):
+        tiny_model(ids)
+
+
+def test_wrong_input_rank_and_dtype_are_rejected(tiny_model):
+    with pytest.raises(InputError, match="unsqueeze"):
+        tiny_model(torch.tensor([1, 2, 3]))
+    with pytest.raises(InputError, match="integer"):
+        tiny_model(torch.tensor([[1.0, 2.0]]))
+
+
+def test_mismatched_targets_are_rejected(tiny_model):
+    with pytest.raises(InputError, match="targets must have the shape"):
+        tiny_model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_tied_embeddings_share_storage():
+    model = GPT(TINY)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    untied = GPT(GPTConfig(**{**TINY.__dict__, "tie_embeddings": False}))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_parameter_formula_matches_the_built_model(name):
+    config = PRESETS[name]
+    if config.n_layer > 12:  # building the large presets costs gigabytes; a 2-layer copy checks it
+        config = GPTConfig.preset(name, n_layer=2)
+    for tie in (True, False):
+        variant = GPTConfig.preset(name, n_layer=config.n_layer, tie_embeddings=tie)
+        with torch.device("meta"):
+            model = GPT(variant)
+        assert model.num_parameters() == count_parameters(variant)
+
+
+def test_gpt2_sizes():
+    assert count_parameters(PRESETS["gpt2-small"]) == 124_439_808
+    untied = GPTConfig.preset("gpt2-small", tie_embeddings=False)
+    assert count_parameters(untied) == 163_037_184  # + 50257 x 768 for the separate output layer
+    assert count_parameters(PRESETS["gpt2-medium"]) == 354_823_168
+    assert count_parameters(PRESETS["gpt2-large"]) == 774_030_080
+    assert count_parameters(PRESETS["gpt2-xl"]) == 1_557_611_200
+
+
+def test_non_embedding_count_and_memory():
+    model = GPT(TINY)
+    embeddings = 97 * 32 + 16 * 32
+    assert model.num_parameters(non_embedding=True) == model.num_parameters() - embeddings
+    assert memory_bytes(1000) == 4000
+    assert memory_bytes(1000, torch.bfloat16) == 2000
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        GPTConfig(n_layer=0)
+    with pytest.raises(ValueError, match="dropout"):
+        GPTConfig(dropout=1.0)
+    with pytest.raises(CourseError, match="gpt2-small"):
+        GPTConfig.preset("gpt3")
+    with pytest.raises(CourseError, match="no field"):
+        GPTConfig.preset("gpt2-small", n_layers=3)
+    assert GPTConfig.preset("gpt2-small", context_length=256).context_length == 256
+    assert PRESETS["gpt2-small"].head_dim == 64
+
+
+def test_residual_projection_init_is_scaled():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("course-small"))
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
