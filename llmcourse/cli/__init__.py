@@ -1,0 +1,33 @@
+"""The ``llmcourse`` command: one sub-command module per task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmcourse.cli import data
+from llmcourse.errors import CourseError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmcourse",
+        description="Build, train, fine-tune and run the course's GPT models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (data,):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llmcourse`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CourseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
