@@ -15,7 +15,6 @@ endif
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
@@ -23,12 +22,15 @@ data: $(BIN)/.installed
 	$(BIN)/llmcourse data fetch --all
 
 book: data
+	$(BIN)/llmcourse book build --root .
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
+# Unit and parity tests, then every chapter and solution notebook run in the fast smoke profile.
 test: lint
 	$(BIN)/pytest -q
+	LLMCOURSE_PROFILE=smoke $(BIN)/pytest -q --nbval-lax --nbval-current-env chapters solutions
 
 clean:
 	rm -rf _build .pytest_cache

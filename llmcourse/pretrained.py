@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from llmcourse.checkpoints import load_model
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, PRESETS, GPTConfig
 
@@ -309,3 +310,16 @@ def _stored_shape(name: str, parameter: torch.Tensor) -> tuple[int, ...]:
     """The shape of parameter ``name`` in the hub's layout: Conv1D weights are (in, out)."""
     shape = tuple(parameter.shape)
     return shape[::-1] if name.endswith(CONV1D_WEIGHTS) else shape
+
+
+def load_any(source: str | Path, *, device: str | torch.device = "cpu") -> GPT:
+    """A model for inference from any source the course knows, in eval mode.
+
+    ``source`` is a checkpoint directory written by ``llmcourse`` training
+    (``llmcourse.checkpoints``), a GPT-2 checkpoint in the hub's layout (directory or
+    ``.safetensors`` file), or a GPT-2 name such as ``"gpt2"`` or ``"gpt2-medium"``.
+    """
+    config_path = Path(source) / "config.json"
+    if config_path.is_file() and '"model_type"' not in config_path.read_text(errors="replace"):
+        return load_model(source, device=device)  # the course's own checkpoint format
+    return load_gpt2(source, device=device)

@@ -1,0 +1,293 @@
+"""Checkpoints: save a model, and everything needed to resume its training, to a directory.
+
+A checkpoint directory holds:
+
+- ``config.json``: the model's ``GPTConfig`` as JSON;
+- ``model.safetensors``: the weights. A matrix shared by two modules (GPT-2 ties the output layer
+  to the token embedding) is stored once, under its first name, ``transformer.wte.weight``;
+  ``GPT(config)`` ties it again on load;
+- ``training_state.pt`` (optional): optimizer and scheduler state plus the training loop's own
+  state (position in the data, history, random number generator states). It holds only tensors,
+  dicts, lists, tuples, numbers and strings, so it loads with ``torch.load(weights_only=True)``.
+
+Nothing here unpickles arbitrary objects. A checkpoint is written into a temporary directory beside
+the target and moved into place when complete, so a crash while saving leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmcourse.errors import CourseError
+from llmcourse.model import GPT, GPTConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINING_STATE_FILE = "training_state.pt"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINING_STATE_FILE)
+TRAINING_STATE_VERSION = 1
+
+
+class CheckpointError(CourseError, ValueError):
+    """A checkpoint is damaged, inconsistent, or cannot be written where asked."""
+
+
+class CheckpointNotFoundError(CourseError, FileNotFoundError):
+    """A checkpoint directory, or a file it must hold, does not exist."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model and, when the checkpoint has them, the training states.
+
+    ``optimizer_state`` and ``scheduler_state`` are ``state_dict()``s to pass to
+    ``load_state_dict``; ``training_state`` is the dict given to ``save_checkpoint``.
+    """
+
+    model: GPT
+    optimizer_state: dict[str, Any] | None = None
+    scheduler_state: dict[str, Any] | None = None
+    training_state: dict[str, Any] | None = None
+
+
+def save_checkpoint(
+    path_dir: str | os.PathLike[str],
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (and any training state given) as a checkpoint directory; returns its path.
+
+    An existing checkpoint at ``path_dir`` is replaced only once the new one is complete. A
+    directory holding anything other than checkpoint files is never overwritten.
+    """
+    target = Path(path_dir)
+    _check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        _write_config(staging / CONFIG_FILE, model.config)
+        save_file(unique_tensors(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        if optimizer is not None or scheduler is not None or training_state is not None:
+            state = {
+                "version": TRAINING_STATE_VERSION,
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "training": training_state,
+            }
+            torch.save(state, staging / TRAINING_STATE_FILE)
+        _flush_to_disk(staging)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_checkpoint(
+    path_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load a checkpoint written by ``save_checkpoint``: the model (in training mode, on
+    ``device``) and, if present, the optimizer, scheduler and training-loop states (on the CPU;
+    ``optimizer.load_state_dict`` moves them to the parameters' device)."""
+    directory = _checkpoint_directory(path_dir)
+    model = _model_for_loading(read_config(directory))
+    load_weights(model, directory / WEIGHTS_FILE)
+    model.to(device)
+    state_path = directory / TRAINING_STATE_FILE
+    if not state_path.is_file():
+        return Checkpoint(model)
+    state = _read_training_state(state_path)
+    return Checkpoint(model, state["optimizer"], state["scheduler"], state["training"])
+
+
+def load_model(path_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> GPT:
+    """The model of a checkpoint, in evaluation mode (dropout off), ready for generation."""
+    directory = _checkpoint_directory(path_dir)
+    model = _model_for_loading(read_config(directory))
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model.to(device).eval()
+
+
+def _model_for_loading(config: GPTConfig) -> GPT:
+    """``GPT(config)`` whose weights are about to be overwritten; its random initialisation
+    leaves torch's global random number generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return GPT(config)
+
+
+def read_config(directory: str | os.PathLike[str]) -> GPTConfig:
+    """The ``GPTConfig`` stored in ``directory/config.json``."""
+    path = Path(directory) / CONFIG_FILE
+    _require_file(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the file is damaged") from error
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of GPTConfig fields")
+    unknown = sorted(set(values) - {field.name for field in fields(GPTConfig)})
+    if unknown:
+        raise CheckpointError(f"{path} has fields GPTConfig does not know: {unknown}")
+    try:
+        return GPTConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds an invalid GPTConfig: {error}") from error
+
+
+def unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with each shared tensor kept once, under its first name.
+
+    safetensors refuses tensors that share memory; a tied matrix appears in the state dict under
+    two names (``transformer.wte.weight`` and ``lm_head.weight``) but is one tensor.
+    """
+    unique: dict[str, torch.Tensor] = {}
+    seen_addresses: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in seen_addresses:
+            continue
+        seen_addresses.add(tensor.data_ptr())
+        unique[name] = tensor.detach().cpu().contiguous()
+    return unique
+
+
+def load_weights(model: GPT, path: str | os.PathLike[str]) -> None:
+    """Copy the weights of a safetensors file into ``model``, checking every name and shape."""
+    path = Path(path)
+    _require_file(path)
+    try:
+        saved = load_file(path)
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); the checkpoint is damaged: "
+            "save it again or use another checkpoint"
+        ) from error
+    expected = unique_tensors(model)
+    _check_weights_match(saved, expected, path)
+    targets = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            targets[name].copy_(tensor)
+
+
+def _check_weights_match(
+    saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path
+) -> None:
+    """Raise ``CheckpointError`` naming the first few missing, unexpected or misshapen tensors
+    (in the model's own order, token embedding first)."""
+    missing = [repr(name) for name in expected if name not in saved]
+    unexpected = [repr(name) for name in saved if name not in expected]
+    misshapen = [
+        f"{name!r} has shape {tuple(saved[name].shape)} but the config expects "
+        f"{tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in saved and saved[name].shape != tensor.shape
+    ]
+    problems = [
+        f"{label}: {_first_few(items)}"
+        for label, items in (
+            ("missing tensors", missing),
+            ("unexpected tensors", unexpected),
+            ("wrong shapes", misshapen),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model described by {CONFIG_FILE} (was it "
+            f"edited, or copied from another checkpoint?); " + "; ".join(problems)
+        )
+
+
+def _first_few(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} (and {len(items) - limit} more)"
+
+
+def _read_training_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{path} could not be read safely ({error}); the file is damaged or was not written "
+            "by save_checkpoint"
+        ) from error
+    if not isinstance(state, dict) or state.get("version") != TRAINING_STATE_VERSION:
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is not a training state of version {TRAINING_STATE_VERSION} (found {found})"
+        )
+    return state
+
+
+def _checkpoint_directory(path_dir: str | os.PathLike[str]) -> Path:
+    directory = Path(path_dir)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(
+            f"no checkpoint directory at {directory}; pass the directory save_checkpoint wrote "
+            f"(it holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    return directory
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"{path.parent} has no {path.name}: a checkpoint directory holds {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE} (and {TRAINING_STATE_FILE} to resume training)"
+        )
+
+
+def _write_config(path: Path, config: GPTConfig) -> None:
+    path.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to overwrite a file or a directory that holds anything but checkpoint files."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {target}: it exists and is a file")
+    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in CHECKPOINT_FILES)
+    if foreign:
+        raise CheckpointError(
+            f"will not replace {target}: it holds files that are not part of a checkpoint "
+            f"({foreign}); choose an empty or new directory"
+        )
+
+
+def _flush_to_disk(directory: Path) -> None:
+    """fsync every file, so the rename below never publishes a checkpoint still in the cache."""
+    for path in directory.iterdir():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an old ``target`` is moved aside first, then deleted."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+    os.replace(target, retired)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(retired, target)
+        raise
+    shutil.rmtree(retired)

@@ -1,0 +1,78 @@
+"""``llmcourse generate``: continue a prompt with a trained checkpoint or OpenAI's GPT-2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from llmcourse.errors import CourseError
+from llmcourse.generation import generate_text
+from llmcourse.pretrained import load_any
+from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="continue a prompt with a model, streaming the text",
+        description="Continue PROMPT with MODEL: a checkpoint directory written by "
+        "`llmcourse pretrain`, a GPT-2 checkpoint directory in the Hugging Face layout, or a "
+        "GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) downloaded from the hub. "
+        "Temperature 0 (the default) decodes greedily.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="checkpoint directory or GPT-2 name")
+    parser.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    parser.add_argument("-n", "--max-new-tokens", type=int, default=50, metavar="N")
+    parser.add_argument("-t", "--temperature", type=float, default=0.0, metavar="T",
+                        help="0 = greedy; higher = more varied (default 0)")
+    parser.add_argument("-k", "--top-k", type=int, default=None, metavar="K",
+                        help="sample only from the K most likely tokens")
+    parser.add_argument("-p", "--top-p", type=float, default=None, metavar="P",
+                        help="sample only from the smallest set of tokens with probability >= P")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--no-cache", action="store_true", help="recompute every position")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="print the text once it is complete")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="do not stop at the <|endoftext|> token")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 0:
+        raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    model = load_any(args.model)
+    if model.config.vocab_size < GPT2_VOCAB_SIZE:
+        raise CourseError(
+            f"{args.model} has a vocabulary of {model.config.vocab_size} tokens, but this command "
+            f"encodes text with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
+        )
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    stream = None if args.no_stream else _print_piece
+    if stream is not None:
+        _print_piece(args.prompt)
+    text = generate_text(
+        model,
+        gpt2_tokenizer(),
+        args.prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=None if args.keep_going else GPT2_EOT_ID,
+        use_cache=not args.no_cache,
+        generator=generator,
+        stream=stream or False,
+    )
+    if stream is None:
+        print(args.prompt + text)
+    else:
+        print()  # end the streamed line
+    return 0
+
+
+def _print_piece(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()

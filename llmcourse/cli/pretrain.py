@@ -1,0 +1,80 @@
+"""``llmcourse pretrain``: train a GPT from scratch on a corpus and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from llmcourse.model import PRESETS, GPTConfig
+from llmcourse.pretraining import PretrainingRun, pretrain
+from llmcourse.training import TrainingConfig
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "pretrain",
+        help="train a GPT from scratch on a text corpus",
+        description="Train a GPT with GPT-2's tokenizer on CORPUS (a data registry name such "
+        "as tinystories-2mib or the-verdict, or a UTF-8 text file) and save the checkpoint in "
+        "--out. The checkpoint is rewritten every --checkpoint-every steps, so an interrupted "
+        "run continues exactly with --resume.",
+    )
+    parser.add_argument("corpus", metavar="CORPUS")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--preset", default="course-small", choices=list(PRESETS))
+    parser.add_argument("--context-length", type=int, help="override the preset's context")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    length = parser.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="number of optimizer steps")
+    length.add_argument("--epochs", type=int, help="number of passes over the training text")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-batches", type=int, default=10)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--max-characters", type=int, help="use only the corpus' first N chars")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or GPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"dropout": args.dropout}
+    if args.context_length is not None:
+        overrides["context_length"] = args.context_length
+    training = TrainingConfig(
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        max_steps=args.steps,
+        epochs=args.epochs,
+        warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        seed=args.seed,
+        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.out,
+    )
+    spec = PretrainingRun(
+        corpus=args.corpus,
+        model=GPTConfig.preset(args.preset, **overrides),
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        max_characters=args.max_characters,
+        training=training,
+    )
+    _, history = pretrain(spec, args.out, resume=args.resume)
+    last = history.evals[-1]
+    print(
+        f"step {last.step}: train loss {last.train_loss:.3f}, val loss {last.val_loss:.3f}; "
+        f"{history.tokens_seen:,} tokens in {history.elapsed_seconds:.0f} s "
+        f"({history.tokens_per_second:,.0f} tokens/s); checkpoint: {args.out}"
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""Run profiles: how big every chapter's models, data and training runs are.
+
+The environment variable ``LLMCOURSE_PROFILE`` picks one profile for a whole run, and this
+module is the only place that reads it:
+
+- ``smoke``: continuous integration. Tiny model, a few steps, small data subsets; each
+  notebook runs in well under a minute.
+- ``cpu`` (the default): a laptop without a GPU. A small GPT pretrained on the TinyStories
+  sample in minutes. The committed notebook outputs are a run of this profile.
+- ``gpt2``: OpenAI's GPT-2 (124M) sizes and settings, to reproduce the published numbers
+  (needs the Hugging Face hub and, in practice, a GPU).
+
+All values live in the one table ``PROFILES`` below; chapters read them through
+``current_profile()`` and never branch on the profile's name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from llmcourse.errors import CourseError
+
+PROFILE_ENV = "LLMCOURSE_PROFILE"
+DEFAULT_PROFILE = "cpu"
+
+
+class UnknownProfile(CourseError, ValueError):
+    """The requested run profile does not exist."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The settings of one run profile.
+
+    Sizes are counts of examples, steps or characters; ``None`` means "all of it".
+    """
+
+    name: str
+    description: str
+    model_preset: str  # a key of llmcourse.model.PRESETS: the course's own GPT
+    pretraining_corpus: str  # a data file name in llmcourse.datasets
+    corpus_characters: int | None  # read this many characters of the corpus (None: all)
+    pretrain_steps: int  # optimizer steps of the chapter-6 pretraining run
+    batch_size: int  # sequences per optimizer step
+    context_length: int  # tokens per training sequence (at most the model's context length)
+    eval_batches: int  # batches averaged for each train/validation loss estimate
+    verdict_epochs: int  # epochs of the chapter-6 experiment on "The Verdict"
+    classification_epochs: int  # chapter 7.1 (spam classification) fine-tuning epochs
+    classification_examples: int | None  # training examples used in 7.1 (None: all)
+    instruction_epochs: int  # chapter 7.2 (instruction following) fine-tuning epochs
+    instruction_examples: int | None  # training examples used in 7.2 (None: all)
+    seed: int  # seed of every random number generator in a run
+
+
+PROFILES: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            name="smoke",
+            description="CI: tiny model, a few steps, data subsets; each notebook in seconds",
+            model_preset="course-tiny",
+            pretraining_corpus="tinystories-2mib",
+            corpus_characters=50_000,
+            pretrain_steps=30,
+            batch_size=4,
+            context_length=64,
+            eval_batches=2,
+            verdict_epochs=1,
+            classification_epochs=1,
+            classification_examples=64,
+            instruction_epochs=1,
+            instruction_examples=64,
+            seed=123,
+        ),
+        Profile(
+            name="cpu",
+            description="a laptop without a GPU: a small GPT pretrained in minutes",
+            model_preset="course-small",
+            pretraining_corpus="tinystories-2mib",
+            corpus_characters=None,
+            pretrain_steps=3000,  # provisional: chapter 6 tunes it to a few minutes of CPU time
+            batch_size=16,
+            context_length=256,
+            eval_batches=10,
+            verdict_epochs=10,
+            classification_epochs=3,
+            classification_examples=None,
+            instruction_epochs=2,
+            instruction_examples=None,
+            seed=123,
+        ),
+        Profile(
+            name="gpt2",
+            description="OpenAI GPT-2 (124M) sizes and settings: reproduces the published numbers",
+            model_preset="gpt2-small",
+            pretraining_corpus="tinystories-2mib",
+            corpus_characters=None,
+            pretrain_steps=3000,
+            batch_size=8,
+            context_length=1024,
+            eval_batches=10,
+            verdict_epochs=10,
+            classification_epochs=5,
+            classification_examples=None,
+            instruction_epochs=2,
+            instruction_examples=None,
+            seed=123,
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (one of ``PROFILES``)."""
+    if name not in PROFILES:
+        raise UnknownProfile(f"unknown run profile {name!r}; {_choices()}")
+    return PROFILES[name]
+
+
+def current_profile() -> Profile:
+    """The profile named by ``$LLMCOURSE_PROFILE``; ``cpu`` when it is unset or empty."""
+    name = os.environ.get(PROFILE_ENV, "").strip() or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise UnknownProfile(f"{PROFILE_ENV}={name!r} is not a run profile; {_choices()}")
+    return PROFILES[name]
+
+
+def _choices() -> str:
+    return (
+        f"choose one of: {', '.join(PROFILES)} "
+        f"(leave {PROFILE_ENV} unset for {DEFAULT_PROFILE!r})"
+    )

@@ -1,0 +1,698 @@
+"""Pretraining: loss and perplexity, the optimizer, and a training loop that can resume exactly.
+
+``train`` runs a fixed number of optimizer steps over a data loader, epoch after epoch, with a
+warmup + cosine learning-rate schedule, gradient clipping and a periodic evaluation of the loss
+on training and validation batches. A checkpoint saved at step k lets a fresh process continue
+with exactly the losses an uninterrupted run would have had: same batches in the same order, same
+dropout masks, bit for bit.
+
+How resuming stays exact:
+
+- The order of an epoch's batches is drawn, when the epoch starts, from random number
+  generators (the loader's own generator, or torch's global one). The loop records their states
+  at each epoch start; to resume mid-epoch it restores them, draws the same order again and skips
+  the batches already trained on.
+- Evaluation restores every generator it touched, so how often the loop evaluates never changes
+  which batches or dropout masks training sees.
+- A checkpoint stores the states of torch's, Python's and NumPy's generators and of both loaders'
+  generators; they are restored last, after the data position is rebuilt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from llmcourse.checkpoints import load_checkpoint, save_checkpoint
+from llmcourse.errors import CourseError
+from llmcourse.model import GPT
+from llmcourse.schedules import warmup_cosine_scheduler
+
+Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
+
+
+class TrainingConfigError(CourseError, ValueError):
+    """A training setting is invalid or contradicts another one."""
+
+
+class TrainingError(CourseError, RuntimeError):
+    """The data or checkpoint given to the training loop cannot be used as asked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and perplexity
+
+
+def evaluate_loss(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    max_batches: int | None = None,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> float:
+    """The mean of the per-batch cross-entropy losses (nats per token) over the first
+    ``max_batches`` batches of ``loader`` (all of them when None).
+
+    Runs in evaluation mode (dropout off) without gradients, and puts the model back in the mode
+    it was in. ``model(inputs, targets)`` must return ``(logits, loss)``.
+    """
+    if max_batches is not None and max_batches < 1:
+        raise TrainingConfigError(f"max_batches must be >= 1 or None, got {max_batches}")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    losses = []
+    try:
+        batches = itertools.islice(loader, max_batches)
+        with torch.no_grad(), _autocast(autocast_dtype, device):
+            for inputs, targets in tqdm(batches, desc="evaluating", disable=not progress):
+                _, loss = model(inputs.to(device), targets.to(device))
+                losses.append(loss.item())
+    finally:
+        model.train(was_training)
+    if not losses:
+        raise TrainingError("the loader yielded no batches to evaluate; check its dataset size")
+    return sum(losses) / len(losses)
+
+
+def perplexity(loss: float | torch.Tensor) -> float:
+    """exp(loss): the number of equally likely tokens the model's uncertainty amounts to."""
+    try:
+        return math.exp(float(loss))
+    except OverflowError:
+        return math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of a training run. Give exactly one of ``max_steps`` and ``epochs``.
+
+    - ``learning_rate`` is the peak rate: reached after ``warmup_steps`` linear steps, then
+      decayed along a cosine to ``learning_rate * min_lr_ratio`` at the last step
+      (``warmup_steps=0, min_lr_ratio=1.0`` keeps it constant).
+    - ``weight_decay`` applies to matrices and embeddings only, not to biases and LayerNorm.
+    - ``grad_clip`` caps the global gradient norm (None: no clipping).
+    - Every ``eval_every`` steps, and after the last one, the loss is measured on
+      ``eval_batches`` batches of the training and the validation loader (None: all of them).
+    - ``seed`` seeds dropout and reseeds the loaders' generators, so it alone fixes the batch order.
+    - ``autocast_dtype=torch.bfloat16`` runs forward pass and loss in bfloat16 autocast
+      (weights and optimizer stay float32); None trains in float32.
+    - ``fused_optimizer``: True requires the fused AdamW kernel, False never uses it, None uses
+      it when the parameters' device supports it.
+    - ``checkpoint_dir``: where to save a checkpoint every ``checkpoint_every`` steps (None: only
+      after the last step); each save replaces the previous one.
+    """
+
+    learning_rate: float = 4e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int | None = None
+    epochs: int | None = None
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    eval_every: int = 100
+    eval_batches: int | None = 10
+    seed: int = 0
+    autocast_dtype: torch.dtype | None = None
+    fused_optimizer: bool | None = None
+    progress: bool = True
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise TrainingConfigError(
+                "give exactly one of max_steps and epochs (the run's length), got "
+                f"max_steps={self.max_steps}, epochs={self.epochs}"
+            )
+        _require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(all(0 <= b < 1 for b in self.betas), f"betas must lie in [0, 1), got {self.betas}")
+        _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(
+            0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}"
+        )
+        for name in ("max_steps", "epochs", "eval_batches", "checkpoint_every"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}")
+        _require(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"grad_clip must be > 0 or None, got {self.grad_clip}",
+        )
+        _require(
+            self.autocast_dtype in (None, torch.bfloat16),
+            f"autocast_dtype must be None or torch.bfloat16, got {self.autocast_dtype} "
+            "(float16 would need loss scaling, which this loop does not do)",
+        )
+        _require(
+            self.checkpoint_every is None or self.checkpoint_dir is not None,
+            "checkpoint_every needs a checkpoint_dir to save into",
+        )
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """The number of optimizer steps of the run."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return self.epochs * batches_per_epoch
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that decide the losses of a run (a resumed run must share them), as
+        plain values. Evaluation, progress and checkpoint settings do not change the losses."""
+        ignored = {"eval_every", "eval_batches", "progress", "checkpoint_every", "checkpoint_dir"}
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ignored}
+        settings["betas"] = list(self.betas)
+        settings["autocast_dtype"] = str(self.autocast_dtype) if self.autocast_dtype else None
+        return settings
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise TrainingConfigError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split the trainable parameters into (decayed, not decayed).
+
+    Matrices and embedding tables (2-D and up) are decayed; biases and LayerNorm gains and shifts
+    (1-D) are not: shrinking them towards zero has no regularising effect worth having. A tied
+    matrix appears once.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in trainable if p.dim() >= 2], [p for p in trainable if p.dim() < 2]
+
+
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (see ``weight_decay_groups``),
+    using the fused kernel (one pass over all parameters) as ``config.fused_optimizer`` asks."""
+    decayed, not_decayed = weight_decay_groups(model)
+    groups = [
+        {"params": params, "weight_decay": decay}
+        for params, decay in ((decayed, config.weight_decay), (not_decayed, 0.0))
+        if params
+    ]
+    fused = _choose_fused(config.fused_optimizer, decayed + not_decayed)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas, fused=fused)
+
+
+def fused_adamw_unsupported_reason(parameters: Iterable[torch.Tensor]) -> str | None:
+    """Why the fused AdamW kernel cannot update these parameters, or None when it can.
+
+    Tries one fused step on a one-element tensor of each (device, dtype) pair present.
+    """
+    for device, dtype in sorted({(p.device, p.dtype) for p in parameters}, key=str):
+        probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        try:
+            torch.optim.AdamW([probe], fused=True).step()
+        except RuntimeError as error:
+            return f"fused AdamW does not support {dtype} parameters on {device} ({error})"
+    return None
+
+
+def _choose_fused(requested: bool | None, parameters: list[nn.Parameter]) -> bool:
+    if requested is False:
+        return False
+    reason = fused_adamw_unsupported_reason(parameters)
+    if reason is None:
+        return True
+    if requested:
+        raise TrainingConfigError(f"{reason}; set fused_optimizer=None to fall back to the default")
+    warnings.warn(f"using the default AdamW: {reason}", RuntimeWarning, stacklevel=3)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Random number generator states
+
+
+def rng_states(*loaders: object) -> dict[str, Any]:
+    """The states of every random number generator training draws from: torch's (CPU and CUDA),
+    Python's, NumPy's, and each loader's own ``generator`` (None where it has none).
+
+    Plain tensors, lists and numbers, so a checkpoint holding them loads with weights_only=True.
+    """
+    version, internal, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "keys": keys.tolist(),
+            "position": position,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached_gaussian,
+        },
+        "loaders": [_state_of(_generator_of(loader)) for loader in loaders],
+    }
+
+
+def set_rng_states(states: dict[str, Any], *loaders: object) -> None:
+    """Restore states from ``rng_states`` (the loaders in the same order)."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+    numpy = states["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np.array(numpy["keys"], dtype=np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    for loader, state in zip(loaders, states["loaders"], strict=True):
+        generator = _generator_of(loader)
+        if generator is not None and state is not None:
+            generator.set_state(state)
+
+
+@contextmanager
+def preserved_rng(*loaders: object) -> Iterator[None]:
+    """Run a block, then put every generator (including the loaders') back as it was."""
+    states = rng_states(*loaders)
+    try:
+        yield
+    finally:
+        set_rng_states(states, *loaders)
+
+
+def _generator_of(loader: object) -> torch.Generator | None:
+    return getattr(loader, "generator", None)
+
+
+def _state_of(generator: torch.Generator | None) -> torch.Tensor | None:
+    return generator.get_state() if generator is not None else None
+
+
+def _seed_everything(seed: int, loaders: Iterable[object]) -> None:
+    torch.manual_seed(seed)
+    for loader in loaders:
+        generator = _generator_of(loader)
+        if generator is not None:
+            generator.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream of training batches
+
+
+class BatchStream:
+    """The training batches, epoch after epoch, keeping the position so a run can resume.
+
+    Before each epoch it calls ``set_epoch(epoch)`` on samplers that have it (a
+    ``DistributedSampler`` derives its order from it) and records the generator states that the
+    epoch's shuffled order is drawn from.
+    """
+
+    def __init__(self, loader: Iterable[Batch]):
+        self.loader = loader
+        self.batches_per_epoch = _batches_per_epoch(loader)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.epoch_start_rng: dict[str, Any] | None = None
+        self._iterator: Iterator[Batch] | None = None
+
+    def next_batch(self) -> Batch:
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            raise TrainingError(
+                f"the training loader stopped after {self.batch_in_epoch} batches although its "
+                f"len() is {self.batches_per_epoch}"
+            ) from None
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+        return batch
+
+    def _start_epoch(self) -> None:
+        set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.epoch)
+        self.epoch_start_rng = rng_states(self.loader)
+        self._iterator = iter(self.loader)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
+            "epoch_start_rng": self.epoch_start_rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at a saved position: replay the epoch's start and skip the batches already
+        used. Changes the generator states; restore the run's own states afterwards."""
+        if state["batches_per_epoch"] != self.batches_per_epoch:
+            raise TrainingError(
+                f"the training loader has {self.batches_per_epoch} batches per epoch, but the "
+                f"checkpointed run had {state['batches_per_epoch']}; use the same data, "
+                "batch size and drop_last to resume"
+            )
+        self.epoch, self.batch_in_epoch = state["epoch"], 0
+        if state["batch_in_epoch"] == 0:
+            return
+        set_rng_states(state["epoch_start_rng"], self.loader)
+        for _ in range(state["batch_in_epoch"]):
+            self.next_batch()
+
+
+def _batches_per_epoch(loader: Iterable[Batch]) -> int:
+    try:
+        count = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TrainingError(
+            "the training loader must have a len() (a DataLoader over a map-style dataset) so "
+            "the loop knows where each epoch ends"
+        ) from None
+    if count < 1:
+        raise TrainingError(
+            "the training loader yields no batches; use more data or a smaller batch"
+        )
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# History and callbacks
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation: mean losses (nats per token) after optimizer step ``step``; ``lr`` is the
+    learning rate of that step; ``val_loss`` is None when training has no validation loader."""
+
+    step: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float | None
+    lr: float
+
+
+@dataclass
+class TrainingHistory:
+    """What a run did: the loss and learning rate of every step (``steps`` counts from 1), the
+    evaluations, the number of tokens trained on and the wall-clock time taken (evaluation and
+    checkpointing included)."""
+
+    steps: list[int] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
+    tokens_seen: int = 0
+    elapsed_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def record_step(self, loss: float, lr: float, tokens: int) -> None:
+        self.steps.append(len(self.steps) + 1)
+        self.train_losses.append(loss)
+        self.learning_rates.append(lr)
+        self.tokens_seen += tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingHistory:
+        evals = [EvalRecord(**record) for record in values["evals"]]
+        return cls(**{**values, "evals": evals})
+
+
+@dataclass(frozen=True)
+class StepState:
+    """The loop's state after an optimizer step, as callbacks see it."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    tokens_seen: int
+    elapsed_seconds: float
+
+
+class TrainingCallback:
+    """Hooks the training loop calls. Subclass and override the ones you need; any object with
+    some of these methods works too (a live plot only needs ``on_step`` or ``on_eval``)."""
+
+    def on_step(self, state: StepState) -> None:
+        """After every optimizer step."""
+
+    def on_eval(self, record: EvalRecord) -> None:
+        """After every evaluation."""
+
+    def on_end(self, history: TrainingHistory) -> None:
+        """Once, when the last step is done."""
+
+
+def _notify(callbacks: Iterable[object], event: str, payload: object) -> None:
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(payload)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+
+def train(
+    model: GPT,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch] | None,
+    config: TrainingConfig,
+    *,
+    callbacks: Iterable[object] = (),
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainingHistory:
+    """Train ``model`` on ``train_loader``'s (inputs, targets) batches as ``config`` says.
+
+    With ``resume_from`` (a checkpoint directory saved by an earlier run with the same settings,
+    data and model shape) it continues that run: the model's weights, the optimizer, schedule,
+    data position, history and random states are restored, and the remaining steps give exactly
+    the losses the uninterrupted run would have given. Returns the whole run's history.
+    """
+    callbacks = list(callbacks)
+    loaders = (train_loader, val_loader)
+    stream = BatchStream(train_loader)
+    total_steps = config.total_steps(stream.batches_per_epoch)
+    optimizer = make_optimizer(model, config)
+    scheduler = warmup_cosine_scheduler(
+        optimizer,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
+        min_lr_ratio=config.min_lr_ratio,
+    )
+    if resume_from is None:
+        history = TrainingHistory()
+        _seed_everything(config.seed, loaders)
+    else:
+        history = _resume(resume_from, model, optimizer, scheduler, stream, config, loaders)
+    device = model_device(model)
+    start = time.perf_counter() - history.elapsed_seconds
+    bar = tqdm(
+        total=total_steps,
+        initial=len(history.steps),
+        desc="training",
+        unit="step",
+        disable=not config.progress,
+    )
+    with bar:
+        while len(history.steps) < total_steps:
+            epoch = stream.epoch
+            batch = stream.next_batch()
+            loss, lr = train_step(model, optimizer, scheduler, batch, config, device)
+            history.record_step(loss, lr, tokens=batch[0].numel())
+            history.elapsed_seconds = time.perf_counter() - start
+            step = len(history.steps)
+            _notify(callbacks, "on_step", _step_state(history, total_steps, epoch))
+            if step % config.eval_every == 0 or step == total_steps:
+                record = _evaluate(model, loaders, config, history)
+                _notify(callbacks, "on_eval", record)
+            bar.update()
+            bar.set_postfix(_progress_summary(history))
+            if config.checkpoint_dir is not None and _checkpoint_due(config, step, total_steps):
+                _save_run(model, optimizer, scheduler, stream, history, config, loaders)
+    _notify(callbacks, "on_end", history)
+    return history
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: Batch,
+    config: TrainingConfig,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One optimizer update on one batch; returns (loss before the update, learning rate used)."""
+    model.train()
+    inputs, targets = (tensor.to(device) for tensor in batch)
+    lr = optimizer.param_groups[0]["lr"]
+    with _autocast(config.autocast_dtype, device):
+        _, loss = model(inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item(), lr
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _progress_summary(history: TrainingHistory) -> dict[str, str]:
+    """The latest step's loss and the latest validation loss, for the progress bar."""
+    summary = {"loss": f"{history.train_losses[-1]:.3f}"}
+    if history.evals and history.evals[-1].val_loss is not None:
+        summary["val_loss"] = f"{history.evals[-1].val_loss:.3f}"
+    return summary
+
+
+def _step_state(history: TrainingHistory, total_steps: int, epoch: int) -> StepState:
+    return StepState(
+        step=history.steps[-1],
+        total_steps=total_steps,
+        epoch=epoch,
+        loss=history.train_losses[-1],
+        lr=history.learning_rates[-1],
+        tokens_seen=history.tokens_seen,
+        elapsed_seconds=history.elapsed_seconds,
+    )
+
+
+def _evaluate(
+    model: nn.Module,
+    loaders: tuple[Iterable[Batch], Iterable[Batch] | None],
+    config: TrainingConfig,
+    history: TrainingHistory,
+) -> EvalRecord:
+    """Measure the losses and append the record to the history; no generator state changes."""
+    with preserved_rng(*loaders):
+        losses = [
+            evaluate_loss(model, loader, config.eval_batches, autocast_dtype=config.autocast_dtype)
+            if loader is not None
+            else None
+            for loader in loaders
+        ]
+    record = EvalRecord(
+        step=history.steps[-1],
+        tokens_seen=history.tokens_seen,
+        train_loss=losses[0],
+        val_loss=losses[1],
+        lr=history.learning_rates[-1],
+    )
+    history.evals.append(record)
+    return record
+
+
+def _checkpoint_due(config: TrainingConfig, step: int, total_steps: int) -> bool:
+    periodic = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+    return periodic or step == total_steps
+
+
+def _save_run(
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stream: BatchStream,
+    history: TrainingHistory,
+    config: TrainingConfig,
+    loaders: tuple[object, ...],
+) -> None:
+    training_state = {
+        "settings": config.run_settings(),
+        "history": history.to_dict(),
+        "data": stream.state_dict(),
+        "rng": rng_states(*loaders),
+    }
+    save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, training_state)
+
+
+def _resume(
+    path: str | os.PathLike[str],
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stream: BatchStream,
+    config: TrainingConfig,
+    loaders: tuple[object, ...],
+) -> TrainingHistory:
+    """Load a checkpoint into the run's objects; returns the history so far."""
+    checkpoint = load_checkpoint(path, device=model_device(model))
+    state = checkpoint.training_state
+    if state is None or checkpoint.optimizer_state is None or checkpoint.scheduler_state is None:
+        raise TrainingError(
+            f"the checkpoint at {path} holds a model only, not the state needed to resume "
+            "training; load it with load_model, or resume from a checkpoint the loop saved"
+        )
+    _check_same_run(model, checkpoint.model, config, state["settings"], path)
+    model.load_state_dict(checkpoint.model.state_dict())
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    scheduler.load_state_dict(checkpoint.scheduler_state)
+    stream.load_state_dict(state["data"])
+    set_rng_states(state["rng"], *loaders)  # last: rebuilding the data position drew numbers
+    return TrainingHistory.from_dict(state["history"])
+
+
+def _check_same_run(
+    model: GPT,
+    saved_model: GPT,
+    config: TrainingConfig,
+    saved_settings: dict[str, Any],
+    path: str | os.PathLike[str],
+) -> None:
+    if model.config != saved_model.config:
+        raise TrainingError(
+            f"the model's config {model.config} differs from the checkpoint's "
+            f"{saved_model.config} at {path}; build the model with the checkpoint's config"
+        )
+    settings = config.run_settings()
+    changed = sorted(name for name in settings if settings[name] != saved_settings.get(name))
+    if changed:
+        differences = ", ".join(
+            f"{name}: {saved_settings.get(name)!r} -> {settings[name]!r}" for name in changed
+        )
+        raise TrainingError(
+            f"cannot resume from {path} with different training settings ({differences}); "
+            "resume with the checkpointed run's settings or start a new run"
+        )
