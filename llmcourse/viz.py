@@ -139,6 +139,7 @@ def figure_output(fig: go.Figure) -> FigureOutput:
         full_html=False,
         validate=False,
         div_id=div_id,
+        auto_play=False,  # figures with animation frames wait for the reader's slider
     )
     figure_json = json.loads(figure_text) | {"config": PLOTLY_CONFIG}
     title = fig.layout.title.text or "untitled"

@@ -1,0 +1,1 @@
+"""Figures of the chapters: plotly figures too long to write in a notebook, one module per topic."""
