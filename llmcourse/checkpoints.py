@@ -80,6 +80,7 @@ def save_checkpoint(
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
     try:
         _write_config(staging / CONFIG_FILE, model.config)
         save_file(unique_tensors(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})

@@ -3,6 +3,9 @@
 ``pretrain`` strings together the course's pieces: GPT-2's tokenizer, a character split into
 training and validation text, sliding windows as long as the context, the GPT, and the training
 loop with its checkpoints. The ``llmcourse pretrain`` command is a thin layer over it.
+
+Under torchrun it trains with DistributedDataParallel: ``batch_size`` is then the global batch,
+split among the processes, and the run sees the same batches as a one-process run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmcourse import datasets
-from llmcourse.data import SlidingWindowDataset, create_dataloader, split_text
+from llmcourse.data import SlidingWindowDataset, split_text
+from llmcourse.distributed import current_context, distributed_loader
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
@@ -29,7 +33,8 @@ class PretrainingRun:
     ``corpus`` is a data registry name (``llmcourse data list``) or the path of a UTF-8 text
     file; only its first ``max_characters`` are used when that is set. The last
     ``val_fraction`` of the characters is held out for validation. Windows are ``context_length``
-    tokens long and do not overlap.
+    tokens long and do not overlap. ``batch_size`` counts the windows of one optimizer step over
+    all processes (it must be a multiple of their number).
     """
 
     corpus: str
@@ -57,16 +62,17 @@ def read_corpus(corpus: str, max_characters: int | None = None) -> str:
 
 
 def make_loaders(text: str, run: PretrainingRun) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of (inputs, targets) windows over ``text``."""
+    """Training and validation loaders of (inputs, targets) windows over ``text``: this process'
+    share of every batch (all of it in a single process)."""
     tokenizer = gpt2_tokenizer()
     train_text, val_text = split_text(text, 1.0 - run.val_fraction)
     length = run.model.context_length
     train_set = SlidingWindowDataset.from_text(train_text, tokenizer, length, stride=length)
     val_set = SlidingWindowDataset.from_text(val_text, tokenizer, length, stride=length)
-    seed = run.training.seed
-    train_loader = create_dataloader(train_set, batch_size=run.batch_size, seed=seed)
-    val_loader = create_dataloader(
-        val_set, batch_size=run.batch_size, shuffle=False, drop_last=False, seed=seed
+    seed, context = run.training.seed, current_context()
+    train_loader = distributed_loader(train_set, run.batch_size, context, seed=seed)
+    val_loader = distributed_loader(
+        val_set, run.batch_size, context, seed=seed, shuffle=False, drop_last=False
     )
     return train_loader, val_loader
 

@@ -16,6 +16,10 @@ How resuming stays exact:
   which batches or dropout masks training sees.
 - A checkpoint stores the states of torch's, Python's and NumPy's generators and of both loaders'
   generators; they are restored last, after the data position is rebuilt.
+
+Under torchrun (see ``llmcourse.distributed``) the same loop trains with DistributedDataParallel:
+it wraps the model, averages the reported losses over the processes, lets rank 0 alone show
+progress and write checkpoints, and stores every process' generator states.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llmcourse.checkpoints import load_checkpoint, save_checkpoint
+from llmcourse.distributed import (
+    average_over_processes,
+    barrier,
+    current_context,
+    gather_from_processes,
+    unwrap_model,
+    wrap_model,
+)
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT
 from llmcourse.schedules import warmup_cosine_scheduler
@@ -112,7 +124,8 @@ class TrainingConfig:
     - ``grad_clip`` caps the global gradient norm (None: no clipping).
     - Every ``eval_every`` steps, and after the last one, the loss is measured on
       ``eval_batches`` batches of the training and the validation loader (None: all of them).
-    - ``seed`` seeds dropout and reseeds the loaders' generators, so it alone fixes the batch order.
+    - ``seed`` seeds dropout and reseeds the loaders' generators, so it alone fixes the batch order
+      (a ``distributed_loader`` draws its order from the seed it was given).
     - ``autocast_dtype=torch.bfloat16`` runs forward pass and loss in bfloat16 autocast
       (weights and optimizer stay float32); None trains in float32.
     - ``fused_optimizer``: True requires the fused AdamW kernel, False never uses it, None uses
@@ -312,8 +325,8 @@ def _state_of(generator: torch.Generator | None) -> torch.Tensor | None:
     return generator.get_state() if generator is not None else None
 
 
-def _seed_everything(seed: int, loaders: Iterable[object]) -> None:
-    torch.manual_seed(seed)
+def _seed_everything(seed: int, loaders: Iterable[object], rank: int) -> None:
+    torch.manual_seed(seed + rank)  # each process of a distributed run its own dropout masks
     for loader in loaders:
         generator = _generator_of(loader)
         if generator is not None:
@@ -503,9 +516,16 @@ def train(
     data and model shape) it continues that run: the model's weights, the optimizer, schedule,
     data position, history and random states are restored, and the remaining steps give exactly
     the losses the uninterrupted run would have given. Returns the whole run's history.
+
+    In a process group set up by ``init_distributed`` it trains ``model`` (which may already be
+    wrapped in DDP) with DistributedDataParallel; give it loaders from ``distributed_loader``.
+    Callbacks run in every process: check ``is_main_process()`` in those that should act once.
     """
     callbacks = list(callbacks)
     loaders = (train_loader, val_loader)
+    context = current_context()
+    trained = wrap_model(model, context)  # DDP in a multi-process run, the model itself otherwise
+    model = unwrap_model(trained)
     stream = BatchStream(train_loader)
     total_steps = config.total_steps(stream.batches_per_epoch)
     optimizer = make_optimizer(model, config)
@@ -517,7 +537,7 @@ def train(
     )
     if resume_from is None:
         history = TrainingHistory()
-        _seed_everything(config.seed, loaders)
+        _seed_everything(config.seed, loaders, context.rank)
     else:
         history = _resume(resume_from, model, optimizer, scheduler, stream, config, loaders)
     device = model_device(model)
@@ -527,14 +547,15 @@ def train(
         initial=len(history.steps),
         desc="training",
         unit="step",
-        disable=not config.progress,
+        disable=not (config.progress and context.is_main),
     )
     with bar:
         while len(history.steps) < total_steps:
             epoch = stream.epoch
             batch = stream.next_batch()
-            loss, lr = train_step(model, optimizer, scheduler, batch, config, device)
-            history.record_step(loss, lr, tokens=batch[0].numel())
+            loss, lr = train_step(trained, optimizer, scheduler, batch, config, device)
+            loss = average_over_processes(loss)  # the global batch's loss
+            history.record_step(loss, lr, tokens=batch[0].numel() * context.world_size)
             history.elapsed_seconds = time.perf_counter() - start
             step = len(history.steps)
             _notify(callbacks, "on_step", _step_state(history, total_steps, epoch))
@@ -606,7 +627,10 @@ def _evaluate(
     config: TrainingConfig,
     history: TrainingHistory,
 ) -> EvalRecord:
-    """Measure the losses and append the record to the history; no generator state changes."""
+    """Measure the losses and append the record to the history; no generator state changes.
+
+    In a distributed run every process measures its share of the batches and the losses are
+    averaged over the processes."""
     with preserved_rng(*loaders):
         losses = [
             evaluate_loss(model, loader, config.eval_batches, autocast_dtype=config.autocast_dtype)
@@ -614,11 +638,14 @@ def _evaluate(
             else None
             for loader in loaders
         ]
+    train_loss, val_loss = (
+        average_over_processes(loss) if loss is not None else None for loss in losses
+    )
     record = EvalRecord(
         step=history.steps[-1],
         tokens_seen=history.tokens_seen,
-        train_loss=losses[0],
-        val_loss=losses[1],
+        train_loss=train_loss,
+        val_loss=val_loss,
         lr=history.learning_rates[-1],
     )
     history.evals.append(record)
@@ -639,13 +666,18 @@ def _save_run(
     config: TrainingConfig,
     loaders: tuple[object, ...],
 ) -> None:
-    training_state = {
-        "settings": config.run_settings(),
-        "history": history.to_dict(),
-        "data": stream.state_dict(),
-        "rng": rng_states(*loaders),
-    }
-    save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, training_state)
+    """Rank 0 writes the checkpoint, with every process' generator states; the others wait."""
+    rng_by_rank = gather_from_processes(rng_states(*loaders))
+    if current_context().is_main:
+        training_state = {
+            "settings": config.run_settings(),
+            "history": history.to_dict(),
+            "data": stream.state_dict(),
+            "rng": rng_by_rank[0],
+            "rng_of_other_ranks": rng_by_rank[1:],
+        }
+        save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, training_state)
+    barrier()
 
 
 def _resume(
@@ -657,7 +689,8 @@ def _resume(
     config: TrainingConfig,
     loaders: tuple[object, ...],
 ) -> TrainingHistory:
-    """Load a checkpoint into the run's objects; returns the history so far."""
+    """Load a checkpoint into the run's objects; returns the history so far. Every process of a
+    distributed run loads the same checkpoint and gets back its own generator states."""
     checkpoint = load_checkpoint(path, device=model_device(model))
     state = checkpoint.training_state
     if state is None or checkpoint.optimizer_state is None or checkpoint.scheduler_state is None:
@@ -666,12 +699,27 @@ def _resume(
             "training; load it with load_model, or resume from a checkpoint the loop saved"
         )
     _check_same_run(model, checkpoint.model, config, state["settings"], path)
+    rng_by_rank = [state["rng"], *state.get("rng_of_other_ranks", [])]
+    context = current_context()
+    _check_same_world_size(len(rng_by_rank), context.world_size, path)
     model.load_state_dict(checkpoint.model.state_dict())
     optimizer.load_state_dict(checkpoint.optimizer_state)
     scheduler.load_state_dict(checkpoint.scheduler_state)
     stream.load_state_dict(state["data"])
-    set_rng_states(state["rng"], *loaders)  # last: rebuilding the data position drew numbers
+    set_rng_states(rng_by_rank[context.rank], *loaders)  # last: the data position drew numbers
     return TrainingHistory.from_dict(state["history"])
+
+
+def _check_same_world_size(
+    saved_world_size: int, world_size: int, path: str | os.PathLike[str]
+) -> None:
+    if saved_world_size != world_size:
+        raise TrainingError(
+            f"the checkpoint at {path} was saved by a run of {saved_world_size} process(es), "
+            f"but this run has {world_size}; resume with the same number "
+            f"(torchrun --nproc_per_node={saved_world_size}, or no torchrun for 1) so that "
+            "every process gets back its random state"
+        )
 
 
 def _check_same_run(

@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from llmcourse.distributed import cleanup, init_distributed
 from llmcourse.model import PRESETS, GPTConfig
 from llmcourse.pretraining import PretrainingRun, pretrain
 from llmcourse.training import TrainingConfig
@@ -18,7 +19,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Train a GPT with GPT-2's tokenizer on CORPUS (a data registry name such "
         "as tinystories-2mib or the-verdict, or a UTF-8 text file) and save the checkpoint in "
         "--out. The checkpoint is rewritten every --checkpoint-every steps, so an interrupted "
-        "run continues exactly with --resume.",
+        "run continues exactly with --resume. Under torchrun --nproc_per_node=N it trains with "
+        "DistributedDataParallel on N processes (NCCL on GPUs, gloo on CPUs); --batch-size is "
+        "then the global batch, split among them.",
     )
     parser.add_argument("corpus", metavar="CORPUS")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
@@ -28,7 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, help="number of optimizer steps")
     length.add_argument("--epochs", type=int, help="number of passes over the training text")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="windows per step, over all processes"
+    )
     parser.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=0)
@@ -70,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
         max_characters=args.max_characters,
         training=training,
     )
-    _, history = pretrain(spec, args.out, resume=args.resume)
+    context = init_distributed()
+    try:
+        _, history = pretrain(spec, args.out, resume=args.resume)
+    finally:
+        cleanup()
+    if not context.is_main:
+        return 0
     last = history.evals[-1]
     print(
         f"step {last.step}: train loss {last.train_loss:.3f}, val loss {last.val_loss:.3f}; "
