@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmcourse.cli import book, data, generate, grade, pretrain
+from llmcourse.cli import book, classify, data, finetune, generate, grade, pretrain
 from llmcourse.errors import CourseError
 
 
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, train, fine-tune and run the course's GPT models.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, pretrain, generate, grade, book):
+    for module in (data, pretrain, finetune, classify, generate, grade, book):
         module.register(commands)
     return parser
 
