@@ -1,0 +1,533 @@
+"""Checkers of chapter 4, attention: scores, the causal mask, masked softmax, heads, attention.
+
+Each checker runs the learner's function and a reference on hand-picked cases first (small,
+readable shapes in which every typical mistake changes the result), then on random ones:
+batched and unbatched inputs, a single token (T = 1), more keys than queries (as with a
+key/value cache), head sizes different from the number of tokens, float64. When an answer
+differs, the checker also runs a list of typical wrong answers on the same input; if one of
+them gives exactly what the learner's function gave, the hint names that mistake.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close
+from llmcourse.model import causal_mask
+
+ATOL, RTOL = 1e-5, 1e-4
+Mistake = tuple[str, Callable[..., torch.Tensor]]  # (what went wrong and what to do, wrong answer)
+Case = tuple[str, tuple]
+
+# ----------------------------------------------------------------------------------------------
+# References
+
+
+def reference_attention_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Scores queries @ keys^T / sqrt(D): (..., T, S) from queries (..., T, D), keys (..., S, D)."""
+    return queries @ keys.transpose(-2, -1) / math.sqrt(queries.size(-1))
+
+
+def reference_causal_mask(num_tokens: int) -> torch.Tensor:
+    """(T, T) bool, True where query i may attend to key j, that is where j <= i."""
+    return torch.ones(num_tokens, num_tokens, dtype=torch.bool).tril()
+
+
+def reference_masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax over the keys (last dimension) of ``scores`` (..., T, S), where ``mask`` (T, S)
+    is True; weight 0 where it is False."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def reference_split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, T, C) -> (B, H, T, D) with D = C / H: head h gets channels h*D to (h+1)*D - 1."""
+    batch, tokens, channels = x.shape
+    return x.view(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)
+
+
+def reference_merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, D) -> (B, T, H * D): the heads of each token side by side, head 0 first."""
+    batch, heads, tokens, head_size = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_size)
+
+
+def reference_scaled_dot_product_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(queries keys^T / sqrt(D), masked) values: (..., T, Dv).
+
+    queries (..., T, D), keys (..., S, D), values (..., S, Dv), mask (T, S) bool or None.
+    """
+    scores = reference_attention_scores(queries, keys)
+    if mask is not None:
+        return reference_masked_softmax(scores, mask) @ values
+    return torch.softmax(scores, dim=-1) @ values
+
+
+# ----------------------------------------------------------------------------------------------
+# Running cases and recognising mistakes
+
+
+def _matches(got: object, wrong: torch.Tensor) -> bool:
+    """Whether ``got`` is the tensor ``wrong`` (same shape, same kind of dtype, same values)."""
+    if not isinstance(got, torch.Tensor) or got.shape != wrong.shape:
+        return False
+    if got.dtype.is_floating_point != wrong.dtype.is_floating_point:
+        return False
+    if (got.dtype == torch.bool) != (wrong.dtype == torch.bool):
+        return False
+    return torch.allclose(
+        got.detach().double(), wrong.detach().double(), atol=ATOL, rtol=RTOL, equal_nan=True
+    )
+
+
+def _diagnose(got: object, args: tuple, mistakes: Sequence[Mistake]) -> str:
+    """The explanation of the first typical mistake that gives exactly ``got``; "" if none."""
+    for explanation, wrong_answer in mistakes:
+        try:
+            wrong = wrong_answer(*copy.deepcopy(args))
+        except (RuntimeError, ValueError, IndexError, TypeError):  # it cannot run on this input
+            continue
+        if _matches(got, wrong):
+            return explanation
+    return ""
+
+
+def _run_diagnosed_cases(
+    answer: Callable[..., object],
+    reference: Callable[..., torch.Tensor],
+    cases: Sequence[Case],
+    mistakes: Sequence[Mistake],
+) -> None:
+    """Compare ``answer`` with ``reference`` on every case (``expect_close``); at the first
+    difference, raise ``Mismatch`` with the hint of the mistake that explains it, if any."""
+    for description, args in cases:
+        expected = reference(*copy.deepcopy(args))
+        got = attempt(answer, *copy.deepcopy(args), case=description)
+        try:
+            expect_close(got, expected, atol=ATOL, rtol=RTOL, case=description)
+        except Mismatch as mismatch:
+            diagnosis = _diagnose(got, args, mistakes)
+            if not diagnosis:
+                raise
+            raise Mismatch(
+                description, expected, got, diagnosis, detail=mismatch.detail
+            ) from None
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _size(generator: torch.Generator, low: int, high: int) -> int:
+    """A random integer in [low, high]."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(size) for size in tensor.shape) + ")"
+
+
+def _random_mask(generator: torch.Generator, n_queries: int, n_keys: int) -> torch.Tensor:
+    """A (T, S) bool mask, about half True, with at least one True in every row."""
+    mask = torch.rand(n_queries, n_keys, generator=generator) < 0.5
+    allowed = torch.randint(0, n_keys, (n_queries,), generator=generator)
+    mask[torch.arange(n_queries), allowed] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.attention_scores
+
+
+def _scores_without_scale(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    return queries @ keys.transpose(-2, -1)
+
+
+SCORE_MISTAKES: list[Mistake] = [
+    ("the scores are not scaled: divide queries @ keys^T by sqrt(d), d = queries.shape[-1], "
+     "the head size", _scores_without_scale),
+    ("the scores are divided by d: divide by the square root of d (math.sqrt(d) or d ** 0.5)",
+     lambda q, k: _scores_without_scale(q, k) / q.size(-1)),
+    ("the scores are multiplied by sqrt(d): divide by it instead",
+     lambda q, k: _scores_without_scale(q, k) * math.sqrt(q.size(-1))),
+    ("the scores are divided by the square root of the number of keys: d is the size of the "
+     "last dimension of queries and keys (the head size), not the number of tokens",
+     lambda q, k: _scores_without_scale(q, k) / math.sqrt(k.size(-2))),
+    ("rows and columns are swapped: row i must hold query i's scores against every key, "
+     "queries @ keys.transpose(-2, -1), not keys @ queries^T",
+     lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.size(-1))),
+]
+
+
+def _score_cases() -> list[Case]:
+    generator = _generator(41)
+    queries = torch.tensor([[1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 1.0, 3.0], [2.0, 2.0, 0.0, 1.0]])
+    keys = torch.tensor([
+        [1.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 1.0], [3.0, 0.0, 1.0, 2.0],
+        [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 2.0, 0.0],
+    ])
+    cases: list[Case] = [
+        ("queries of shape (3, 4) and keys of shape (5, 4): 3 queries, 5 keys, d = 4",
+         (queries, keys)),
+        ("queries and keys of shape (2, 6, 8) (a batch of 2, 6 tokens, d = 8)",
+         (_randn(generator, 2, 6, 8), _randn(generator, 2, 6, 8))),
+        ("queries (2, 3, 5, 16) and keys (2, 3, 7, 16): batch 2, 3 heads, 5 queries, 7 keys",
+         (_randn(generator, 2, 3, 5, 16), _randn(generator, 2, 3, 7, 16))),
+        ("a single token: queries and keys of shape (1, 1, 1, 4)",
+         (_randn(generator, 1, 1, 1, 4), _randn(generator, 1, 1, 1, 4))),
+        ("one new query against 9 cached keys: queries (1, 2, 1, 8), keys (1, 2, 9, 8)",
+         (_randn(generator, 1, 2, 1, 8), _randn(generator, 1, 2, 9, 8))),
+        ("float64 queries and keys of shape (4, 3)",
+         (_randn(generator, 4, 3).double(), _randn(generator, 4, 3).double())),
+    ]
+    for _ in range(6):
+        batch, heads = _size(generator, 1, 3), _size(generator, 1, 4)
+        n_queries, n_keys, head_size = (_size(generator, 1, 9) for _ in range(3))
+        queries = _randn(generator, batch, heads, n_queries, head_size)
+        keys = _randn(generator, batch, heads, n_keys, head_size)
+        cases.append((f"random queries {_shape(queries)} and keys {_shape(keys)}",
+                      (queries, keys)))
+    return cases
+
+
+@exercise(
+    "ch04.attention_scores",
+    title="Scaled attention scores",
+    hint="score[i, j] is the dot product of query i and key j divided by sqrt(d), where d is "
+    "the last dimension of queries and keys: queries @ keys.transpose(-2, -1) / math.sqrt(d); "
+    "transpose(-2, -1) (not .T) keeps any batch and head dimensions in front",
+)
+def check_attention_scores(answer: object) -> None:
+    _run_diagnosed_cases(answer, reference_attention_scores, _score_cases(), SCORE_MISTAKES)
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.causal_mask
+
+
+def _ones(size: int) -> torch.Tensor:
+    return torch.ones(size, size, dtype=torch.bool)
+
+
+MASK_MISTAKES: list[Mistake] = [
+    ("the mask is inverted: it is True where a token must NOT look. This exercise wants True "
+     "where attention is allowed (key j <= query i), the lower triangle: torch.tril",
+     lambda size: _ones(size).triu(diagonal=1)),
+    ("the mask lets tokens see the future: row i (the query) may see columns j <= i only, the "
+     "lower triangle torch.tril, not the upper one torch.triu",
+     lambda size: _ones(size).triu()),
+    ("the diagonal is missing: a token may attend to itself (j == i), so keep the diagonal "
+     "(torch.tril with the default diagonal=0)",
+     lambda size: _ones(size).tril(diagonal=-1)),
+    ("the mask holds numbers: return a bool tensor (True = allowed), for example "
+     "torch.ones(T, T, dtype=torch.bool).tril() or .bool() on your tensor",
+     lambda size: torch.ones(size, size).tril()),
+    ("this is the additive form (0 and -inf): this exercise wants the boolean form, True "
+     "where attention is allowed",
+     lambda size: torch.zeros(size, size).masked_fill(~_ones(size).tril(), float("-inf"))),
+]
+
+
+@exercise(
+    "ch04.causal_mask",
+    title="The causal mask",
+    hint="mask[i, j] (row i = query, column j = key) is True when j <= i: every token sees "
+    "itself and the tokens before it, never a later one; a (T, T) bool tensor, "
+    "torch.ones(T, T, dtype=torch.bool).tril()",
+)
+def check_causal_mask(answer: object) -> None:
+    cases = [(f"num_tokens={size}", (size,)) for size in (4, 1, 2, 3, 6, 9, 16)]
+    _run_diagnosed_cases(answer, reference_causal_mask, cases, MASK_MISTAKES)
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.masked_softmax
+
+
+def _fill_masked(scores: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
+    return scores.masked_fill(where, value)
+
+
+def _softmax_over(dim: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A masked softmax over dimension ``dim`` instead of the keys."""
+    return lambda scores, mask: torch.softmax(_fill_masked(scores, ~mask, float("-inf")), dim=dim)
+
+
+MASKING_MISTAKES: list[Mistake] = [  # mistakes of a masked softmax, also made in attention
+    ("the weights were zeroed after the softmax without renormalising, so rows no longer sum "
+     "to 1 (and how much is lost depends on the hidden, future scores): set the masked scores "
+     "to -inf BEFORE the softmax",
+     lambda scores, mask: torch.softmax(scores, dim=-1) * mask),
+    ("the mask is used the wrong way round: True marks the keys a query MAY see, so fill the "
+     "scores where the mask is False: scores.masked_fill(~mask, float('-inf'))",
+     lambda scores, mask: torch.softmax(_fill_masked(scores, mask, float("-inf")), dim=-1)),
+    *[("the softmax runs over the wrong dimension: each query's weights over the keys must "
+       "sum to 1, so normalise along the last dimension (dim=-1), the keys",
+       _softmax_over(dim)) for dim in (-2, 0, 1, 2)],
+    ("the masked scores were set to 0, which still gets weight exp(0) > 0: set them to "
+     "float('-inf'), whose exp is exactly 0",
+     lambda scores, mask: torch.softmax(_fill_masked(scores, ~mask, 0.0), dim=-1)),
+]
+
+SOFTMAX_MISTAKES: list[Mistake] = [
+    *MASKING_MISTAKES,
+    ("the mask is ignored: apply the mask you are given",
+     lambda scores, mask: torch.softmax(scores, dim=-1)),
+    ("this is a causal mask built inside the function: use the `mask` argument, which need not "
+     "be causal (and may have more keys than queries)",
+     lambda scores, mask: torch.softmax(_fill_masked(
+         scores, ~torch.ones(mask.shape, dtype=torch.bool).tril(), float("-inf")), dim=-1)),
+]
+
+
+def _masked_softmax_cases() -> list[Case]:
+    generator = _generator(42)
+    scores = torch.tensor([
+        [0.5, 1.0, -1.0, 2.0], [1.5, 0.0, 0.5, -0.5], [0.0, 2.0, 1.0, 1.0], [1.0, -2.0, 0.5, 3.0],
+    ])
+    cases: list[Case] = [
+        ("4x4 scores with the causal mask of 4 tokens", (scores, causal_mask(4, 0))),
+        ("scores (2, 3, 6, 6) (batch 2, 3 heads) with the causal mask of 6 tokens",
+         (_randn(generator, 2, 3, 6, 6), causal_mask(6, 0))),
+        ("a single token: scores (1, 1, 1, 1), mask [[True]]",
+         (_randn(generator, 1, 1, 1, 1), causal_mask(1, 0))),
+        ("2 new queries after 3 cached keys: scores (1, 2, 2, 5), mask causal_mask(2, 3) "
+         "(query 0 sees keys 0-3, query 1 keys 0-4)",
+         (_randn(generator, 1, 2, 2, 5), causal_mask(2, 3))),
+        ("scores (3, 5) with a mask that is not causal "
+         "[[T, F, T, F, F], [F, F, F, T, T], [T, T, F, F, T]]",
+         (_randn(generator, 3, 5), torch.tensor([
+             [True, False, True, False, False], [False, False, False, True, True],
+             [True, True, False, False, True]]))),
+        ("float64 scores (2, 5, 5) with the causal mask",
+         (_randn(generator, 2, 5, 5).double(), causal_mask(5, 0))),
+    ]
+    for _ in range(6):
+        n_queries, n_keys = _size(generator, 1, 7), _size(generator, 1, 7)
+        scores = 3 * _randn(generator, _size(generator, 1, 3), n_queries, n_keys)
+        cases.append((f"random scores {_shape(scores)} with a random mask ({n_queries}, "
+                      f"{n_keys})", (scores, _random_mask(generator, n_queries, n_keys))))
+    return cases
+
+
+@exercise(
+    "ch04.masked_softmax",
+    title="Masked softmax",
+    hint="set the scores where the mask is False to float('-inf') (scores.masked_fill(~mask, "
+    "float('-inf'))), then take the softmax over the last dimension, the keys: every row sums "
+    "to 1 and masked keys get weight exactly 0",
+)
+def check_masked_softmax(answer: object) -> None:
+    _run_diagnosed_cases(
+        answer, reference_masked_softmax, _masked_softmax_cases(), SOFTMAX_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.split_heads and ch04.merge_heads
+
+
+SPLIT_MISTAKES: list[Mistake] = [
+    ("the tensor was reshaped straight to (B, H, T, D), which cuts the sequence of all tokens' "
+     "channels into pieces that mix tokens: first view it as (B, T, H, D), which splits each "
+     "token's channels into heads, then swap the token and head dimensions with "
+     "transpose(1, 2)",
+     lambda x, heads: x.reshape(x.shape[0], heads, x.shape[1], x.shape[2] // heads)),
+    ("the heads are still the third dimension: after view(B, T, H, D), transpose(1, 2) gives "
+     "(B, H, T, D)",
+     lambda x, heads: x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads)),
+    ("every head takes every H-th channel: head h must own the D consecutive channels "
+     "h*D to (h+1)*D - 1, so view the channels as (H, D), not (D, H)",
+     lambda x, heads: x.view(x.shape[0], x.shape[1], x.shape[2] // heads, heads)
+     .permute(0, 3, 1, 2)),
+]
+
+MERGE_MISTAKES: list[Mistake] = [
+    ("the tensor was reshaped straight from (B, H, T, D) to (B, T, C), which puts head 0's "
+     "tokens side by side instead of each token's heads: transpose(1, 2) to (B, T, H, D) "
+     "first, then reshape (or .contiguous().view) to (B, T, H * D)",
+     lambda x: x.reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])),
+    ("the channels come out in the order (D, H), one value from each head in turn: the heads "
+     "must stay in blocks, head 0's D values first, so reshape (B, T, H, D) to (B, T, H * D)",
+     lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1)),
+    ("the heads were not merged: transpose(1, 2) gives (B, T, H, D), which still needs a "
+     "reshape to (B, T, H * D)",
+     lambda x: x.transpose(1, 2)),
+]
+
+
+def _counting(*shape: int) -> torch.Tensor:
+    """0, 1, 2, ... in ``shape``, as floats: each value says where it came from."""
+    return torch.arange(math.prod(shape), dtype=torch.float32).view(shape)
+
+
+def _split_cases() -> list[Case]:
+    generator = _generator(43)
+    cases: list[Case] = [
+        ("x = torch.arange(24.).view(1, 3, 8) (1 sequence, 3 tokens, 8 channels), num_heads=2",
+         (_counting(1, 3, 8), 2)),
+        ("x of shape (2, 5, 12), num_heads=3 (head size 4)", (_randn(generator, 2, 5, 12), 3)),
+        ("x of shape (1, 4, 6), num_heads=2 (head size 3)", (_randn(generator, 1, 4, 6), 2)),
+        ("a single token: x of shape (3, 1, 8), num_heads=4", (_randn(generator, 3, 1, 8), 4)),
+        ("one head: x of shape (2, 3, 5), num_heads=1", (_randn(generator, 2, 3, 5), 1)),
+        ("head size 1: x of shape (2, 3, 4), num_heads=4", (_randn(generator, 2, 3, 4), 4)),
+        ("integer x of shape (2, 2, 6), num_heads=3",
+         (torch.randint(0, 100, (2, 2, 6), generator=generator), 3)),
+    ]
+    for _ in range(5):
+        heads, head_size = _size(generator, 1, 4), _size(generator, 1, 6)
+        x = _randn(generator, _size(generator, 1, 3), _size(generator, 1, 7), heads * head_size)
+        cases.append((f"random x of shape {_shape(x)}, num_heads={heads}", (x, heads)))
+    return cases
+
+
+def _merge_cases() -> list[Case]:
+    generator = _generator(45)
+    cases: list[Case] = [
+        ("x = torch.arange(24.).view(1, 2, 3, 4) (1 sequence, 2 heads, 3 tokens, head size 4)",
+         (_counting(1, 2, 3, 4),)),
+        ("x of shape (2, 3, 5, 4) (3 heads, 5 tokens, head size 4)",
+         (_randn(generator, 2, 3, 5, 4),)),
+        ("x of shape (1, 2, 4, 3) (2 heads, 4 tokens, head size 3)",
+         (_randn(generator, 1, 2, 4, 3),)),
+        ("a single token: x of shape (3, 4, 1, 2)", (_randn(generator, 3, 4, 1, 2),)),
+        ("one head: x of shape (2, 1, 3, 5)", (_randn(generator, 2, 1, 3, 5),)),
+        ("head size 1: x of shape (2, 4, 3, 1)", (_randn(generator, 2, 4, 3, 1),)),
+        ("integer x of shape (2, 3, 2, 2)",
+         (torch.randint(0, 100, (2, 3, 2, 2), generator=generator),)),
+    ]
+    for _ in range(5):
+        x = _randn(generator, *(_size(generator, 1, high) for high in (3, 4, 7, 6)))
+        cases.append((f"random x of shape {_shape(x)}", (x,)))
+    return cases
+
+
+@exercise(
+    "ch04.split_heads",
+    title="Split the channels into heads",
+    hint="head h owns channels h*D to (h+1)*D - 1 of every token: x.view(B, T, H, D) splits "
+    "the channels, then .transpose(1, 2) makes it (B, H, T, D)",
+)
+def check_split_heads(answer: object) -> None:
+    _run_diagnosed_cases(answer, reference_split_heads, _split_cases(), SPLIT_MISTAKES)
+
+
+@exercise(
+    "ch04.merge_heads",
+    title="Merge the heads back",
+    hint="undo split_heads: x.transpose(1, 2) gives (B, T, H, D), then .reshape(B, T, H * D) "
+    "(a plain .view needs .contiguous() first) puts each token's heads side by side",
+)
+def check_merge_heads(answer: object) -> None:
+    _run_diagnosed_cases(answer, reference_merge_heads, _merge_cases(), MERGE_MISTAKES)
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.scaled_dot_product_attention
+
+
+def _attention_with(
+    scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    weights_of: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> Callable[..., torch.Tensor]:
+    """A (possibly wrong) attention: ``weights_of(scores_of(q, k), mask) @ v``."""
+
+    def attention(queries, keys, values, mask=None):
+        return weights_of(scores_of(queries, keys), mask) @ values
+
+    return attention
+
+
+def _right_weights(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    return reference_masked_softmax(scores, mask)
+
+
+def _without_mask(mistake: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A masked-softmax mistake that behaves like the plain softmax when there is no mask."""
+    return lambda scores, mask: (
+        torch.softmax(scores, dim=-1) if mask is None else mistake(scores, mask)
+    )
+
+
+def _values_scale(queries, keys, values, mask=None):
+    scores = _scores_without_scale(queries, keys) / math.sqrt(values.size(-1))
+    return _right_weights(scores, mask) @ values
+
+
+ATTENTION_MISTAKES: list[Mistake] = [
+    *[(explanation, _attention_with(wrong_scores, _right_weights))
+      for explanation, wrong_scores in SCORE_MISTAKES],
+    ("the scores are divided by the square root of the values' size: d is the size of the "
+     "queries and keys (queries.shape[-1]), which may differ from the values'", _values_scale),
+    *[(explanation, _attention_with(reference_attention_scores, _without_mask(wrong_weights)))
+      for explanation, wrong_weights in MASKING_MISTAKES],
+    ("the weights are returned, not the output: multiply them by the values",
+     lambda q, k, v, mask=None: _right_weights(reference_attention_scores(q, k), mask)),
+]
+
+
+def _attention_cases() -> list[Case]:
+    generator = _generator(44)
+    queries = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    keys = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 2.0, 1.0], [2.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    cases: list[Case] = [
+        ("3 tokens with the causal mask: queries and keys (3, 4), values (3, 2)",
+         (queries, keys, values, causal_mask(3, 0))),
+        ("the same 3 tokens, mask=None (every token sees every token)",
+         (queries, keys, values, None)),
+        ("batch 2, 4 heads, 6 tokens, d = 8, values of size 5, causal mask",
+         (_randn(generator, 2, 4, 6, 8), _randn(generator, 2, 4, 6, 8),
+          _randn(generator, 2, 4, 6, 5), causal_mask(6, 0))),
+        ("a single token: queries, keys and values (1, 1, 1, 4), mask [[True]]",
+         (_randn(generator, 1, 1, 1, 4), _randn(generator, 1, 1, 1, 4),
+          _randn(generator, 1, 1, 1, 4), causal_mask(1, 0))),
+        ("2 new queries after 4 cached keys: queries (1, 2, 2, 8), keys and values "
+         "(1, 2, 6, 8), mask causal_mask(2, 4)",
+         (_randn(generator, 1, 2, 2, 8), _randn(generator, 1, 2, 6, 8),
+          _randn(generator, 1, 2, 6, 8), causal_mask(2, 4))),
+        ("float64: queries and keys (5, 3), values (5, 7), causal mask",
+         (_randn(generator, 5, 3).double(), _randn(generator, 5, 3).double(),
+          _randn(generator, 5, 7).double(), causal_mask(5, 0))),
+    ]
+    for _ in range(6):
+        batch, heads = _size(generator, 1, 2), _size(generator, 1, 3)
+        n_queries, n_keys = _size(generator, 1, 6), _size(generator, 1, 6)
+        head_size, value_size = _size(generator, 1, 9), _size(generator, 1, 9)
+        queries = 2 * _randn(generator, batch, heads, n_queries, head_size)
+        keys = 2 * _randn(generator, batch, heads, n_keys, head_size)
+        values = _randn(generator, batch, heads, n_keys, value_size)
+        mask = _random_mask(generator, n_queries, n_keys)
+        cases.append((
+            f"random queries {_shape(queries)}, keys {_shape(keys)}, values {_shape(values)} "
+            f"and a random mask ({n_queries}, {n_keys})",
+            (queries, keys, values, mask),
+        ))
+    return cases
+
+
+@exercise(
+    "ch04.scaled_dot_product_attention",
+    title="Scaled dot-product attention",
+    hint="three steps: scores = queries @ keys.transpose(-2, -1) / sqrt(queries.shape[-1]); "
+    "if there is a mask, scores.masked_fill(~mask, float('-inf')); then "
+    "torch.softmax(scores, dim=-1) @ values",
+)
+def check_scaled_dot_product_attention(answer: object) -> None:
+    _run_diagnosed_cases(
+        answer, reference_scaled_dot_product_attention, _attention_cases(), ATTENTION_MISTAKES
+    )
