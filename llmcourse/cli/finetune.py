@@ -1,15 +1,22 @@
 """``llmcourse finetune ACTION``: adapt a pretrained GPT to a task; ``classify`` is the spam
-filter of chapter 7.1. Each action is one ``_register_*`` function below."""
+filter of chapter 7.1, ``instruct`` the instruction following of chapter 7.2. Each action is one
+``_register_*`` function below."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from llmcourse import classification as cls
+from llmcourse import instruction as inst
+from llmcourse.errors import CourseError
+from llmcourse.evaluation import save_scores, score_responses
+from llmcourse.model import GPT
 from llmcourse.pretrained import load_any
-from llmcourse.tokenizers import gpt2_tokenizer
+from llmcourse.tokenizers import GPT2_VOCAB_SIZE, gpt2_tokenizer
+from llmcourse.training import EvalRecord
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="finetune_action", required=True, metavar="ACTION")
     _register_classify(actions)
+    _register_instruct(actions)
 
 
 def _register_classify(actions: argparse._SubParsersAction) -> None:
@@ -109,3 +117,109 @@ class _EpochPrinter:
                       f"val loss {self.last_losses.val_loss:.3f}")
         print(f"epoch {record.epoch} (step {record.step}): train accuracy "
               f"{record.train_accuracy:.2%}, val accuracy {record.val_accuracy:.2%}{losses}")
+
+
+def _register_instruct(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "instruct",
+        help="instruction-tune on 1,100 instruction/response examples",
+        description="Fine-tune every weight of the model on the course's instruction data "
+        "(split 85/5/10 as in the book) with prompts in the chosen format. Saves the model in "
+        f"--out ({inst.MODEL_DIR}/ and {inst.INSTRUCTION_FILE}; chat with it using `llmcourse "
+        f"chat OUT`), then answers the test entries into {inst.RESPONSES_FILE} and scores the "
+        f"answers against the references (ROUGE-L F1, token F1) into {inst.SCORES_FILE}. "
+        "Score them with an LLM judge through llmcourse.evaluation.OllamaJudge.",
+    )
+    parser.add_argument("--base", required=True, metavar="MODEL",
+                        help="checkpoint directory, GPT-2 directory or GPT-2 name (gpt2 ...)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to save into")
+    parser.add_argument("--format", default="alpaca", choices=inst.PROMPT_FORMATS,
+                        help="prompt format (default: alpaca, the book's)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="cut training sequences to N tokens (default: the model's context)")
+    parser.add_argument("--mask-prompt", action="store_true",
+                        help="train on the response tokens only, not on the prompt's")
+    parser.add_argument("--eval-every", type=int, default=5, help="steps between loss checks")
+    parser.add_argument("--eval-batches", type=int, default=5, help="batches per loss check")
+    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
+                        help="use at most N entries of each split (quick runs)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                        help="longest test-set answer, in tokens")
+    parser.add_argument("--data", default=None, metavar="JSON",
+                        help="a JSON list of {instruction, input, output} entries instead of the "
+                        "course's")
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
+    parser.set_defaults(handler=run_instruct)
+
+
+def run_instruct(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    inst.check_save_destination(out)
+    split = inst.split_entries(inst.load_instruction_data(args.data)).truncated(args.max_examples)
+    model = load_any(args.base, device=args.device)
+    max_length = _instruct_max_length(args.max_length, model.config.context_length)
+    if model.config.vocab_size < GPT2_VOCAB_SIZE:
+        raise CourseError(
+            f"{args.base} has a vocabulary of {model.config.vocab_size} tokens, but instruction "
+            f"data is encoded with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
+        )
+    tokenizer = gpt2_tokenizer()
+    train_loader, val_loader, _ = inst.make_loaders(
+        split, tokenizer, prompt_format=args.format, batch_size=args.batch_size,
+        max_length=max_length, mask_prompt=args.mask_prompt, seed=args.seed,
+    )
+    print(f"{len(split.train)} training, {len(split.validation)} validation and "
+          f"{len(split.test)} test entries; {args.format} prompts of up to {max_length} tokens, "
+          f"{len(train_loader)} steps per epoch")
+    inst.train_instruction_model(
+        model, train_loader, val_loader, epochs=args.epochs, learning_rate=args.lr,
+        weight_decay=args.weight_decay, eval_every=args.eval_every,
+        eval_batches=args.eval_batches, seed=args.seed, callbacks=[_LossPrinter()],
+    )
+    settings = {name: getattr(args, name) for name in (
+        "base", "epochs", "lr", "weight_decay", "batch_size", "mask_prompt", "seed")}
+    inst.save_instruction_model(out, model, args.format, {**settings, "max_length": max_length})
+    print(f"saved the model to {out}")
+    if split.test:
+        _answer_test_entries(model, tokenizer, split.test, out, args)
+    return 0
+
+
+def _instruct_max_length(requested: int | None, context_length: int) -> int:
+    if requested is None:
+        return context_length
+    if not 1 <= requested <= context_length:
+        raise CourseError(
+            f"--max-length must be between 1 and the model's context of {context_length} "
+            f"tokens, got {requested}"
+        )
+    return requested
+
+
+def _answer_test_entries(
+    model: GPT, tokenizer: inst.Tokenizer, entries: list[inst.Entry], out: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Generate and save the test-set responses, then score and save the scores."""
+    responses = inst.generate_responses(
+        model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format
+    )
+    inst.save_responses(out / inst.RESPONSES_FILE, responses)
+    summary = score_responses(responses)
+    save_scores(out / inst.SCORES_FILE, summary)
+    print(f"test set: ROUGE-L F1 {summary.rouge_l:.3f}, token F1 {summary.token_f1:.3f}, "
+          f"exact match {summary.exact_match:.1%} over {len(responses)} responses "
+          f"(in {out / inst.RESPONSES_FILE})")
+
+
+class _LossPrinter:
+    """Prints the losses of every evaluation."""
+
+    def on_eval(self, record: EvalRecord) -> None:
+        val_loss = f"{record.val_loss:.3f}" if record.val_loss is not None else "-"
+        print(f"step {record.step}: train loss {record.train_loss:.3f}, val loss {val_loss}")

@@ -1,0 +1,114 @@
+"""``llmcourse chat``: talk to an instruction-tuned model, one instruction per line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from llmcourse import instruction as inst
+from llmcourse.errors import CourseError
+from llmcourse.generation import decode_stream, stream_generate
+from llmcourse.model import GPT
+from llmcourse.pretrained import load_any
+from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
+
+QUIT = "/quit"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "chat",
+        help="chat with an instruction-tuned model",
+        description="Read instructions from standard input, one per line, and stream the "
+        "model's answer to each. Each instruction is answered on its own (the model does not "
+        f"see earlier turns). Stop with {QUIT} or end of input (Ctrl-D). CHECKPOINT is a "
+        "directory written by `llmcourse finetune instruct` (its prompt format is used), or any "
+        "model `llmcourse generate` accepts (prompted in --format).",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="directory from `llmcourse finetune instruct`, or any model")
+    parser.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N")
+    parser.add_argument("-t", "--temperature", type=float, default=0.0, metavar="T",
+                        help="0 = greedy; higher = more varied (default 0)")
+    parser.add_argument("-k", "--top-k", type=int, default=None, metavar="K",
+                        help="sample only from the K most likely tokens")
+    parser.add_argument("-p", "--top-p", type=float, default=None, metavar="P",
+                        help="sample only from the smallest set of tokens with probability >= P")
+    parser.add_argument("--format", default=None, choices=inst.PROMPT_FORMATS,
+                        help="prompt format (default: the checkpoint's, else alpaca)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 0:
+        raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    model, prompt_format = load_chat_model(args.checkpoint, args.format, args.device)
+    tokenizer = gpt2_tokenizer()
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(args.device).manual_seed(args.seed)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"Chatting with {args.checkpoint} ({prompt_format.name} prompts). Type an "
+              f"instruction and press Enter; {QUIT} or Ctrl-D ends.", file=sys.stderr)
+    for instruction in read_instructions(interactive):
+        entry = {"instruction": instruction, "input": ""}
+        ids = inst.generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
+        new_ids = stream_generate(
+            model,
+            torch.tensor([ids], device=args.device),
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=GPT2_EOT_ID,
+            generator=generator,
+        )
+        for piece in decode_stream(tokenizer, (token for token in new_ids if token != GPT2_EOT_ID)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+    return 0
+
+
+def load_chat_model(
+    checkpoint: str, format_name: str | None, device: str
+) -> tuple[GPT, inst.PromptFormat]:
+    """The model of ``checkpoint`` and the prompt format to use: ``format_name`` if given, else
+    the one it was fine-tuned with, else alpaca."""
+    if (Path(checkpoint) / inst.INSTRUCTION_FILE).is_file():
+        tuned = inst.load_instruction_model(checkpoint, device=device)
+        model, prompt_format = tuned.model, tuned.prompt_format
+    else:
+        model, prompt_format = load_any(checkpoint, device=device), inst.PROMPT_FORMATS["alpaca"]
+    if model.config.vocab_size < GPT2_VOCAB_SIZE:
+        raise CourseError(
+            f"{checkpoint} has a vocabulary of {model.config.vocab_size} tokens, but this command "
+            f"encodes text with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
+        )
+    if format_name is not None:
+        prompt_format = inst.get_prompt_format(format_name)
+    return model, prompt_format
+
+
+def read_instructions(interactive: bool) -> Iterator[str]:
+    """Non-empty lines of standard input, stripped, until end of input or ``/quit``. Shows a
+    "> " prompt when a person types them."""
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            if interactive:
+                print(file=sys.stderr)
+            return
+        text = line.strip()
+        if text == QUIT:
+            return
+        if text:
+            yield text

@@ -1,0 +1,680 @@
+"""Instruction fine-tuning: teach a pretrained GPT to follow instructions (the book's chapter 7).
+
+The recipe:
+
+1. ``load_instruction_data`` reads the course's 1,100 {instruction, input, output} entries and
+   checks every one; ``split_entries`` splits them 85/5/10 as the book does (935/55/110).
+2. A prompt format turns an entry into text. ``alpaca``, the book's, is (the first two sentences
+   on one line)::
+
+       Below is an instruction that describes a task. Write a response that appropriately
+       completes the request.
+
+       ### Instruction:
+       {instruction}
+
+       ### Input:
+       {input}
+
+       ### Response:
+       {output}
+
+   (the Input section only when the input is not empty), and ``phi3``, the book's exercise 7.1:
+   ``<|user|>\\n{instruction}\\n{input}\\n<|assistant|>\\n{output}``.
+3. ``InstructionDataset`` tokenizes the entries; ``collate`` pads a batch, shifts inputs and
+   targets by one token and hides the padding (optionally the prompt too) from the loss.
+4. ``train_instruction_model`` runs ``llmcourse.training.train`` on these batches.
+5. ``generate_response`` answers an entry, ``generate_responses`` a list of them, and
+   ``save_responses`` keeps the answers as JSON for scoring (``llmcourse.evaluation``).
+
+Tokenization: an entry is encoded in three pieces, the prompt (instruction and input), the
+response header ("\\n\\n### Response:\\n") and the output, and the ids are concatenated. For every
+entry of the course's data, in both formats, this gives exactly the ids of encoding the whole
+text at once (the book's way); it also makes the prompt's length exact and the generation
+prompt (prompt + header) a prefix of the training ids.
+
+Generation differs from the book in one detail: the book gives the model the prompt alone and
+lets it write the response header itself; here the header ends the prompt, so the model's first
+token is already the answer (a fine-tuned model writes that header anyway, and a streamed answer
+starts with the answer). ``extract_response`` still removes a header the model repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypedDict
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from llmcourse import datasets
+from llmcourse.checkpoints import load_model, save_checkpoint
+from llmcourse.errors import CourseError
+from llmcourse.generation import stream_generate
+from llmcourse.model import GPT
+from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.training import TrainingConfig, TrainingHistory, train
+
+ENTRY_FIELDS = ("instruction", "input", "output")
+RESPONSE_KEY = "model_response"  # the book's key for a generated response
+IGNORE_INDEX = -100  # targets with this value do not count in the loss
+END_OF_TEXT = "<|endoftext|>"
+MAX_LISTED_PROBLEMS = 20
+
+INSTRUCTION_FILE = "instruction.json"  # what a fine-tuned model's directory holds
+MODEL_DIR = "model"
+RESPONSES_FILE = "test-responses.json"
+SCORES_FILE = "test-scores.json"
+OUTPUT_NAMES = (INSTRUCTION_FILE, MODEL_DIR, RESPONSES_FILE, SCORES_FILE)
+INSTRUCTION_FORMAT = "llmcourse-instruction"
+
+
+class Entry(TypedDict):
+    """One example: what to do, the text to do it on (often empty) and the desired answer."""
+
+    instruction: str
+    input: str
+    output: str
+
+
+class InstructionDataError(CourseError, ValueError):
+    """Instruction data is not a JSON list of well-formed entries."""
+
+
+class InstructionFileNotFoundError(CourseError, FileNotFoundError):
+    """An instruction data or responses file does not exist."""
+
+
+class InstructionError(CourseError, ValueError):
+    """An instruction fine-tuning setting or input cannot be used as asked."""
+
+
+class InstructionCheckpointError(CourseError, ValueError):
+    """A fine-tuned model's directory is missing, damaged, or cannot be written where asked."""
+
+
+class Tokenizer(Protocol):
+    """What instruction tuning needs of a tokenizer (tiktoken's ``Encoding`` has it)."""
+
+    def encode(self, text: str, *, disallowed_special: object = ...) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_instruction_data(path: str | os.PathLike[str] | None = None) -> list[Entry]:
+    """The entries of a JSON list of {"instruction", "input", "output"} objects.
+
+    ``path`` defaults to the course's copy (``llmcourse.datasets.fetch("instruction-data")``,
+    1,100 entries). Every entry is checked: one ``InstructionDataError`` lists all the malformed
+    ones by index; none is skipped silently.
+    """
+    path = Path(path) if path is not None else datasets.fetch("instruction-data", quiet=True)
+    return validate_entries(_read_json(path), ENTRY_FIELDS, source=str(path))
+
+
+def load_responses(
+    path: str | os.PathLike[str], response_key: str = RESPONSE_KEY
+) -> list[dict[str, str]]:
+    """Entries with responses, as written by ``save_responses``, checked like the data."""
+    path = Path(path)
+    return validate_entries(_read_json(path), (*ENTRY_FIELDS, response_key), source=str(path))
+
+
+def _read_json(path: Path) -> object:
+    if not path.is_file():
+        raise InstructionFileNotFoundError(f"no file at {path}; give the path of a JSON file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InstructionDataError(
+            f"{path} is not valid UTF-8 JSON ({error}); fix the file or fetch it again"
+        ) from None
+
+
+def validate_entries(
+    values: object, fields: Sequence[str] = ENTRY_FIELDS, source: str = "<data>"
+) -> list[Any]:
+    """``values`` itself when it is a non-empty list of objects with exactly the string
+    ``fields``; otherwise one ``InstructionDataError`` naming every bad entry by index."""
+    if not isinstance(values, list):
+        raise InstructionDataError(
+            f"{source} must hold a JSON list of entries, found {_json_type(values)}"
+        )
+    if not values:
+        raise InstructionDataError(f"{source} holds an empty list: there are no entries")
+    problems = [
+        (index, problem)
+        for index, value in enumerate(values)
+        if (problem := entry_problem(value, fields)) is not None
+    ]
+    if problems:
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        listed = "\n".join(f"  entry {index}: {problem}" for index, problem in shown)
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        if more > 0:
+            listed += f"\n  ... and {more} more"
+        names = ", ".join(repr(name) for name in fields)
+        raise InstructionDataError(
+            f"{source}: {len(problems)} of {len(values)} entries are malformed (entries count "
+            f"from 0; each must be an object with exactly the string fields {names}):\n"
+            f"{listed}\nfix or remove these entries"
+        )
+    return values
+
+
+def entry_problem(value: object, fields: Sequence[str] = ENTRY_FIELDS) -> str | None:
+    """What is wrong with one entry, or None when it is an object with exactly the string
+    ``fields``."""
+    if not isinstance(value, dict):
+        return f"is {_json_type(value)}, not an object"
+    issues = []
+    missing = [name for name in fields if name not in value]
+    if missing:
+        issues.append("missing " + ", ".join(repr(name) for name in missing))
+    wrong_types = [
+        f"{name!r} is {_json_type(value[name])}"
+        for name in fields
+        if name in value and not isinstance(value[name], str)
+    ]
+    if wrong_types:
+        issues.append(", ".join(wrong_types) + " (must be a string)")
+    unexpected = [repr(name) for name in value if name not in fields]
+    if unexpected:
+        issues.append("unexpected " + ", ".join(unexpected))
+    return "; ".join(issues) or None
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (list, "a list"),
+                       (dict, "an object"), (int, "a number"), (float, "a number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training, validation and test entries."""
+
+    train: list[Entry]
+    validation: list[Entry]
+    test: list[Entry]
+
+    def truncated(self, max_examples: int | None) -> Split:
+        """At most ``max_examples`` entries of each part (its first ones); None keeps all."""
+        if max_examples is None:
+            return self
+        if max_examples < 1:
+            raise InstructionError(f"max_examples must be >= 1 or None, got {max_examples}")
+        return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
+
+
+def split_entries(
+    entries: Sequence[Entry],
+    seed: int | None = None,
+    fractions: tuple[float, float, float] = (0.85, 0.05, 0.10),
+) -> Split:
+    """Split entries into training, validation and test parts by ``fractions`` (in that order).
+
+    As in the book: int(n * 0.85) training entries, int(n * 0.10) test entries and the rest for
+    validation, taken from the list in the order training, test, validation, without shuffling
+    (the course's file is already in random order). For the 1,100 entries: ``data[:935]``
+    trains, ``data[935:1045]`` tests and ``data[1045:]`` (55) validates, the book's exact split.
+    With a ``seed``, a copy of the list is first shuffled by ``random.Random(seed)``.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise InstructionError(
+            f"fractions must be three non-negative numbers (train, validation, test) that sum "
+            f"to 1, got {fractions}"
+        )
+    entries = list(entries)
+    if seed is not None:
+        random.Random(seed).shuffle(entries)
+    train_end = int(len(entries) * fractions[0])
+    test_end = train_end + int(len(entries) * fractions[2])
+    return Split(entries[:train_end], entries[test_end:], entries[train_end:test_end])
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt formats
+
+
+def format_alpaca(entry: Mapping[str, str]) -> str:
+    """The book's (Alpaca's) prompt: preamble, instruction, and the input when not empty."""
+    text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{entry['instruction']}"
+    )
+    if entry["input"]:
+        text += f"\n\n### Input:\n{entry['input']}"
+    return text
+
+
+def format_phi3(entry: Mapping[str, str]) -> str:
+    """Phi-3's prompt: ``<|user|>``, the instruction, and the input when not empty."""
+    text = f"<|user|>\n{entry['instruction']}"
+    if entry["input"]:
+        text += f"\n{entry['input']}"
+    return text
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How an entry becomes text: ``format_prompt(entry)``, then ``response_header``, then the
+    output. ``response_marker`` is what ``extract_response`` looks for in generated text."""
+
+    name: str
+    format_prompt: Callable[[Mapping[str, str]], str]
+    response_header: str
+    response_marker: str
+
+    def prompt(self, entry: Mapping[str, str]) -> str:
+        return self.format_prompt(entry)
+
+    def full_text(self, entry: Mapping[str, str]) -> str:
+        """The training text of ``entry``: prompt, response header, output."""
+        return self.prompt(entry) + self.response_header + entry["output"]
+
+
+PROMPT_FORMATS: dict[str, PromptFormat] = {
+    "alpaca": PromptFormat("alpaca", format_alpaca, "\n\n### Response:\n", "### Response:"),
+    "phi3": PromptFormat("phi3", format_phi3, "\n<|assistant|>\n", "<|assistant|>"),
+}
+
+
+def get_prompt_format(prompt_format: str | PromptFormat) -> PromptFormat:
+    """The ``PromptFormat`` named ``prompt_format`` (a ``PromptFormat`` is returned as is)."""
+    if isinstance(prompt_format, PromptFormat):
+        return prompt_format
+    if prompt_format not in PROMPT_FORMATS:
+        raise InstructionError(
+            f"unknown prompt format {prompt_format!r}; choose one of: {', '.join(PROMPT_FORMATS)}"
+        )
+    return PROMPT_FORMATS[prompt_format]
+
+
+def extract_response(text: str, prompt_format: str | PromptFormat = "alpaca") -> str:
+    """The answer in generated ``text``: cut at the first ``<|endoftext|>``, keep what follows
+    the first response marker ("### Response:" for alpaca) when there is one, strip whitespace."""
+    marker = get_prompt_format(prompt_format).response_marker
+    text = text.split(END_OF_TEXT, 1)[0]
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens and batches
+
+
+class TokenizedEntry(NamedTuple):
+    """An entry's token ids (prompt, response header, output; no end token) and how many of
+    them are the prompt (the instruction and input)."""
+
+    ids: list[int]
+    prompt_length: int
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``; a literal "<|endoftext|>" in it is ordinary text."""
+    return tokenizer.encode(text, disallowed_special=())
+
+
+def encode_entry(
+    tokenizer: Tokenizer, entry: Mapping[str, str], prompt_format: str | PromptFormat = "alpaca"
+) -> TokenizedEntry:
+    """The training ids of ``entry`` (see the module's note on tokenization)."""
+    prompt = encode_text(tokenizer, get_prompt_format(prompt_format).prompt(entry))
+    response = encode_text(tokenizer, entry["output"])
+    return TokenizedEntry(prompt + _header_ids(tokenizer, prompt_format) + response, len(prompt))
+
+
+def generation_prompt(
+    tokenizer: Tokenizer,
+    entry: Mapping[str, str],
+    prompt_format: str | PromptFormat = "alpaca",
+    context_length: int | None = None,
+) -> list[int]:
+    """The ids a model answers ``entry`` from: its prompt and the response header (the first
+    ids of ``encode_entry``), cut to the last ``context_length`` ids when given."""
+    prompt = encode_text(tokenizer, get_prompt_format(prompt_format).prompt(entry))
+    ids = prompt + _header_ids(tokenizer, prompt_format)
+    return ids[-context_length:] if context_length is not None else ids
+
+
+def _header_ids(tokenizer: Tokenizer, prompt_format: str | PromptFormat) -> list[int]:
+    return encode_text(tokenizer, get_prompt_format(prompt_format).response_header)
+
+
+class InstructionDataset(Dataset):
+    """Entries as ``TokenizedEntry`` items (tokenized once, here), ready for ``collate``."""
+
+    def __init__(
+        self,
+        entries: Sequence[Mapping[str, str]],
+        tokenizer: Tokenizer,
+        prompt_format: str | PromptFormat = "alpaca",
+    ):
+        self.prompt_format = get_prompt_format(prompt_format)
+        self.items = [encode_entry(tokenizer, entry, self.prompt_format) for entry in entries]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> TokenizedEntry:
+        return self.items[index]
+
+
+def collate(
+    batch: Sequence[TokenizedEntry | Sequence[int]],
+    pad_id: int = GPT2_EOT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    max_length: int | None = None,
+    mask_prompt: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token sequences into a batch (inputs, targets), each (B, L) int64, as the book does.
+
+    Each sequence gets one end token ``pad_id`` (GPT-2's ``<|endoftext|>``) appended and more of
+    them up to the longest sequence's length + 1; inputs drop the last token, targets the first,
+    so L is the longest sequence's length. In the targets the appended end token stays, so the
+    model learns to stop, and every position after it becomes ``ignore_index``, so padding does
+    not count in the loss. The book finds those positions by comparing tokens with ``pad_id``;
+    here they are found by position, which is the same unless a text itself holds the end
+    token. ``mask_prompt`` also sets the targets that predict prompt tokens to ``ignore_index``
+    (the items must be ``TokenizedEntry``, which know their prompt's length). Finally inputs and
+    targets are cut to their first ``max_length`` positions.
+
+    Example: [0, 1, 2, 3, 4], [5, 6], [7, 8, 9] give inputs [[0, 1, 2, 3, 4], [5, 6, E, E, E],
+    [7, 8, 9, E, E]] and targets [[1, 2, 3, 4, E], [6, E, -100, -100, -100], [8, 9, E, -100,
+    -100]] with E = 50256.
+    """
+    if not batch:
+        raise InstructionError("cannot collate an empty batch")
+    if max_length is not None and max_length < 1:
+        raise InstructionError(f"max_length must be >= 1 or None, got {max_length}")
+    sequences = [list(item.ids if isinstance(item, TokenizedEntry) else item) for item in batch]
+    longest = max(len(ids) for ids in sequences)
+    padded = torch.full((len(batch), longest + 1), pad_id, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    inputs, targets = padded[:, :-1], padded[:, 1:].clone()  # (B, L) each
+    positions = torch.arange(longest)[None, :]  # (1, L)
+    lengths = torch.tensor([len(ids) for ids in sequences])[:, None]  # (B, 1)
+    targets[positions >= lengths] = ignore_index  # after the appended end token
+    if mask_prompt:
+        targets[positions < _prompt_lengths(batch)[:, None] - 1] = ignore_index
+    if max_length is not None:
+        inputs, targets = inputs[:, :max_length], targets[:, :max_length]
+    if mask_prompt and bool((targets == ignore_index).all()):
+        raise InstructionError(
+            f"every target of this batch is masked: its prompts are at least max_length "
+            f"({max_length}) tokens long, so no response token is left to learn from; use a "
+            "larger max_length or leave out the longest entries"
+        )
+    inputs, targets = inputs.contiguous(), targets.contiguous()
+    if device is not None:
+        inputs, targets = inputs.to(device), targets.to(device)
+    return inputs, targets
+
+
+def _prompt_lengths(batch: Sequence[TokenizedEntry | Sequence[int]]) -> torch.Tensor:
+    if not all(isinstance(item, TokenizedEntry) for item in batch):
+        raise InstructionError(
+            "mask_prompt needs to know where each prompt ends: give TokenizedEntry items "
+            "(from InstructionDataset or encode_entry), not plain lists of ids"
+        )
+    return torch.tensor([item.prompt_length for item in batch])  # (B,)
+
+
+def make_loaders(
+    split: Split,
+    tokenizer: Tokenizer,
+    *,
+    prompt_format: str | PromptFormat = "alpaca",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    mask_prompt: bool = False,
+    pad_id: int = GPT2_EOT_ID,
+    seed: int = 123,
+    num_workers: int = 0,
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+    """Train, validation and test loaders of ``collate``d batches, as in the book: the training
+    loader shuffles (with its own generator seeded by ``seed``) and drops a last incomplete
+    batch, the others keep every entry in order. An empty part gets None instead of a loader.
+    ``max_length`` should be at most the model's context length (the book uses 1024)."""
+    if batch_size < 1:
+        raise InstructionError(f"batch_size must be >= 1, got {batch_size}")
+    if len(split.train) < batch_size:
+        raise InstructionError(
+            f"{len(split.train)} training entries make no full batch of {batch_size}; use more "
+            "entries or a smaller batch size"
+        )
+    collate_fn = partial(collate, pad_id=pad_id, max_length=max_length, mask_prompt=mask_prompt)
+    train_set, validation_set, test_set = (
+        InstructionDataset(part, tokenizer, prompt_format)
+        for part in (split.train, split.validation, split.test)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
+                              generator=generator, collate_fn=collate_fn, num_workers=num_workers)
+    validation_loader, test_loader = (
+        DataLoader(part, batch_size, collate_fn=collate_fn, num_workers=num_workers)
+        if len(part) else None
+        for part in (validation_set, test_set)
+    )
+    return train_loader, validation_loader, test_loader
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def train_instruction_model(
+    model: GPT,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    *,
+    epochs: int = 2,
+    learning_rate: float = 5e-5,
+    weight_decay: float = 0.1,
+    eval_every: int = 5,
+    eval_batches: int | None = 5,
+    seed: int = 123,
+    callbacks: Iterable[object] = (),
+    progress: bool = True,
+    **settings: Any,
+) -> TrainingHistory:
+    """Fine-tune every parameter of ``model`` on the batches of ``make_loaders`` with the
+    course's training loop (``llmcourse.training.train``) and the book's settings: AdamW at a
+    constant ``learning_rate``, no warmup, no gradient clipping, the loss of the batch's targets
+    that are not -100. Unlike the book, weight decay applies to matrices and embeddings only.
+    Every ``eval_every`` steps the loss on ``eval_batches`` batches of each loader is recorded.
+
+    ``settings`` override any other ``TrainingConfig`` field (``autocast_dtype``,
+    ``checkpoint_dir``, ``grad_clip`` ...). Returns the training history."""
+    book_settings: dict[str, Any] = dict(warmup_steps=0, min_lr_ratio=1.0, grad_clip=None)
+    config = TrainingConfig(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        seed=seed,
+        progress=progress,
+        **{**book_settings, **settings},
+    )
+    return train(model, train_loader, val_loader, config, callbacks=callbacks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def generate_response(
+    model: GPT,
+    tokenizer: Tokenizer,
+    entry: Mapping[str, str],
+    max_new_tokens: int = 256,
+    *,
+    prompt_format: str | PromptFormat = "alpaca",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int = GPT2_EOT_ID,
+    generator: torch.Generator | None = None,
+) -> str:
+    """The model's answer to ``entry`` (its instruction and input; the output is not used).
+
+    Generates from ``generation_prompt`` (greedy by default) until ``eos_id`` or
+    ``max_new_tokens`` new tokens, and returns ``extract_response`` of the new text."""
+    ids = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
+    device = next(model.parameters()).device
+    new_ids = stream_generate(
+        model,
+        torch.tensor([ids], device=device),
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        generator=generator,
+    )
+    text = tokenizer.decode([token for token in new_ids if token != eos_id])
+    return extract_response(text, prompt_format)
+
+
+def generate_responses(
+    model: GPT,
+    tokenizer: Tokenizer,
+    entries: Sequence[Mapping[str, str]],
+    max_new_tokens: int = 256,
+    *,
+    prompt_format: str | PromptFormat = "alpaca",
+    response_key: str = RESPONSE_KEY,
+    progress: bool = True,
+    **sampling: Any,
+) -> list[dict[str, str]]:
+    """A copy of each entry with the model's answer under ``response_key`` (the book's
+    "model_response"). ``sampling`` goes to ``generate_response`` (temperature, top_k ...)."""
+    return [
+        {**entry, response_key: generate_response(
+            model, tokenizer, entry, max_new_tokens, prompt_format=prompt_format, **sampling
+        )}
+        for entry in tqdm(entries, desc="generating responses", unit="entry", disable=not progress)
+    ]
+
+
+def save_responses(path: str | os.PathLike[str], entries: Sequence[Mapping[str, str]]) -> Path:
+    """Write entries with their responses as a JSON list (replacing ``path`` atomically)."""
+    return write_json_atomic(path, list(entries))
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: object) -> Path:
+    """Write ``value`` as indented JSON to ``path``: into a temporary file beside it, flushed to
+    disk, then renamed, so ``path`` holds either its old content or all of the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(value, file, indent=4, ensure_ascii=False)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the file from other users
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping a fine-tuned model
+
+
+@dataclass
+class InstructionModel:
+    """A fine-tuned model, the prompt format it was trained with, and its training settings."""
+
+    model: GPT
+    prompt_format: PromptFormat
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def save_instruction_model(
+    directory: str | os.PathLike[str],
+    model: GPT,
+    prompt_format: str | PromptFormat,
+    settings: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``directory/model`` (a course checkpoint, see ``llmcourse.checkpoints``) and
+    ``directory/instruction.json`` (the prompt format and the training ``settings``)."""
+    directory = Path(directory)
+    check_save_destination(directory)
+    save_checkpoint(directory / MODEL_DIR, model)
+    description = {
+        "format": INSTRUCTION_FORMAT,
+        "prompt_format": get_prompt_format(prompt_format).name,
+        "settings": dict(settings or {}),
+    }
+    write_json_atomic(directory / INSTRUCTION_FILE, description)
+    return directory
+
+
+def check_save_destination(directory: str | os.PathLike[str]) -> None:
+    """Raise ``InstructionCheckpointError`` unless ``directory`` is new, empty, or an earlier
+    fine-tuned model's (whose files are then replaced). Hidden entries are ignored."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InstructionCheckpointError(f"cannot save a model to {directory}: it is a file")
+    if not directory.is_dir():
+        return
+    present = sorted(entry.name for entry in directory.iterdir() if not entry.name.startswith("."))
+    if present and (INSTRUCTION_FILE not in present or not set(present) <= set(OUTPUT_NAMES)):
+        raise InstructionCheckpointError(
+            f"will not write a fine-tuned model into {directory}: it holds files that are not "
+            f"an instruction-tuned model's ({', '.join(present)}); choose an empty or new "
+            "directory"
+        )
+
+
+def load_instruction_model(
+    directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> InstructionModel:
+    """A model saved by ``save_instruction_model``, in evaluation mode on ``device``."""
+    directory = Path(directory)
+    path = directory / INSTRUCTION_FILE
+    if not path.is_file():
+        raise InstructionCheckpointError(
+            f"{directory} is not an instruction-tuned model (it has no {INSTRUCTION_FILE}); "
+            "make one with `llmcourse finetune instruct --base MODEL --out DIR`"
+        )
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InstructionCheckpointError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(description, dict) or description.get("format") != INSTRUCTION_FORMAT:
+        raise InstructionCheckpointError(
+            f"{path} was not written by save_instruction_model (no \"format\": "
+            f"\"{INSTRUCTION_FORMAT}\"); save the model again"
+        )
+    prompt_format = get_prompt_format(description.get("prompt_format", ""))
+    model = load_model(directory / MODEL_DIR, device=device)
+    return InstructionModel(model, prompt_format, description.get("settings", {}))
