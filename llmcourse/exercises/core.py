@@ -28,6 +28,7 @@ how ``llmcourse grade`` reads the results back from an executed notebook.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import difflib
 import functools
@@ -210,12 +211,20 @@ class _Progress:
         self.current_case = case
         self.cases.add(case)
 
-    def reset(self) -> None:
-        self.current_case = None
-        self.cases.clear()
 
 
-_PROGRESS = _Progress()
+# The progress of the check running in this context. A context variable, not a global: a
+# checker thread abandoned at its time limit keeps its own copy and cannot touch later checks.
+_PROGRESS: contextvars.ContextVar[_Progress] = contextvars.ContextVar("exercise_progress")
+
+
+def _progress() -> _Progress:
+    try:
+        return _PROGRESS.get()
+    except LookupError:  # a checker helper called outside ``check``
+        progress = _Progress()
+        _PROGRESS.set(progress)
+        return progress
 
 
 def attempt(answer: Callable[..., Any], *args: Any, case: str, **kwargs: Any) -> Any:
@@ -224,7 +233,7 @@ def attempt(answer: Callable[..., Any], *args: Any, case: str, **kwargs: Any) ->
     Naming the case before the call lets an exception or a time-out be reported with the input
     that caused it. An answer that is not callable fails with "expected a function".
     """
-    _PROGRESS.enter(case)
+    _progress().enter(case)
     if not callable(answer):
         raise Mismatch(
             case, "a function", answer,
@@ -251,7 +260,7 @@ def run_cases(
     """
     compare = compare or expect_equal
     for description, args in cases:
-        _PROGRESS.enter(description)
+        _progress().enter(description)
         arguments = args if isinstance(args, tuple) else (args,)
         expected = reference(*copy.deepcopy(arguments))
         got = attempt(answer, *copy.deepcopy(arguments), case=description)
@@ -264,7 +273,7 @@ def expect_equal(got: object, expected: object, *, case: str, hint: str = "") ->
     Tensors must match exactly (``expect_close`` with zero tolerance); sequences and dicts are
     described by their first difference.
     """
-    _PROGRESS.enter(case)
+    _progress().enter(case)
     if isinstance(expected, torch.Tensor):
         expect_close(got, expected, atol=0.0, rtol=0.0, case=case, hint=hint)
     elif not _equal(got, expected):
@@ -287,7 +296,7 @@ def expect_close(
     within ``atol + rtol * |expected|`` (exactly equal for bool and integer tensors; NaN matches
     NaN). The message names the first differing index.
     """
-    _PROGRESS.enter(case)
+    _progress().enter(case)
     if not isinstance(got, torch.Tensor):
         raise Mismatch(
             case, expected, got, hint,
@@ -596,10 +605,11 @@ def check(
 
 def _evaluate(entry: Exercise, answer: Any, time_limit: float) -> ExerciseResult:
     """Run the exercise's checker on ``answer`` and describe the outcome."""
-    _PROGRESS.reset()
+    progress = _Progress()
+    _PROGRESS.set(progress)
 
     def result(status: str, message: str, **extra: Any) -> ExerciseResult:
-        cases = len(_PROGRESS.cases)
+        cases = len(progress.cases)
         return ExerciseResult(entry.exercise_id, entry.title, status, message, cases=cases, **extra)
 
     if answer is None or answer is Ellipsis:
@@ -626,12 +636,12 @@ def _evaluate(entry: Exercise, answer: Any, time_limit: float) -> ExerciseResult
             details=_traceback_without_engine(error),
             exception=error,
         )
-    count = len(_PROGRESS.cases)
+    count = len(progress.cases)
     return result("passed", f"passed ({_plural(count, 'case')})" if count else "passed")
 
 
 def _for_current_case() -> str:
-    case = _PROGRESS.current_case
+    case = _progress().current_case
     return f" for {case}" if case is not None else ""
 
 
@@ -690,7 +700,10 @@ def _run_in_thread(function: Callable[[], None], seconds: float) -> None:
         except BaseException as error:  # handed to the calling thread below
             raised.append(error)
 
-    worker = threading.Thread(target=run, name="llmcourse-exercise-check", daemon=True)
+    context = contextvars.copy_context()  # the worker reports into this check's progress
+    worker = threading.Thread(
+        target=context.run, args=(run,), name="llmcourse-exercise-check", daemon=True
+    )
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
