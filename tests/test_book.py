@@ -298,3 +298,30 @@ def test_a_package_counts_as_unpacked_only_with_its_exact_stamp(tmp_path: Path) 
     assert not book_build.is_unpacked(package, folder)
     (folder / book_build.STAMP_NAME).write_text(f"{package.spec} {package.integrity}\n")
     assert book_build.is_unpacked(package, folder)
+
+
+def chapter_pages() -> list[str]:
+    return [name for name in parse_toc_yaml(REPO_ROOT / "_toc.yml") if name.startswith("chapters/")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+@pytest.mark.parametrize("docname", chapter_pages())
+def test_every_chapter_figure_renders_offline_in_chromium(built_book: Path, docname: str) -> None:
+    page = html_dir(built_book) / f"{docname}.html"
+    saved = set(re.findall(r'<div id="(llmcourse-fig-[0-9a-f-]+)"', page.read_text()))
+    with tempfile.TemporaryDirectory() as profile_dir:
+        dom = subprocess.run(
+            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    drawn = {
+        div_id
+        for div_id in saved
+        if re.search(rf'<div id="{div_id}"[^>]*>\s*<div class="plot-container plotly"', dom)
+    }
+    assert saved, f"{docname} shows no figure"
+    assert drawn == saved, f"figures not drawn on {docname}: {sorted(saved - drawn)}"
