@@ -323,3 +323,9 @@ def load_any(source: str | Path, *, device: str | torch.device = "cpu") -> GPT:
     if config_path.is_file() and '"model_type"' not in config_path.read_text(errors="replace"):
         return load_model(source, device=device)  # the course's own checkpoint format
     return load_gpt2(source, device=device)
+
+
+# The course's own small GPT pretrained on TinyStories (trained on first use, then cached), so
+# that chapters load every pretrained model from this module. llmcourse.course_model does not
+# import this module, so there is no cycle.
+from llmcourse.course_model import course_model as course_model  # noqa: E402

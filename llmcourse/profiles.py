@@ -42,6 +42,8 @@ class Profile:
     pretraining_corpus: str  # a data file name in llmcourse.datasets
     corpus_characters: int | None  # read this many characters of the corpus (None: all)
     pretrain_steps: int  # optimizer steps of the chapter-6 pretraining run
+    pretrain_learning_rate: float  # its peak learning rate (linear warmup, cosine decay to 10%)
+    pretrain_warmup_steps: int  # its warmup steps
     batch_size: int  # sequences per optimizer step
     context_length: int  # tokens per training sequence (at most the model's context length)
     eval_batches: int  # batches averaged for each train/validation loss estimate
@@ -63,6 +65,8 @@ PROFILES: dict[str, Profile] = {
             pretraining_corpus="tinystories-2mib",
             corpus_characters=50_000,
             pretrain_steps=30,
+            pretrain_learning_rate=3e-3,
+            pretrain_warmup_steps=3,
             batch_size=4,
             context_length=64,
             eval_batches=2,
@@ -79,8 +83,10 @@ PROFILES: dict[str, Profile] = {
             model_preset="course-small",
             pretraining_corpus="tinystories-2mib",
             corpus_characters=None,
-            pretrain_steps=3000,  # provisional: chapter 6 tunes it to a few minutes of CPU time
-            batch_size=16,
+            pretrain_steps=300,
+            pretrain_learning_rate=2e-3,
+            pretrain_warmup_steps=30,
+            batch_size=8,
             context_length=256,
             eval_batches=10,
             verdict_epochs=10,
@@ -97,6 +103,8 @@ PROFILES: dict[str, Profile] = {
             pretraining_corpus="tinystories-2mib",
             corpus_characters=None,
             pretrain_steps=3000,
+            pretrain_learning_rate=6e-4,
+            pretrain_warmup_steps=100,
             batch_size=8,
             context_length=1024,
             eval_batches=10,

@@ -22,6 +22,8 @@ def test_each_profile_loads_with_settings_the_package_knows(name: str) -> None:
     counts = [profile.pretrain_steps, profile.batch_size, profile.eval_batches,
               profile.verdict_epochs, profile.classification_epochs, profile.instruction_epochs]
     assert all(isinstance(count, int) and count > 0 for count in counts)
+    assert 0 <= profile.pretrain_warmup_steps < profile.pretrain_steps
+    assert 0 < profile.pretrain_learning_rate <= 1e-2
     for subset in (profile.corpus_characters, profile.classification_examples,
                    profile.instruction_examples):
         assert subset is None or subset > 0

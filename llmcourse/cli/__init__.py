@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmcourse.cli import book, classify, data, finetune, generate, grade, pretrain
+from llmcourse.cli import (
+    book,
+    chat,
+    classify,
+    course_model,
+    data,
+    finetune,
+    generate,
+    grade,
+    pretrain,
+)
 from llmcourse.errors import CourseError
 
 
@@ -15,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, train, fine-tune and run the course's GPT models.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, pretrain, finetune, classify, generate, grade, book):
+    for module in (
+        data, pretrain, course_model, finetune, classify, generate, chat, grade, book
+    ):
         module.register(commands)
     return parser
 

@@ -1,0 +1,64 @@
+"""``llmcourse course-model``: train (once) or load the course's pretrained GPT, and show it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from llmcourse.course_model import (
+    course_model,
+    course_model_dir,
+    course_model_report,
+    recipe_for,
+    sample_generations,
+)
+from llmcourse.profiles import PROFILES, current_profile
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "course-model",
+        help="train or load the course's own pretrained GPT and print its report",
+        description="Load the course's small GPT pretrained on the TinyStories sample from the "
+        "cache, training it first when it is not there (minutes in the cpu profile, seconds in "
+        "smoke). Prints its training report and greedy and top-k samples. Later chapters load "
+        "the same model with llmcourse.pretrained.course_model().",
+    )
+    parser.add_argument("--profile", choices=list(PROFILES), default=None,
+                        help="run profile of the recipe (default: $LLMCOURSE_PROFILE, else cpu)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train again and replace the cached model")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = args.profile or current_profile().name
+    recipe = recipe_for(profile)  # fails early, with advice, for a profile without a recipe
+    model = course_model(profile, retrain=args.retrain)
+    print(format_report(course_model_report(profile), str(course_model_dir(profile))))
+    print()
+    print("Samples from the loaded model:")
+    for sample in sample_generations(model, seed=recipe.run.training.seed):
+        print(f"[{sample['decoding']}] {sample['prompt']}{sample['text']}")
+    return 0
+
+
+def format_report(report: dict[str, Any], directory: str) -> str:
+    """The report's main numbers, one per line."""
+    model = report["recipe"]["model"]
+    training = report["recipe"]["training"]
+    return "\n".join([
+        f"course model {report['recipe_name']}-{report['recipe_hash']} "
+        f"(profile {report['profile']})",
+        f"  cached in:   {directory}",
+        f"  model:       {model['n_layer']} layers, {model['n_head']} heads, {model['n_embd']} "
+        f"dims, context {model['context_length']}; {report['parameters']:,} parameters "
+        f"({report['non_embedding_parameters']:,} without embeddings)",
+        f"  data:        {report['recipe']['corpus']}, batch {report['recipe']['batch_size']}, "
+        f"peak learning rate {training['learning_rate']:g}, seed {training['seed']}",
+        f"  trained:     {report['steps']} steps, {report['tokens_seen']:,} tokens "
+        f"({report['epochs']:.2f} epochs) in {report['wall_seconds']:.0f} s "
+        f"({report['tokens_per_second']:,.0f} tokens/s, {report['torch_threads']} threads)",
+        f"  final loss:  train {report['train_loss']:.3f}, validation {report['val_loss']:.3f} "
+        f"(perplexity {report['val_perplexity']:.1f})",
+    ])

@@ -1,0 +1,336 @@
+"""The course's own pretrained GPT: one fixed recipe per run profile, trained once, then cached.
+
+Later chapters start from a pretrained model. In the ``smoke`` and ``cpu`` profiles that model is
+the course's own small GPT (GPT-2's tokenizer, a few million non-embedding parameters) pretrained
+on the TinyStories sample, made by this module from a fixed seed and recipe:
+
+>>> from llmcourse.pretrained import course_model
+>>> model = course_model()  # doctest: +SKIP
+
+The first call trains it (minutes for ``cpu``, seconds for ``smoke``) and saves it; every later
+call loads it from the cache. ``llmcourse course-model`` does the same from a shell and prints the
+training report.
+
+The cache directory is ``<cache root>/models/<recipe name>-<recipe hash>``: the hash covers every
+setting that decides the weights (model shape, data file and its sha256, batch size, optimizer,
+schedule, steps, seed), so a changed recipe never loads a stale model. It holds the checkpoint
+(``config.json`` + ``model.safetensors``) and ``report.json`` (the recipe, losses, tokens, time,
+throughput and sample generations).
+
+The same recipe gives the same weights on every run on one machine: the seed fixes the
+initialisation, the batch order and dropout. Other machines, torch versions or thread counts can
+round differently, so their weights agree only closely.
+
+Concurrent use: the directory is written elsewhere and renamed into place when complete, so a
+reader never sees half a model. Two processes that both find the model missing both train it; the
+first to finish publishes its directory and the other keeps that one and drops its own copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmcourse import datasets
+from llmcourse.checkpoints import load_model, save_checkpoint
+from llmcourse.errors import CourseError
+from llmcourse.generation import generate_text
+from llmcourse.model import GPT, GPTConfig, count_parameters
+from llmcourse.pretraining import PretrainingRun, make_loaders, read_corpus
+from llmcourse.profiles import Profile, current_profile, get_profile
+from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
+from llmcourse.training import TrainingConfig, evaluate_loss, perplexity, train
+
+REPORT_FILE = "report.json"
+# Bump when the code that trains the model changes its result, so old caches are not used.
+RECIPE_VERSION = 1
+EVALUATIONS_PER_RUN = 5  # loss estimates during training (the last one after the final step)
+SAMPLE_PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "The dog")
+SAMPLE_TOKENS = 60  # new tokens per sample at most (a story's end token stops it earlier)
+SAMPLE_TOP_K = 40
+SAMPLE_TEMPERATURE = 0.8
+# Float32 FLOP/s that training sustains on a 2-core laptop CPU, for the time estimate only
+# (a loaded 2-core machine measured about 36e9 per busy core).
+LAPTOP_TRAINING_FLOPS = 60e9
+
+
+class NoCourseModelError(CourseError, ValueError):
+    """The profile has no course model: its chapters start from OpenAI's GPT-2 weights."""
+
+
+class CourseModelNotCachedError(CourseError, FileNotFoundError):
+    """The course model is not in the cache and may not be trained now."""
+
+
+@dataclass(frozen=True)
+class CourseModelRecipe:
+    """Everything that decides the course model's weights, plus how to evaluate it.
+
+    ``name`` is the model preset and corpus (``course-small-tinystories-2mib``); ``run`` is the
+    pretraining run (model, data, optimizer, schedule, steps, seed); ``profile`` is the run
+    profile the recipe comes from (it does not enter the hash).
+    """
+
+    name: str
+    profile: str
+    run: PretrainingRun
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that decide the weights, as plain JSON values."""
+        run = self.run
+        return {
+            "version": RECIPE_VERSION,
+            "model": asdict(run.model),
+            "corpus": run.corpus,
+            "corpus_sha256": datasets.get(run.corpus).sha256,
+            "max_characters": run.max_characters,
+            "val_fraction": run.val_fraction,
+            "batch_size": run.batch_size,
+            "training": run.training.run_settings(),
+        }
+
+    @property
+    def digest(self) -> str:
+        """A short hash (12 hex digits) of ``settings()``."""
+        canonical = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+    @property
+    def directory_name(self) -> str:
+        return f"{self.name}-{self.digest}"
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens: steps x batch size x context length."""
+        run = self.run
+        return run.training.max_steps * run.batch_size * run.model.context_length
+
+    def estimated_minutes(self) -> float:
+        """Rough training time on a 2-core laptop CPU: 6 FLOPs per parameter and token
+        (forward and backward), at ``LAPTOP_TRAINING_FLOPS``."""
+        flops = 6 * count_parameters(self.run.model) * self.tokens
+        return flops / LAPTOP_TRAINING_FLOPS / 60
+
+
+def recipe_for(profile: str | Profile | None = None) -> CourseModelRecipe:
+    """The course model's recipe in a run profile (default: ``$LLMCOURSE_PROFILE``).
+
+    Every value comes from the profile table in ``llmcourse.profiles``: model preset, context
+    length, corpus and how much of it, batch size, steps, learning rate, warmup and seed.
+    """
+    profile = _profile(profile)
+    if not profile.model_preset.startswith("course-"):
+        raise NoCourseModelError(
+            f"profile {profile.name!r} uses OpenAI's GPT-2 sizes ({profile.model_preset}) and "
+            f"starts from OpenAI's weights: load them with "
+            f"llmcourse.pretrained.load_gpt2({profile.model_preset!r}). The course's own model "
+            "exists for the profiles whose model preset is course-tiny or course-small"
+        )
+    steps = profile.pretrain_steps
+    training = TrainingConfig(
+        learning_rate=profile.pretrain_learning_rate,
+        max_steps=steps,
+        warmup_steps=profile.pretrain_warmup_steps,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_every=max(1, steps // EVALUATIONS_PER_RUN),
+        eval_batches=profile.eval_batches,
+        seed=profile.seed,
+    )
+    run = PretrainingRun(
+        corpus=profile.pretraining_corpus,
+        model=GPTConfig.preset(profile.model_preset, context_length=profile.context_length),
+        batch_size=profile.batch_size,
+        max_characters=profile.corpus_characters,
+        training=training,
+    )
+    name = f"{profile.model_preset}-{profile.pretraining_corpus}"
+    return CourseModelRecipe(name=name, profile=profile.name, run=run)
+
+
+def course_model_dir(profile: str | Profile | None = None) -> Path:
+    """Where the course model of ``profile`` is (or will be) cached."""
+    return datasets.cache_root() / "models" / recipe_for(profile).directory_name
+
+
+def train_course_model(
+    profile: str | Profile | None = None, *, progress: bool = True
+) -> tuple[GPT, dict[str, Any]]:
+    """Train the course model of ``profile`` from scratch (nothing is read from or written to
+    the cache). Returns the model, in eval mode, and its report (see ``course_model_report``).
+
+    Torch's global random number generator is left as it was."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    recipe = recipe_for(profile)
+    run = replace(recipe.run, training=replace(recipe.run.training, progress=progress))
+    train_loader, val_loader = make_loaders(read_corpus(run.corpus, run.max_characters), run)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.training.seed)
+        model = GPT(run.model)
+        history = train(model, train_loader, val_loader, run.training)
+    val_loss = evaluate_loss(model, val_loader)  # every validation batch, not an estimate
+    model.eval()
+    report = {
+        "recipe_name": recipe.name,
+        "recipe_hash": recipe.digest,
+        "profile": recipe.profile,
+        "recipe": recipe.settings(),
+        "parameters": model.num_parameters(),
+        "non_embedding_parameters": model.num_parameters(non_embedding=True),
+        "steps": len(history.steps),
+        "tokens_seen": history.tokens_seen,
+        "epochs": len(history.steps) / len(train_loader),
+        "train_loss": history.evals[-1].train_loss,
+        "val_loss": val_loss,
+        "val_perplexity": perplexity(val_loss),
+        "wall_seconds": history.elapsed_seconds,
+        "tokens_per_second": history.tokens_per_second,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "evals": [asdict(record) for record in history.evals],
+        "step_losses": history.train_losses,
+        "samples": sample_generations(model, seed=run.training.seed),
+    }
+    # all of it (data, training, evaluation, samples); CPU time summed over threads
+    report["total_seconds"] = time.perf_counter() - start
+    report["total_cpu_seconds"] = time.process_time() - start_cpu
+    return model, report
+
+
+def sample_generations(model: GPT, *, seed: int) -> list[dict[str, str]]:
+    """Continue each of ``SAMPLE_PROMPTS`` greedily and by top-k sampling (seeded); returns
+    ``{"prompt", "decoding", "text"}`` records, ``text`` without the prompt."""
+    tokenizer = gpt2_tokenizer()
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    decodings = {
+        "greedy": {"temperature": 0.0},
+        f"top-k {SAMPLE_TOP_K}, temperature {SAMPLE_TEMPERATURE}": {
+            "temperature": SAMPLE_TEMPERATURE, "top_k": SAMPLE_TOP_K, "generator": generator,
+        },
+    }
+    return [
+        {
+            "prompt": prompt,
+            "decoding": decoding,
+            "text": generate_text(model, tokenizer, prompt, SAMPLE_TOKENS,
+                                  eos_id=GPT2_EOT_ID, **options),
+        }
+        for decoding, options in decodings.items()
+        for prompt in SAMPLE_PROMPTS
+    ]
+
+
+def course_model(
+    profile: str | Profile | None = None,
+    *,
+    train_if_missing: bool = True,
+    retrain: bool = False,
+    device: str | torch.device = "cpu",
+) -> GPT:
+    """The course's pretrained GPT for ``profile`` (default: ``$LLMCOURSE_PROFILE``), in eval
+    mode on ``device``.
+
+    Loaded from the cache; when it is not there it is trained first (on the CPU) and saved, unless
+    ``train_if_missing`` is False, which raises ``CourseModelNotCachedError`` instead.
+    ``retrain`` trains it again and replaces the cached copy.
+    """
+    recipe = recipe_for(profile)
+    directory = course_model_dir(profile)
+    if retrain or not directory.is_dir():
+        if not (train_if_missing or retrain):
+            raise CourseModelNotCachedError(
+                f"the course model of profile {recipe.profile!r} is not in the cache "
+                f"({directory}); train it with `llmcourse course-model --profile "
+                f"{recipe.profile}` (about {_duration(recipe)} on a 2-core laptop CPU), or call "
+                "course_model() with train_if_missing=True"
+            )
+        print(
+            f"Training the course model {recipe.directory_name} (profile {recipe.profile!r}: "
+            f"{recipe.run.training.max_steps} steps, {recipe.tokens:,} tokens); this takes "
+            f"about {_duration(recipe)} on a 2-core laptop CPU, once: later calls load it from "
+            f"{directory}",
+            file=sys.stderr,
+            flush=True,
+        )
+        model, report = train_course_model(profile)
+        _publish(model, report, directory, replace_existing=retrain)
+    return load_model(directory, device=device)
+
+
+def course_model_report(profile: str | Profile | None = None) -> dict[str, Any]:
+    """The report saved with the cached course model of ``profile``: ``recipe`` (the settings
+    that decide the weights), ``train_loss`` and ``val_loss`` (nats per token, after the last
+    step; the validation loss over the whole held-out text), ``tokens_seen``,
+    ``wall_seconds``, ``tokens_per_second``, ``evals`` and ``step_losses`` (the loss curve) and
+    ``samples`` (greedy and top-k continuations of a few prompts)."""
+    path = course_model_dir(profile) / REPORT_FILE
+    if not path.is_file():
+        raise CourseModelNotCachedError(
+            f"no course model report at {path}: the model is not cached yet; run "
+            f"`llmcourse course-model --profile {recipe_for(profile).profile}`"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _profile(profile: str | Profile | None) -> Profile:
+    if profile is None:
+        return current_profile()
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
+def _duration(recipe: CourseModelRecipe) -> str:
+    minutes = recipe.estimated_minutes()
+    return f"{minutes:.0f} minutes" if minutes >= 1.5 else "a minute or less"
+
+
+def _publish(model: GPT, report: dict[str, Any], target: Path, *, replace_existing: bool) -> None:
+    """Write checkpoint and report into a staging directory beside ``target``, then rename it
+    to ``target``. An existing ``target`` is kept (another process published the same recipe
+    first) unless ``replace_existing``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        staged = save_checkpoint(staging_root / "model", model)
+        _write_synced(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+        if replace_existing and target.exists():
+            _swap_in(staged, target)
+        else:
+            try:
+                os.replace(staged, target)
+            except OSError:
+                if not target.is_dir():
+                    raise  # not the race with another writer: a real failure
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def _swap_in(staged: Path, target: Path) -> None:
+    """Replace the directory ``target`` by ``staged``: move the old one aside, then delete it."""
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+    os.replace(target, retired)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(retired, target)
+        raise
+    shutil.rmtree(retired)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
