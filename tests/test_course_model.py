@@ -266,7 +266,8 @@ def test_command_prints_the_report_and_samples(use_smoke_cache, capsys) -> None:
     assert f"validation {report['val_loss']:.3f}" in out
     assert f"{report['tokens_seen']:,} tokens" in out
     for sample in report["samples"]:  # the loaded model continues the prompts as trained
-        assert f"[{sample['decoding']}] {sample['prompt']}{sample['text']}\n" in out
+        text = (sample["prompt"] + sample["text"]).rstrip().replace("\n", "\n    ")
+        assert f"[{sample['decoding']}] {text}\n" in out
 
 
 def test_command_explains_a_profile_without_a_course_model(capsys) -> None:

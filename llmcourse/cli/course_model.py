@@ -39,8 +39,14 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("Samples from the loaded model:")
     for sample in sample_generations(model, seed=recipe.run.training.seed):
-        print(f"[{sample['decoding']}] {sample['prompt']}{sample['text']}")
+        print(format_sample(sample))
     return 0
+
+
+def format_sample(sample: dict[str, str]) -> str:
+    """``[decoding] prompt + continuation``, later lines of the text indented."""
+    text = f"{sample['prompt']}{sample['text']}".rstrip().replace("\n", "\n    ")
+    return f"[{sample['decoding']}] {text}"
 
 
 def format_report(report: dict[str, Any], directory: str) -> str:
@@ -58,7 +64,7 @@ def format_report(report: dict[str, Any], directory: str) -> str:
         f"peak learning rate {training['learning_rate']:g}, seed {training['seed']}",
         f"  trained:     {report['steps']} steps, {report['tokens_seen']:,} tokens "
         f"({report['epochs']:.2f} epochs) in {report['wall_seconds']:.0f} s "
-        f"({report['tokens_per_second']:,.0f} tokens/s, {report['torch_threads']} threads)",
+        f"({report['tokens_per_second']:,.0f} tokens/s, torch threads: {report['torch_threads']})",
         f"  final loss:  train {report['train_loss']:.3f}, validation {report['val_loss']:.3f} "
         f"(perplexity {report['val_perplexity']:.1f})",
     ])
