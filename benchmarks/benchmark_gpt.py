@@ -247,7 +247,10 @@ def training_contestants(
 # Generation
 
 
-def our_generation(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool):
+def our_generation(
+    model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool
+) -> Callable[[], torch.Tensor]:
+    """Greedy decoding (``generate``'s default) of ``new_tokens`` tokens; no end token is given."""
     return lambda: generate(model, prompt, new_tokens, use_cache=use_cache)
 
 
@@ -269,6 +272,7 @@ def their_generation(
 def generation_contestants(
     ours: GPT, theirs: GPT2LMHeadModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool
 ) -> list[Contestant]:
+    """Ours and theirs, each generating ``new_tokens`` after ``prompt`` (1, T)."""
     cache = "KV cache" if use_cache else "no cache"
     return [
         Contestant(f"ours, {cache}", our_generation(ours, prompt, new_tokens, use_cache),
@@ -350,7 +354,10 @@ def ratios(speed: dict[str, float]) -> dict[str, float]:
     return result
 
 
-def machine_description(load_at_start: tuple[float, ...], load_at_end: tuple[float, ...]):
+def machine_description(
+    load_at_start: tuple[float, ...], load_at_end: tuple[float, ...]
+) -> dict[str, Any]:
+    """The processor, library versions, threads and the load averages around the run."""
     return {
         "processor": cpu_name(),
         "logical_cpus": os.cpu_count(),
