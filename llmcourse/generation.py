@@ -299,10 +299,11 @@ def _generate_steps(
     """Yield the token ids (B,) chosen at each step (arguments as in ``generate``)."""
     with _eval_mode(model):
         cache = _new_cache(model, idx, max_new_tokens) if use_cache else None
+        output_matrix = _cpu_output_matrix(model)
         tokens = idx
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            logits = _next_token_logits(model, tokens, cache)
+            logits = _next_token_logits(model, tokens, cache, output_matrix)
             next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 next_token = next_token.masked_fill(finished, eos_id)  # pad finished rows
@@ -314,18 +315,38 @@ def _generate_steps(
 
 
 def _next_token_logits(
-    model: nn.Module, tokens: torch.Tensor, cache: KVCache | None
+    model: nn.Module,
+    tokens: torch.Tensor,
+    cache: KVCache | None,
+    output_matrix: torch.Tensor | None,
 ) -> torch.Tensor:
     """Logits (B, V) for the token after ``tokens`` (B, L), all the tokens so far.
 
     ``cache`` holds the keys and values of ``tokens[:, :cache.length]``: only the rest is read.
     """
+    options = {"last_only": True}
+    if output_matrix is not None:
+        options["output_matrix"] = output_matrix
     if cache is not None and tokens.size(1) <= cache.max_length:
-        return model(tokens[:, cache.length :], kv_cache=cache)[:, -1, :]
+        return model(tokens[:, cache.length :], kv_cache=cache, **options)[:, -1, :]
     # Past the context the window slides one token per step. With absolute position embeddings
     # that moves every token to a new position and changes every key and value, so nothing
     # cached stays valid: read the whole window, exactly as uncached generation does.
-    return model(tokens[:, -model.config.context_length :])[:, -1, :]
+    return model(tokens[:, -model.config.context_length :], **options)[:, -1, :]
+
+
+def _cpu_output_matrix(model: nn.Module) -> torch.Tensor | None:
+    """A contiguous copy (C, V) of the output layer's transposed weight, for a plain
+    ``nn.Linear`` output layer on the CPU; None otherwise (then ``lm_head`` itself runs).
+
+    Generation multiplies one token per step by the (V, C) output matrix, the largest in GPT-2
+    small; a CPU reads the contiguous transpose about 30% faster than the transposed view. The
+    copy costs V x C floats (154 MB for GPT-2) while generating. A LoRA-wrapped output layer is
+    left alone: its adapter must run."""
+    head = getattr(model, "lm_head", None)
+    if type(head) is not nn.Linear or head.weight.device.type != "cpu":
+        return None
+    return head.weight.t().contiguous()
 
 
 def _new_cache(model: nn.Module, idx: torch.Tensor, max_new_tokens: int) -> KVCache:

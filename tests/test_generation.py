@@ -70,8 +70,11 @@ class BigramModel(nn.Module):
         with torch.no_grad():
             self.table.weight.copy_(10.0 * torch.eye(vocab_size)[successor])
 
-    def forward(self, idx: torch.Tensor, kv_cache: object = None) -> torch.Tensor:
-        return self.table(idx)  # (B, T, V)
+    def forward(
+        self, idx: torch.Tensor, kv_cache: object = None, last_only: bool = False
+    ) -> torch.Tensor:
+        logits = self.table(idx)  # (B, T, V)
+        return logits[:, -1:] if last_only else logits
 
 
 class ByteTokenizer:

@@ -37,6 +37,15 @@ def test_forward_shapes_and_loss(tiny_model):
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_last_only_gives_the_last_positions_logits(tiny_model):
+    ids = torch.randint(0, 97, (3, 11))
+    last = tiny_model(ids, last_only=True)
+    assert last.shape == (3, 1, 97)
+    torch.testing.assert_close(last, tiny_model(ids)[:, -1:], rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="no loss"):
+        tiny_model(ids, ids, last_only=True)
+
+
 def test_untrained_loss_is_near_log_vocab(tiny_model):
     ids, targets = torch.randint(0, 97, (2, 8, 16))
     _, loss = tiny_model(ids, targets)
