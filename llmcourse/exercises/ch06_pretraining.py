@@ -1,0 +1,611 @@
+"""Checkers of chapter 6, pretraining: the loss, perplexity, temperature, top-k and a training
+step.
+
+Each checker runs hand-picked cases first (small inputs whose numbers can be read in the
+failure message), then seeded random ones. When an answer is wrong, it is compared with the
+typical wrong answers of the exercise (a missing log, a sum instead of a mean, multiplying by
+the temperature...): a match replaces the exercise's general hint with one about that mistake.
+The training step is checked differently: an optimizer that records the gradients it is asked
+to apply shows whether the answer cleared, computed and applied them exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close
+from llmcourse.generation import top_k_filter
+from llmcourse.model import GPT, GPTConfig
+
+Case = tuple[str, tuple[Any, ...]]
+Compare = Callable[..., None]
+
+expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
+
+# The book's toy vocabulary and the logits of the token after "every effort moves you".
+TOY_VOCABULARY = ("closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward",
+                  "you")
+TOY_LOGITS = (4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A typical wrong answer, computed the wrong way on the same inputs, and what to fix."""
+
+    name: str
+    answer: Callable[..., Any]
+    hint: str
+
+
+def run_cases_with_diagnosis(
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Iterable[Case],
+    compare: Compare,
+    mistakes: Iterable[Mistake] = (),
+) -> None:
+    """Run ``answer`` and ``reference`` on every case (each call on its own deep copy of the
+    arguments). When they differ, the first mistake that reproduces the answer's result gives
+    the hint of the ``Mismatch``."""
+    mistakes = list(mistakes)
+    for description, arguments in cases:
+        expected = reference(*copy.deepcopy(arguments))
+        got = attempt(answer, *copy.deepcopy(arguments), case=description)
+        try:
+            compare(got, expected, case=description)
+        except Mismatch as mismatch:
+            mismatch.hint = _recognise(got, arguments, compare, mistakes, description)
+            raise
+
+
+def _recognise(
+    got: Any, arguments: tuple[Any, ...], compare: Compare, mistakes: list[Mistake], case: str
+) -> str:
+    """The hint of the first mistake whose result matches ``got``, or "" (the exercise's)."""
+    for mistake in mistakes:
+        try:
+            compare(got, mistake.answer(*copy.deepcopy(arguments)), case=case)
+        except Exception:  # this mistake gives another result here, or does not apply
+            continue
+        return mistake.hint
+    return ""
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(tuple(tensor.shape))
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.cross_entropy
+
+
+def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-probability of the targets (B, T) under softmax(logits (B, T, V))."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _target_probabilities(logits: torch.Tensor, targets: torch.Tensor, dim: int = -1):
+    probabilities = torch.softmax(logits, dim=dim)
+    return probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def _log_target_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+SOFTMAX_DIMENSION_HINT = (
+    "softmax must turn each position's V scores into probabilities: take it over the "
+    "vocabulary, the LAST dimension (dim=-1), not over the batch or the positions"
+)
+CROSS_ENTROPY_MISTAKES = (
+    Mistake(
+        "missing_log",
+        lambda logits, targets: -_target_probabilities(logits, targets).mean(),
+        "the loss is the mean of -log(probability of the target): take the log of the "
+        "probabilities (torch.log_softmax or torch.log(softmax)) before averaging",
+    ),
+    Mistake(
+        "missing_minus",
+        lambda logits, targets: _log_target_probabilities(logits, targets).mean(),
+        "log-probabilities are negative: the loss is their NEGATED mean, so that it is >= 0 "
+        "and smaller when the targets are more likely",
+    ),
+    Mistake(
+        "sum_instead_of_mean",
+        lambda logits, targets: -_log_target_probabilities(logits, targets).sum(),
+        "average over all B * T positions (.mean()), do not sum: the loss must not grow with "
+        "the batch size or the sequence length",
+    ),
+    Mistake(
+        "mean_over_batch_only",
+        lambda logits, targets: -_log_target_probabilities(logits, targets).sum(-1).mean(),
+        "average over every position of every sequence, not only over the sequences",
+    ),
+    Mistake(
+        "probability_of_the_argmax",
+        lambda logits, targets: -torch.log_softmax(logits, dim=-1).max(dim=-1).values.mean(),
+        "use the probability the model gives the TARGET token (select it with "
+        "gather(-1, targets.unsqueeze(-1)) or by indexing), not that of its most likely token",
+    ),
+    Mistake(
+        "softmax_over_positions",
+        lambda logits, targets: -torch.log(_target_probabilities(logits, targets, dim=1)).mean(),
+        SOFTMAX_DIMENSION_HINT,
+    ),
+    Mistake(
+        "softmax_over_batch",
+        lambda logits, targets: -torch.log(_target_probabilities(logits, targets, dim=0)).mean(),
+        SOFTMAX_DIMENSION_HINT,
+    ),
+    Mistake(
+        "log2",
+        lambda logits, targets: -_log_target_probabilities(logits, targets).mean() / math.log(2),
+        "use the natural logarithm (torch.log, log_softmax): losses are in nats, as in "
+        "F.cross_entropy",
+    ),
+)
+
+
+def _cross_entropy_cases() -> list[Case]:
+    generator = _seeded(61)
+    toy = torch.tensor(TOY_LOGITS)
+    cases: list[Case] = [
+        ("logits of shape (1, 2, 3) = [[[2., 1., 0.], [0., 0., 3.]]], targets [[1, 0]]",
+         (torch.tensor([[[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]]), torch.tensor([[1, 0]]))),
+        ("the toy vocabulary's logits for 'every effort moves you' (1, 1, 9), target 8 ('you')",
+         (toy.view(1, 1, 9), torch.tensor([[8]]))),
+        ("logits (2, 2, 4), two sequences of two positions, targets [[3, 0], [1, 2]]",
+         (torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]],
+                        [[0.0, -2.0, 1.0, 1.0], [3.0, 3.0, -3.0, 0.0]]]),
+          torch.tensor([[3, 0], [1, 2]]))),
+    ]
+    for batch, length, vocabulary, dtype in (
+        (2, 3, 5, torch.float32), (3, 7, 50, torch.float32), (1, 16, 257, torch.float32),
+        (4, 5, 11, torch.float64),
+    ):
+        logits = 3 * torch.randn(batch, length, vocabulary, generator=generator, dtype=dtype)
+        targets = torch.randint(0, vocabulary, (batch, length), generator=generator)
+        cases.append((
+            f"random {dtype} logits of shape (B, T, V) = {(batch, length, vocabulary)} and "
+            "random targets",
+            (logits, targets),
+        ))
+    return cases
+
+
+@exercise(
+    "ch06.cross_entropy",
+    title="Cross-entropy of next-token predictions",
+    hint="softmax over the last dimension, pick each target's probability, take -log, and "
+    "average over all B * T positions; return a tensor of shape ()",
+)
+def check_cross_entropy(answer: object) -> None:
+    run_cases_with_diagnosis(
+        answer, reference_cross_entropy, _cross_entropy_cases(), expect_float,
+        CROSS_ENTROPY_MISTAKES,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.perplexity
+
+
+def reference_perplexity(loss: float) -> float:
+    """exp(loss) for a cross-entropy loss in nats per token."""
+    return math.exp(loss)
+
+
+def expect_number(got: object, expected: float, *, case: str, hint: str = "") -> None:
+    """Raise ``Mismatch`` unless ``got`` is a real number (or a one-element tensor) within a
+    relative 1e-6 of ``expected``."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise Mismatch(case, expected, got, hint,
+                       detail=f"expected a number, got {type(got).__name__} {got!r}")
+    if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
+        raise Mismatch(case, expected, got, hint, detail=f"expected {expected:.6g}, got {got:.6g}")
+
+
+PERPLEXITY_MISTAKES = (
+    Mistake(
+        "power_of_two",
+        lambda loss: 2.0**loss,
+        "the loss is in nats (natural log), so its inverse is e ** loss (math.exp), not 2 ** loss",
+    ),
+    Mistake(
+        "negative_exponent",
+        lambda loss: math.exp(-loss),
+        "exp(loss), not exp(-loss): a higher loss must give a higher perplexity",
+    ),
+    Mistake(
+        "log_instead_of_exp",
+        lambda loss: math.log(loss),
+        "perplexity undoes the log of the loss: exponentiate (math.exp), do not take a log",
+    ),
+    Mistake(
+        "inverse_loss",
+        lambda loss: 1.0 / loss,
+        "perplexity is exp(loss), the number of equally likely tokens the loss amounts to",
+    ),
+)
+
+
+@exercise(
+    "ch06.perplexity",
+    title="Perplexity from the loss",
+    hint="perplexity = exp(loss), with the loss in nats per token",
+)
+def check_perplexity(answer: object) -> None:
+    cases: list[Case] = [
+        ("loss = math.log(50257), a model that gives every token the same probability",
+         (math.log(50257),)),
+        ("loss = 6.5", (6.5,)),
+        ("loss = 2.302585 (ln 10)", (2.302585,)),
+        ("loss = 0.5", (0.5,)),
+        ("loss = 1.0", (1.0,)),
+        ("loss = 0.0, a model that is always certain and right", (0.0,)),
+    ]
+    run_cases_with_diagnosis(
+        answer, reference_perplexity, cases, expect_number, PERPLEXITY_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.apply_temperature
+
+
+def reference_apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits (..., V) divided by the temperature (> 0)."""
+    return logits / temperature
+
+
+TEMPERATURE_MISTAKES = (
+    Mistake(
+        "multiplied",
+        lambda logits, temperature: logits * temperature,
+        "DIVIDE the logits by the temperature: a temperature below 1 must sharpen the "
+        "distribution (larger logits), above 1 flatten it",
+    ),
+    Mistake(
+        "softmax_before_scaling",
+        lambda logits, temperature: torch.softmax(logits, dim=-1) / temperature,
+        "scale the logits themselves; softmax comes after the temperature, when sampling "
+        "(dividing probabilities by T does not change the distribution's shape)",
+    ),
+    Mistake(
+        "returns_probabilities",
+        lambda logits, temperature: torch.softmax(logits / temperature, dim=-1),
+        "return the scaled LOGITS, not probabilities: the filters (top-k, top-p) and softmax "
+        "come afterwards",
+    ),
+    Mistake(
+        "subtracted",
+        lambda logits, temperature: logits - temperature,
+        "subtracting the same number from every logit changes nothing after softmax: divide "
+        "by the temperature",
+    ),
+)
+
+
+def _temperature_cases() -> list[Case]:
+    generator = _seeded(62)
+    toy = torch.tensor(TOY_LOGITS)
+    cases: list[Case] = [
+        ("the toy logits [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79], "
+         "temperature 0.5", (toy, 0.5)),
+        ("the toy logits, temperature 5.0", (toy, 5.0)),
+        ("the toy logits, temperature 1.0 (unchanged)", (toy, 1.0)),
+        ("logits [[1., 2., 3.], [0., 0., -4.]] of shape (2, 3), temperature 0.1",
+         (torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, -4.0]]), 0.1)),
+    ]
+    for shape, temperature, dtype in (((4, 50), 1.7, torch.float32), ((50257,), 0.8, torch.float32),
+                                      ((2, 3, 10), 2.5, torch.float64)):
+        logits = 4 * torch.randn(shape, generator=generator, dtype=dtype)
+        cases.append((f"random {dtype} logits of shape {shape}, temperature {temperature}",
+                      (logits, temperature)))
+    return cases
+
+
+@exercise(
+    "ch06.apply_temperature",
+    title="Temperature scaling",
+    hint="return logits / temperature, a tensor of the logits' shape (no softmax here)",
+)
+def check_apply_temperature(answer: object) -> None:
+    run_cases_with_diagnosis(
+        answer, reference_apply_temperature, _temperature_cases(), expect_float,
+        TEMPERATURE_MISTAKES,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.top_k_filter
+
+
+def reference_top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest logits of each row (..., V) kept in place, the others set to -inf."""
+    return top_k_filter(logits, k)
+
+
+def expect_filtered_logits(
+    got: object, expected: torch.Tensor, *, case: str, hint: str = ""
+) -> None:
+    """Raise ``Mismatch`` unless ``got`` removes (sets to -inf) exactly the logits ``expected``
+    removes and keeps the others' values. (``expect_close`` alone would accept any value where
+    -inf is expected: its relative tolerance is infinite there.)"""
+    if (
+        not isinstance(got, torch.Tensor)
+        or got.shape != expected.shape
+        or not got.dtype.is_floating_point
+    ):
+        expect_close(got, expected, case=case, hint=hint)  # says what is wrong with it
+    removed, got_removed = expected == float("-inf"), got == float("-inf")
+    differs = removed != got_removed
+    if differs.any():
+        index = tuple(int(i) for i in differs.nonzero()[0])
+
+        def state(value: float) -> str:
+            return "-inf (removed)" if value == float("-inf") else f"{value:.6g} (kept)"
+
+        raise Mismatch(
+            case, expected, got, hint,
+            detail=f"{int(differs.sum())} of {differs.numel()} tokens are kept or removed "
+            f"differently; at index {index} expected {state(float(expected[index]))}, got "
+            f"{state(float(got[index]))}",
+        )
+    expect_close(got.masked_fill(removed, 0.0), expected.masked_fill(removed, 0.0),
+                 atol=0.0, rtol=0.0, case=case, hint=hint)
+
+
+def _fill_below(logits: torch.Tensor, threshold: torch.Tensor, value: float) -> torch.Tensor:
+    return logits.masked_fill(logits < threshold, value)
+
+
+def _kth_largest(logits: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    k = min(k, logits.size(dim))
+    return logits.topk(k, dim=dim).values.narrow(dim, k - 1, 1)
+
+
+def _sorted_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    ordered = logits.sort(dim=-1, descending=True).values
+    positions = torch.arange(logits.size(-1), device=logits.device)
+    return ordered.masked_fill(positions >= k, float("-inf"))
+
+
+TOP_K_MISTAKES = (
+    Mistake(
+        "keeps_k_plus_one",
+        lambda logits, k: _fill_below(logits, _kth_largest(logits, k + 1), float("-inf")),
+        "keep exactly k tokens: the threshold is the k-th largest logit "
+        "(logits.topk(k).values[..., -1:]), not the (k+1)-th",
+    ),
+    Mistake(
+        "keeps_k_minus_one",
+        lambda logits, k: logits.masked_fill(logits <= _kth_largest(logits, k), float("-inf")),
+        "keep the logits that are >= the k-th largest: with > the k-th token itself is dropped",
+    ),
+    Mistake(
+        "zero_instead_of_minus_inf",
+        lambda logits, k: _fill_below(logits, _kth_largest(logits, k), 0.0),
+        "set the removed logits to -inf (float('-inf')), not 0: softmax gives e^0 = 1 a "
+        "probability above 0, so those tokens could still be drawn",
+    ),
+    Mistake(
+        "keeps_smallest",
+        lambda logits, k: logits.masked_fill(
+            logits > -_kth_largest(-logits, k), float("-inf")),
+        "keep the k LARGEST logits (sort descending, or topk's default largest=True)",
+    ),
+    Mistake(
+        "returns_sorted_logits",
+        _sorted_top_k,
+        "keep every logit at its own position (its token id): mask the small ones with "
+        "masked_fill or torch.where instead of returning them sorted",
+    ),
+    Mistake(
+        "returns_top_k_values",
+        lambda logits, k: logits.topk(min(k, logits.size(-1))).values,
+        "return a tensor of the logits' shape, with -inf for the removed tokens, not just "
+        "the k kept values",
+    ),
+    Mistake(
+        "over_the_first_dimension",
+        lambda logits, k: _fill_below(logits, _kth_largest(logits, k, dim=0), float("-inf")),
+        "filter each row on its own: the k largest over the last dimension (dim=-1)",
+    ),
+)
+
+
+def _top_k_cases() -> list[Case]:
+    generator = _seeded(63)
+    toy = torch.tensor(TOY_LOGITS)
+    cases: list[Case] = [
+        ("the toy logits [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79], k = 3",
+         (toy, 3)),
+        ("the toy logits, k = 1", (toy, 1)),
+        ("the toy logits, k = 9 (every token)", (toy, 9)),
+        ("negative logits [-3., -1., -2., -5.], k = 2",
+         (torch.tensor([-3.0, -1.0, -2.0, -5.0]), 2)),
+        ("two rows [[1., 5., 3., 2.], [9., 0., 8., 7.]] of shape (2, 4), k = 2",
+         (torch.tensor([[1.0, 5.0, 3.0, 2.0], [9.0, 0.0, 8.0, 7.0]]), 2)),
+    ]
+    for shape, k, dtype in (((3, 20), 5, torch.float32), ((100,), 10, torch.float32),
+                            ((2, 3, 12), 4, torch.float64), ((50257,), 50, torch.float32)):
+        logits = torch.randn(shape, generator=generator, dtype=dtype)  # ties are unlikely
+        cases.append((f"random {dtype} logits of shape {shape}, k = {k}", (logits, k)))
+    return cases
+
+
+@exercise(
+    "ch06.top_k_filter",
+    title="Top-k filtering",
+    hint="find the k-th largest logit of each row (logits.topk(k, dim=-1).values[..., -1:]) "
+    "and set every logit below it to float('-inf'); keep the shape and the order",
+)
+def check_top_k_filter(answer: object) -> None:
+    run_cases_with_diagnosis(
+        answer, reference_top_k_filter, _top_k_cases(), expect_filtered_logits, TOP_K_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.train_step
+
+
+def reference_train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...]
+) -> float:
+    """One update: clear the gradients, compute the loss, backpropagate, step; returns the loss
+    (before the update) as a float."""
+    inputs, targets = batch
+    optimizer.zero_grad()
+    _, loss = model(inputs, targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that keeps a copy of the gradients it is asked to apply at every ``step()``."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], **options: Any):
+        super().__init__(params, **options)
+        self.gradients_at_step: list[list[torch.Tensor | None]] = []
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        self.gradients_at_step.append(
+            [None if p.grad is None else p.grad.detach().clone() for p in parameters]
+        )
+        return super().step(closure)
+
+
+TRAIN_STEP_CONFIG = GPTConfig(vocab_size=40, context_length=8, n_layer=1, n_head=2, n_embd=16)
+TRAIN_STEP_OPTIONS = {"lr": 1e-2, "weight_decay": 0.1}
+TRAIN_STEPS = 3
+
+
+def _train_step_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = _seeded(64)
+    batches = []
+    for _ in range(TRAIN_STEPS):
+        ids = torch.randint(0, TRAIN_STEP_CONFIG.vocab_size, (2, 7), generator=generator)
+        batches.append((ids[:, :-1], ids[:, 1:]))  # inputs and targets, each (2, 6)
+    return batches
+
+
+def train_step_models() -> tuple[GPT, GPT]:
+    """Two identical tiny GPTs (no dropout), seeded without touching the global generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(66)
+        model = GPT(TRAIN_STEP_CONFIG)
+    return model, copy.deepcopy(model)
+
+
+def _gradients_close(got: list[torch.Tensor | None], expected: list[torch.Tensor]) -> bool:
+    return all(
+        g is not None and torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+        for g, e in zip(got, expected, strict=True)
+    )
+
+
+def _gradient_hint(
+    got: list[torch.Tensor | None],
+    expected: list[torch.Tensor],
+    previous: list[torch.Tensor] | None,
+) -> str:
+    """What went wrong, judged from the gradients the optimizer was asked to apply."""
+    if all(g is None or not g.any() for g in got):
+        return ("the gradients were empty when optimizer.step() ran: call loss.backward() "
+                "before optimizer.step(), and optimizer.zero_grad() before loss.backward(), "
+                "not between backward and step")
+    if _gradients_close(got, [2 * e for e in expected]):
+        return ("the gradients were twice the loss's gradients: loss.backward() ran twice "
+                "(each call adds to .grad); call it once per step")
+    if previous is not None and _gradients_close(got, [e + p for e, p in
+                                                       zip(expected, previous, strict=True)]):
+        return ("the gradients of the previous step were still there: backward() adds to "
+                ".grad, so call optimizer.zero_grad() before loss.backward() in every step")
+    return ("the gradients applied differ from those of this batch's loss: compute the loss as "
+            "model(inputs, targets) returns it, and call backward() once on it")
+
+
+@exercise(
+    "ch06.train_step",
+    title="One training step",
+    hint="optimizer.zero_grad(); _, loss = model(inputs, targets); loss.backward(); "
+    "optimizer.step(); return loss.item()",
+)
+def check_train_step(answer: object) -> None:
+    model, reference_model = train_step_models()
+    optimizer = RecordingAdamW(model.parameters(), **TRAIN_STEP_OPTIONS)
+    reference_optimizer = torch.optim.AdamW(reference_model.parameters(), **TRAIN_STEP_OPTIONS)
+    previous_gradients = None
+    for number, batch in enumerate(_train_step_batches(), start=1):
+        case = (f"step {number} of {TRAIN_STEPS} with AdamW(lr=0.01, weight_decay=0.1) on a "
+                f"1-layer GPT, inputs and targets of shape {_shape(batch[0])}")
+        expected_loss = reference_train_step(reference_model, reference_optimizer, batch)
+        expected_gradients = [p.grad.clone() for p in reference_model.parameters()]
+        steps_before = len(optimizer.gradients_at_step)
+        got = attempt(answer, model, optimizer, copy.deepcopy(batch), case=case)
+        _check_step_count(len(optimizer.gradients_at_step) - steps_before, case)
+        applied = optimizer.gradients_at_step[-1]
+        if not _gradients_close(applied, expected_gradients):
+            raise Mismatch(
+                case, "this batch's gradients", "other gradients",
+                _gradient_hint(applied, expected_gradients, previous_gradients),
+                detail="optimizer.step() applied gradients that are not those of this "
+                "batch's loss",
+            )
+        _check_returned_loss(got, expected_loss, case)
+        _check_parameters(model, reference_model, case)
+        previous_gradients = expected_gradients
+
+
+def _check_parameters(model: GPT, reference_model: GPT, case: str) -> None:
+    for (name, parameter), expected in zip(model.named_parameters(),
+                                           reference_model.parameters(), strict=True):
+        if not torch.allclose(parameter, expected, rtol=1e-5, atol=1e-6):
+            raise Mismatch(
+                case, expected, parameter, "change the parameters only through one "
+                "optimizer.step() per call, after a single loss.backward()",
+                detail=f"after the step, parameter {name} differs from the reference update",
+            )
+
+
+def _check_step_count(count: int, case: str) -> None:
+    if count == 0:
+        raise Mismatch(
+            case, "one optimizer.step()", "none", "call optimizer.step() after loss.backward(): "
+            "it is what changes the parameters",
+            detail="optimizer.step() was never called, so the parameters did not change",
+        )
+    if count > 1:
+        raise Mismatch(
+            case, "one optimizer.step()", f"{count} calls", "call optimizer.step() once per "
+            "training step", detail=f"optimizer.step() was called {count} times in one step",
+        )
+
+
+def _check_returned_loss(got: object, expected: float, case: str) -> None:
+    if isinstance(got, torch.Tensor):
+        raise Mismatch(
+            case, expected, got, "return loss.item(): a Python float, detached from the graph "
+            "(keeping the tensor would keep the whole graph of the step in memory)",
+            detail=f"expected a float, got a tensor of shape {_shape(got)}",
+        )
+    expect_number(got, expected, case=case,
+                  hint="return the loss computed in this step, before the update, as a float")
