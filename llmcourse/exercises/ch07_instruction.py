@@ -1,0 +1,554 @@
+"""Checkers of chapter 7.2, instruction fine-tuning: prompt formats, the padding and masking
+collate, prompt masking, and reading the answer out of generated text.
+
+Like the other chapter-7 checkers (they share ``run_diagnosed_cases`` of chapter 7.0), each runs
+hand-picked cases first, then seeded random ones where the input allows, and a wrong answer that
+matches a typical mistake (the Input section of an empty input, the first end token masked with
+the padding, an off-by-one prompt mask, the response marker kept...) gets a hint about that
+mistake. The references are the package's own functions (``llmcourse.instruction``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from llmcourse.exercises.ch07_lora import Case, Mistake, randint, run_diagnosed_cases, seeded
+from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal
+from llmcourse.instruction import END_OF_TEXT, IGNORE_INDEX, collate, extract_response
+from llmcourse.instruction import format_alpaca as package_format_alpaca
+from llmcourse.instruction import format_phi3 as package_format_phi3
+from llmcourse.tokenizers import GPT2_EOT_ID
+
+Pair = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, L) int64
+
+PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+RESPONSE_MARKER = "### Response:"
+
+ENTRY_WITH_INPUT = {
+    "instruction": "Evaluate the following phrase by transforming it into the spelling given.",
+    "input": "freind --> friend",
+    "output": 'The spelling of the given phrase "freind" is incorrect, the correct spelling is '
+    '"friend".',
+}
+ENTRY_WITHOUT_INPUT = {
+    "instruction": "What is the capital of Italy?",
+    "input": "",
+    "output": "The capital of Italy is Rome.",
+}
+ENTRY_WITH_LINES = {
+    "instruction": "Sort the following list in alphabetical order.",
+    "input": "pear\napple\nfig",
+    "output": "apple\nfig\npear",
+}
+
+
+def _entry_case(entry: dict[str, str]) -> Case:
+    shown = ", ".join(f"{name}={entry[name]!r}" for name in ("instruction", "input"))
+    return (f"the entry {{{shown}, ...}}", (dict(entry),))
+
+
+def _entry_cases() -> list[Case]:
+    return [
+        _entry_case(ENTRY_WITH_INPUT),
+        _entry_case(ENTRY_WITHOUT_INPUT),
+        _entry_case(ENTRY_WITH_LINES),
+        _entry_case({"instruction": "Name a primary colour.", "input": "", "output": "Red."}),
+        _entry_case({"instruction": "Translate to French.", "input": "Good morning",
+                     "output": "Bonjour"}),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.format_alpaca
+
+
+def reference_format_alpaca(entry: dict[str, str]) -> str:
+    """The Alpaca prompt of ``entry``: preamble, instruction, and the input when not empty."""
+    return package_format_alpaca(entry)
+
+
+def _alpaca_with(entry: dict[str, str], *, separator: str = "\n\n", header_end: str = "\n",
+                 preamble: str = PREAMBLE, always_input: bool = False) -> str:
+    text = f"{preamble}{separator}### Instruction:{header_end}{entry['instruction']}"
+    if entry["input"] or always_input:
+        text += f"{separator}### Input:{header_end}{entry['input']}"
+    return text
+
+
+ALPACA_MISTAKES = (
+    Mistake(
+        "empty_input_kept",
+        lambda entry: _alpaca_with(entry, always_input=True),
+        "an entry whose input is empty gets no Input section at all: add "
+        "'\\n\\n### Input:\\n' + input only when entry['input'] is not empty",
+    ),
+    Mistake(
+        "single_newline_between_sections",
+        lambda entry: _alpaca_with(entry, separator="\n"),
+        "sections are separated by a blank line: '\\n\\n' before '### Instruction:' and before "
+        "'### Input:', not a single '\\n'",
+    ),
+    Mistake(
+        "space_after_header",
+        lambda entry: _alpaca_with(entry, header_end=" "),
+        "each header ('### Instruction:', '### Input:') ends its line: the text follows after "
+        "'\\n', not after a space",
+    ),
+    Mistake(
+        "preamble_on_two_lines",
+        lambda entry: _alpaca_with(entry, preamble=PREAMBLE.replace("task. ", "task.\n")),
+        "the two sentences of the preamble stand on one line, separated by a single space",
+    ),
+    Mistake(
+        "response_header_included",
+        lambda entry: reference_format_alpaca(entry) + "\n\n### Response:\n",
+        "the prompt ends with the instruction (or the input): the response header "
+        "'\\n\\n### Response:\\n' is added separately, before the output",
+    ),
+    Mistake(
+        "output_included",
+        lambda entry: reference_format_alpaca(entry) + "\n\n### Response:\n" + entry["output"],
+        "the prompt holds the instruction and the input only, not the response: that is what "
+        "the model must write",
+    ),
+)
+
+
+@exercise(
+    "ch07.format_alpaca",
+    title="The Alpaca prompt",
+    hint="preamble + '\\n\\n### Instruction:\\n' + instruction, then "
+    "'\\n\\n### Input:\\n' + input only when the input is not empty",
+)
+def check_format_alpaca(answer: object) -> None:
+    run_diagnosed_cases(
+        answer, reference_format_alpaca, _entry_cases(), expect_equal, ALPACA_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.format_phi3
+
+
+def reference_format_phi3(entry: dict[str, str]) -> str:
+    """Phi-3's prompt of ``entry``: '<|user|>', the instruction, and the input when not empty."""
+    return package_format_phi3(entry)
+
+
+PHI3_MISTAKES = (
+    Mistake(
+        "empty_input_kept",
+        lambda entry: f"<|user|>\n{entry['instruction']}\n{entry['input']}",
+        "with an empty input, the prompt ends with the instruction: no '\\n' is added for it",
+    ),
+    Mistake(
+        "no_newline_after_user_tag",
+        lambda entry: reference_format_phi3(entry).replace("<|user|>\n", "<|user|>", 1),
+        "the '<|user|>' tag stands on its own line: '<|user|>\\n' then the instruction",
+    ),
+    Mistake(
+        "assistant_tag_included",
+        lambda entry: reference_format_phi3(entry) + "\n<|assistant|>\n",
+        "the prompt ends with the instruction (or the input): the '\\n<|assistant|>\\n' that "
+        "introduces the response is added separately",
+    ),
+    Mistake(
+        "alpaca_input_header",
+        lambda entry: f"<|user|>\n{entry['instruction']}"
+        + (f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""),
+        "Phi-3's format has no '### Input:' header: the input follows the instruction after "
+        "a single '\\n'",
+    ),
+    Mistake(
+        "blank_line_before_input",
+        lambda entry: f"<|user|>\n{entry['instruction']}"
+        + (f"\n\n{entry['input']}" if entry["input"] else ""),
+        "the input follows the instruction after a single '\\n', not a blank line",
+    ),
+)
+
+
+@exercise(
+    "ch07.format_phi3",
+    title="The Phi-3 prompt",
+    hint="'<|user|>\\n' + instruction, then '\\n' + input only when the input is not empty",
+)
+def check_format_phi3(answer: object) -> None:
+    run_diagnosed_cases(answer, reference_format_phi3, _entry_cases(), expect_equal, PHI3_MISTAKES)
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.instruction_collate
+
+
+def reference_instruction_collate(
+    batch: list[list[int]],
+    pad_id: int = GPT2_EOT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    max_length: int | None = None,
+) -> Pair:
+    """Inputs and targets (B, L) int64: every sequence gets one end token ``pad_id`` and more up
+    to the longest length + 1; inputs drop the last position, targets the first; targets after
+    each sequence's end token are ``ignore_index``; both are cut to ``max_length`` positions."""
+    return collate(batch, pad_id=pad_id, ignore_index=ignore_index, max_length=max_length)
+
+
+def expect_batch(got: object, expected: Pair, *, case: str, hint: str = "") -> None:
+    """Raise ``Mismatch`` unless ``got`` is a pair (inputs, targets) of tensors equal to
+    ``expected``'s; the message says which of the two differs."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Mismatch(
+            case, expected, got, hint,
+            detail=f"expected a pair (inputs, targets) of tensors, got {describe(got)}",
+        )
+    for name, got_part, expected_part in zip(("inputs", "targets"), got, expected, strict=True):
+        try:
+            expect_equal(got_part, expected_part, case=case, hint=hint)
+        except Mismatch as mismatch:
+            raise Mismatch(case, expected_part, got_part, hint,
+                           detail=f"{name}: {mismatch.detail}") from None
+
+
+def _padded(batch: Sequence[Sequence[int]], pad_id: int, length: int) -> torch.Tensor:
+    """The sequences right-padded with ``pad_id`` to ``length`` (B, length)."""
+    return torch.tensor([list(ids) + [pad_id] * (length - len(ids)) for ids in batch])
+
+
+def _mask_from(targets: torch.Tensor, lengths: Sequence[int], ignore_index: int) -> torch.Tensor:
+    """``targets`` (B, L), changed in place: in row b, positions >= lengths[b] set to
+    ``ignore_index``."""
+    positions = torch.arange(targets.shape[1])[None, :]
+    targets[positions >= torch.tensor(lengths)[:, None]] = ignore_index
+    return targets
+
+
+def _collate_masking_all_padding(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    inputs, targets = reference_instruction_collate(batch, pad_id, ignore_index, max_length)
+    return inputs, targets.masked_fill(targets == pad_id, ignore_index)
+
+
+def _collate_without_masking(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    longest = max(len(ids) for ids in batch)
+    padded = _padded(batch, pad_id, longest + 1)
+    return padded[:, :-1][:, :max_length], padded[:, 1:][:, :max_length]
+
+
+def _collate_unshifted(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    longest = max(len(ids) for ids in batch)
+    inputs = _padded(batch, pad_id, longest + 1)[:, :-1]
+    targets = _mask_from(inputs.clone(), [len(ids) + 1 for ids in batch], ignore_index)
+    return inputs[:, :max_length], targets[:, :max_length]
+
+
+def _collate_padded_to_longest(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    longest = max(len(ids) for ids in batch)
+    padded = _padded(batch, pad_id, longest)
+    targets = _mask_from(padded[:, 1:].clone(), [len(ids) for ids in batch], ignore_index)
+    return padded[:, :-1][:, :max_length], targets[:, :max_length]
+
+
+def _collate_padded_to_max_length(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    longest = max(len(ids) for ids in batch)
+    padded = _padded(batch, pad_id, max(longest, max_length or 0) + 1)
+    targets = _mask_from(padded[:, 1:].clone(), [len(ids) for ids in batch], ignore_index)
+    return padded[:, :-1][:, :max_length], targets[:, :max_length]
+
+
+def _collate_cut_before_padding(
+    batch: list[list[int]], pad_id: int, ignore_index: int, max_length: int | None
+) -> Pair:
+    cut = [ids[:max_length] for ids in batch] if max_length is not None else batch
+    return reference_instruction_collate(cut, pad_id, ignore_index, None)
+
+
+COLLATE_MISTAKES = (
+    Mistake(
+        "all_padding_masked",
+        _collate_masking_all_padding,
+        "you mask every end token in the targets, the first one too: keep the first end token "
+        "of each sequence as a target (that is how the model learns to stop) and set only the "
+        "positions after it to ignore_index",
+    ),
+    Mistake(
+        "no_masking",
+        _collate_without_masking,
+        "the padding is not masked: set every target after a sequence's first end token to "
+        "ignore_index, so the padding does not count in the loss",
+    ),
+    Mistake(
+        "hard_coded_ignore_index",
+        lambda batch, pad_id, ignore_index, max_length: collate(
+            batch, pad_id=pad_id, ignore_index=IGNORE_INDEX, max_length=max_length),
+        "use the ignore_index argument, not a fixed -100",
+    ),
+    Mistake(
+        "hard_coded_pad_id",
+        lambda batch, pad_id, ignore_index, max_length: collate(
+            batch, pad_id=GPT2_EOT_ID, ignore_index=ignore_index, max_length=max_length),
+        f"pad with the pad_id argument, not a fixed {GPT2_EOT_ID}",
+    ),
+    Mistake(
+        "targets_not_shifted",
+        _collate_unshifted,
+        "the targets are the inputs shifted by one position: the target at position t is the "
+        "token at position t + 1 (targets = padded[:, 1:], inputs = padded[:, :-1])",
+    ),
+    Mistake(
+        "padded_to_the_longest_only",
+        _collate_padded_to_longest,
+        "pad every sequence to the longest length + 1 (one end token even for the longest), "
+        "then drop one position: inputs and targets have as many positions as the longest "
+        "sequence has tokens",
+    ),
+    Mistake(
+        "padded_to_max_length",
+        _collate_padded_to_max_length,
+        "max_length does not set the padded length, it only cuts: pad to the longest sequence "
+        "+ 1, shift, and then keep at most the first max_length positions",
+    ),
+    Mistake(
+        "cut_before_padding",
+        _collate_cut_before_padding,
+        "cut after shifting, not before: pad and shift the whole sequences, then keep the "
+        "first max_length positions of inputs and targets (a cut sequence must not get an end "
+        "token where the text goes on)",
+    ),
+)
+
+
+def _collate_cases() -> list[Case]:
+    example = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    cases: list[Case] = [
+        (f"batch={example}, pad_id={GPT2_EOT_ID}, ignore_index=-100, max_length=None",
+         (example, GPT2_EOT_ID, IGNORE_INDEX, None)),
+        ("batch=[[1, 2, 3]] (one sequence), pad_id=99, ignore_index=-100, max_length=None",
+         ([[1, 2, 3]], 99, IGNORE_INDEX, None)),
+        ("batch=[[5], [6, 7, 8]] (a sequence of one token), pad_id=99, ignore_index=-100, "
+         "max_length=None", ([[5], [6, 7, 8]], 99, IGNORE_INDEX, None)),
+        ("batch=[[1, 2], [3, 4]] (equal lengths), pad_id=99, ignore_index=-100, max_length=None",
+         ([[1, 2], [3, 4]], 99, IGNORE_INDEX, None)),
+        (f"batch={example}, pad_id=50, ignore_index=-1, max_length=None",
+         (example, 50, -1, None)),
+        (f"batch={example}, pad_id={GPT2_EOT_ID}, ignore_index=-100, max_length=3",
+         (example, GPT2_EOT_ID, IGNORE_INDEX, 3)),
+        (f"batch={example}, pad_id={GPT2_EOT_ID}, ignore_index=-100, max_length=8 (longer "
+         "than every sequence)", (example, GPT2_EOT_ID, IGNORE_INDEX, 8)),
+    ]
+    generator = seeded(72)
+    for max_length in (None, None, 6, 12):
+        size = randint(generator, 1, 6)
+        batch = [
+            torch.randint(0, GPT2_EOT_ID, (randint(generator, 1, 16),), generator=generator)
+            .tolist()
+            for _ in range(size)
+        ]
+        lengths = [len(ids) for ids in batch]
+        cases.append((
+            f"a random batch of {size} sequences of lengths {lengths}, pad_id={GPT2_EOT_ID}, "
+            f"ignore_index=-100, max_length={max_length}",
+            (batch, GPT2_EOT_ID, IGNORE_INDEX, max_length),
+        ))
+    return cases
+
+
+@exercise(
+    "ch07.instruction_collate",
+    title="Pad, shift and mask a batch",
+    hint="pad each sequence with pad_id to the longest length + 1; inputs = padded[:, :-1], "
+    "targets = padded[:, 1:]; in the targets keep each sequence's first end token and set the "
+    "positions after it to ignore_index; finally cut both to max_length positions",
+)
+def check_instruction_collate(answer: object) -> None:
+    run_diagnosed_cases(
+        answer, reference_instruction_collate, _collate_cases(), expect_batch, COLLATE_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.mask_prompt
+
+
+def reference_mask_prompt(
+    targets: torch.Tensor, prompt_lengths: list[int], ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """A copy of ``targets`` (B, L) in which the targets that are prompt tokens are
+    ``ignore_index``: target t is token t + 1, a prompt token when t + 1 < the row's prompt
+    length, so positions t < prompt_length - 1 are masked."""
+    positions = torch.arange(targets.shape[1])[None, :]  # (1, L)
+    prompt = positions < torch.tensor(prompt_lengths)[:, None] - 1  # (B, L)
+    return targets.masked_fill(prompt, ignore_index)
+
+
+def _mask_prompt_shifted_by(offset: int) -> Callable[[torch.Tensor, list[int], int], torch.Tensor]:
+    """A prompt mask whose prompts are ``offset`` tokens longer than they are."""
+
+    def mask(targets: torch.Tensor, prompt_lengths: list[int], ignore_index: int) -> torch.Tensor:
+        return reference_mask_prompt(targets, [n + offset for n in prompt_lengths], ignore_index)
+
+    return mask
+
+
+PROMPT_MASK_MISTAKES = (
+    Mistake(
+        "first_response_token_masked",
+        _mask_prompt_shifted_by(1),
+        "off by one: you also mask the target at position prompt_length - 1, which is the "
+        "first token after the prompt (targets are shifted: target t is token t + 1). Mask "
+        "positions t < prompt_length - 1",
+    ),
+    Mistake(
+        "last_prompt_token_not_masked",
+        _mask_prompt_shifted_by(-1),
+        "off by one: the target at position prompt_length - 2 is the prompt's last token and "
+        "must be masked too. Mask positions t < prompt_length - 1",
+    ),
+    Mistake(
+        "hard_coded_ignore_index",
+        lambda targets, prompt_lengths, ignore_index: reference_mask_prompt(
+            targets, prompt_lengths, IGNORE_INDEX),
+        "use the ignore_index argument, not a fixed -100",
+    ),
+    Mistake(
+        "first_row_length_for_every_row",
+        lambda targets, prompt_lengths, ignore_index: reference_mask_prompt(
+            targets, [prompt_lengths[0]] * len(prompt_lengths), ignore_index),
+        "each row has its own prompt length: mask row b up to prompt_lengths[b] - 1",
+    ),
+)
+
+
+def _targets_of(batch: list[list[int]], pad_id: int = 99) -> torch.Tensor:
+    return collate(batch, pad_id=pad_id)[1]
+
+
+def _mask_prompt_cases() -> list[Case]:
+    batch = [[10, 11, 12, 13, 14], [20, 21, 22]]
+    targets = _targets_of(batch)
+    shown = targets.tolist()
+    cases: list[Case] = [
+        (f"targets={shown} (of the sequences {batch}), prompt_lengths=[3, 2]",
+         (targets, [3, 2], IGNORE_INDEX)),
+        (f"targets={shown}, prompt_lengths=[1, 1] (nothing to mask: the first token is never a "
+         "target)", (targets, [1, 1], IGNORE_INDEX)),
+        (f"targets={shown}, prompt_lengths=[5, 3] (no response: only the end token is left)",
+         (targets, [5, 3], IGNORE_INDEX)),
+        (f"targets={shown}, prompt_lengths=[2, 2], ignore_index=-1",
+         (targets, [2, 2], -1)),
+        (f"targets={shown[:1]}, prompt_lengths=[4]", (targets[:1], [4], IGNORE_INDEX)),
+        (f"targets cut to 2 positions: {targets[:, :2].tolist()}, prompt_lengths=[5, 3]",
+         (targets[:, :2].clone(), [5, 3], IGNORE_INDEX)),
+    ]
+    generator = seeded(73)
+    for _ in range(3):
+        size = randint(generator, 1, 5)
+        lengths = [randint(generator, 2, 20) for _ in range(size)]
+        batch = [torch.randint(0, 99, (n,), generator=generator).tolist() for n in lengths]
+        prompt_lengths = [randint(generator, 1, n) for n in lengths]
+        cases.append((
+            f"the targets of a random batch of {size} sequences of lengths {lengths}, "
+            f"prompt_lengths={prompt_lengths}",
+            (_targets_of(batch), prompt_lengths, IGNORE_INDEX),
+        ))
+    return cases
+
+
+@exercise(
+    "ch07.mask_prompt",
+    title="Mask the prompt in the targets",
+    hint="target t predicts token t + 1, so in row b the targets at positions "
+    "t < prompt_lengths[b] - 1 are prompt tokens: set them to ignore_index",
+)
+def check_mask_prompt(answer: object) -> None:
+    run_diagnosed_cases(
+        answer, reference_mask_prompt, _mask_prompt_cases(), expect_equal, PROMPT_MASK_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.extract_response
+
+
+def reference_extract_response(text: str) -> str:
+    """The answer in generated ``text``: cut at the first '<|endoftext|>', keep what follows the
+    first '### Response:' when there is one, strip the whitespace around it."""
+    return extract_response(text, "alpaca")
+
+
+def _extract_keeping_the_marker(text: str) -> str:
+    text = text.split(END_OF_TEXT)[0]
+    start = text.find(RESPONSE_MARKER)
+    return text[max(start, 0):].strip()
+
+
+EXTRACT_MISTAKES = (
+    Mistake(
+        "marker_kept",
+        _extract_keeping_the_marker,
+        "the answer starts AFTER '### Response:': drop the marker itself",
+    ),
+    Mistake(
+        "not_stripped",
+        lambda text: text.split(END_OF_TEXT)[0].split(RESPONSE_MARKER, 1)[-1],
+        "strip the whitespace (the newlines after the marker, spaces at the end) with .strip()",
+    ),
+    Mistake(
+        "end_token_kept",
+        lambda text: text.split(RESPONSE_MARKER, 1)[-1].strip(),
+        "cut the text at the first '<|endoftext|>': the model stops there, what follows is "
+        "not part of the answer",
+    ),
+    Mistake(
+        "last_marker",
+        lambda text: text.split(END_OF_TEXT)[0].split(RESPONSE_MARKER)[-1].strip(),
+        "keep what follows the FIRST '### Response:' (split(marker, 1)), not the last",
+    ),
+    Mistake(
+        "marker_removed_in_place",
+        lambda text: text.split(END_OF_TEXT)[0].replace(RESPONSE_MARKER, "").strip(),
+        "removing the marker keeps the prompt before it: keep only the text that follows it",
+    ),
+)
+
+
+def _extract_cases() -> list[Case]:
+    prompt = package_format_alpaca(ENTRY_WITHOUT_INPUT)
+    texts = [
+        "The capital of Italy is Rome.",
+        "### Response:\nThe capital of Italy is Rome.",
+        "\n\nThe capital of Italy is Rome.  \n",
+        f"{prompt}\n\n### Response:\nThe capital of Italy is Rome.",
+        "### Response:\nRome.<|endoftext|>### Instruction:\nName a river.",
+        "Rome.<|endoftext|>### Response:\nParis.",
+        "### Response:\nRome.\n\n### Response:\nRome again.",
+        "### Response: Rome.",
+        "",
+        "### Response:\n",
+    ]
+    return [(f"text={text!r}", (text,)) for text in texts]
+
+
+@exercise(
+    "ch07.extract_response",
+    title="Read the answer out of generated text",
+    hint="text.split('<|endoftext|>')[0], then what follows the first '### Response:' (when "
+    "there is one), then .strip()",
+)
+def check_extract_response(answer: object) -> None:
+    run_diagnosed_cases(
+        answer, reference_extract_response, _extract_cases(), expect_equal, EXTRACT_MISTAKES
+    )

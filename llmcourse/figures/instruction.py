@@ -1,0 +1,214 @@
+"""Figures of chapter 7.2, instruction fine-tuning: the data's lengths and how a batch is
+masked. (The chapter draws its loss curves with ``llmcourse.figures.training``.)
+
+- ``token_length_figure``: overlaid histograms of how many tokens the entries have (one per
+  prompt format, say), with the model's context length marked.
+- ``masking_grid_figure``: a batch drawn as a grid, positions across and entries down, the
+  inputs above and the targets below, each cell coloured by its role: prompt, response, end
+  token, padding, or ignored by the loss (-100). A dropdown switches prompt masking on and off.
+  ``input_roles`` and ``target_roles`` compute the roles.
+
+Everything is computed in Python and stored in the figure, so the dropdowns work in the static
+book, without a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from llmcourse.errors import CourseError
+from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, Tokenizer, collate
+from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.viz import layout_defaults
+
+ROLE_COLOURS = {  # role: colour, in the order of their numbers in the grid
+    "prompt": "#8ab4f8",
+    "response": "#81c995",
+    "end token": "#f29900",
+    "padding": "#dadce0",
+    "ignored (-100)": "#5f6368",
+}
+ROLES = tuple(ROLE_COLOURS)
+IGNORED = "ignored (-100)"
+SERIES_COLOURS = ("#1a73e8", "#d93025", "#188038", "#9334e6", "#f29900")
+
+
+class InstructionFigureError(CourseError, ValueError):
+    """The data given to a chapter 7.2 figure cannot be drawn."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Lengths
+
+
+def token_length_figure(
+    lengths: Mapping[str, Sequence[int]],
+    context_length: int | None = None,
+    *,
+    title: str = "How long the entries are, in GPT-2 tokens",
+) -> go.Figure:
+    """Overlaid histograms (bins of 4 tokens) of the token counts in ``lengths``, one per name;
+    ``context_length``, when given, is marked by a vertical line: longer entries get cut."""
+    if not lengths or not all(lengths.values()):
+        raise InstructionFigureError("give at least one non-empty list of lengths to draw")
+    fig = go.Figure()
+    for index, (name, values) in enumerate(lengths.items()):
+        fig.add_trace(go.Histogram(
+            x=list(values), name=f"{name} (mean {sum(values) / len(values):.0f})",
+            opacity=0.6, xbins={"start": 0, "size": 4},
+            marker={"color": SERIES_COLOURS[index % len(SERIES_COLOURS)]},
+            hovertemplate="%{x} tokens: %{y} entries<extra>" + name + "</extra>",
+        ))
+    if context_length is not None:
+        fig.add_vline(
+            x=context_length, line={"color": "black", "dash": "dash"},
+            annotation_text=f"context length: {context_length}", annotation_position="top left",
+        )
+    fig.update_layout(barmode="overlay", height=400, legend={"orientation": "h", "y": -0.2})
+    return layout_defaults(fig, title=title, x_title="tokens per entry", y_title="entries")
+
+
+# ----------------------------------------------------------------------------------------------
+# The masking of a batch
+
+
+def input_roles(items: Sequence[TokenizedEntry], length: int) -> list[list[str]]:
+    """The role of each of the first ``length`` input positions of each entry, as ``collate``
+    lays them out: "prompt" (position < prompt length), "response" (the response header and
+    the output), "end token" (the one appended after the text) and "padding" (the rest)."""
+    roles = []
+    for item in items:
+        size = len(item.ids)
+        roles.append([
+            "prompt" if position < item.prompt_length
+            else "response" if position < size
+            else "end token" if position == size
+            else "padding"
+            for position in range(length)
+        ])
+    return roles
+
+
+def target_roles(
+    items: Sequence[TokenizedEntry], targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> list[list[str]]:
+    """The role of each target (B, L): ``IGNORED`` where it is ``ignore_index``, otherwise the
+    role of the token it asks for, the input one position further on."""
+    if targets.dim() != 2 or targets.shape[0] != len(items):
+        raise InstructionFigureError(
+            f"targets must have shape (B, L) with B = {len(items)} entries, got "
+            f"{tuple(targets.shape)}"
+        )
+    predicted = [row[1:] for row in input_roles(items, targets.shape[1] + 1)]
+    return [
+        [IGNORED if target == ignore_index else role for target, role in zip(row, roles,
+                                                                             strict=True)]
+        for row, roles in zip(targets.tolist(), predicted, strict=True)
+    ]
+
+
+def _role_numbers(roles: list[list[str]]) -> list[list[int]]:
+    return [[ROLES.index(role) for role in row] for row in roles]
+
+
+def _role_colourscale() -> list[list[float | str]]:
+    """A stepwise colour scale: role number k (of n) takes colour k over [k / n, (k + 1) / n]."""
+    steps: list[list[float | str]] = []
+    for index, colour in enumerate(ROLE_COLOURS.values()):
+        steps += [[index / len(ROLES), colour], [(index + 1) / len(ROLES), colour]]
+    return steps
+
+
+def _piece(tokenizer: Tokenizer, token: int) -> str:
+    return repr(tokenizer.decode([token]))
+
+
+def _hover_texts(
+    tokenizer: Tokenizer, ids: torch.Tensor, roles: list[list[str]], *, label: str,
+    shown_ids: torch.Tensor | None = None,
+) -> list[list[str]]:
+    """Hover text of each cell: entry, position, the token (``shown_ids`` gives the token a
+    masked target stands for) and its role."""
+    shown_ids = ids if shown_ids is None else shown_ids
+    texts = []
+    for row, (values, shown, row_roles) in enumerate(
+        zip(ids.tolist(), shown_ids.tolist(), roles, strict=True)
+    ):
+        texts.append([
+            f"entry {row + 1}, position {position}<br>{label}: {value}"
+            + (f" (stands for {_piece(tokenizer, token)})" if value < 0
+               else f" = {_piece(tokenizer, value)}")
+            + f"<br>{role}"
+            for position, (value, token, role) in enumerate(zip(values, shown, row_roles,
+                                                                strict=True))
+        ])
+    return texts
+
+
+def masking_grid_figure(
+    items: Sequence[TokenizedEntry],
+    tokenizer: Tokenizer,
+    *,
+    pad_id: int = GPT2_EOT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    max_length: int | None = None,
+    title: str = "What the loss sees: a batch's inputs and targets",
+) -> go.Figure:
+    """The batch ``collate(items, ...)`` makes, drawn as two grids (positions across, entries
+    down): the inputs above, the targets below, each cell coloured by its role (``ROLES``).
+    A dropdown shows the targets without and with prompt masking. Hovering a cell shows its
+    token id and text."""
+    if not items:
+        raise InstructionFigureError("give at least one entry to draw")
+    settings = {"pad_id": pad_id, "ignore_index": ignore_index, "max_length": max_length}
+    inputs, targets = collate(items, **settings)
+    _, masked_targets = collate(items, mask_prompt=True, **settings)
+    # the token each target stands for, masked or not: without prompt masking only the
+    # padding after the end token is ignored, and it stands for pad_id
+    next_tokens = targets.masked_fill(targets == ignore_index, pad_id)
+    rows = [f"entry {index + 1}" for index in range(len(items))]
+    heatmap = {"colorscale": _role_colourscale(), "zmin": -0.5, "zmax": len(ROLES) - 0.5,
+               "showscale": False, "xgap": 1, "ygap": 1, "y": rows, "hoverinfo": "text"}
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("inputs", "targets (what each position must predict)"))
+    fig.add_trace(go.Heatmap(
+        z=_role_numbers(input_roles(items, inputs.shape[1])), name="inputs",
+        hovertext=_hover_texts(tokenizer, inputs, input_roles(items, inputs.shape[1]),
+                               label="input"), **heatmap,
+    ), row=1, col=1)
+    frames = {}
+    for name, batch_targets in (("prompt masking off", targets), ("prompt masking on",
+                                                                 masked_targets)):
+        roles = target_roles(items, batch_targets, ignore_index)
+        frames[name] = (_role_numbers(roles), _hover_texts(
+            tokenizer, batch_targets, roles, label="target", shown_ids=next_tokens))
+    first_z, first_text = frames["prompt masking off"]
+    fig.add_trace(go.Heatmap(z=first_z, hovertext=first_text, name="targets", **heatmap),
+                  row=2, col=1)
+    for role, colour in ROLE_COLOURS.items():
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="markers", name=role, showlegend=True,
+            marker={"symbol": "square", "size": 12, "color": colour},
+        ), row=1, col=1)
+    fig.update_layout(
+        updatemenus=[{
+            "type": "dropdown", "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "bottom",
+            "buttons": [
+                {"label": name, "method": "restyle",
+                 "args": [{"z": [z], "hovertext": [text]}, [1]]}
+                for name, (z, text) in frames.items()
+            ],
+        }],
+        legend={"orientation": "h", "y": -0.18},
+        height=260 + 60 * len(items),
+        plot_bgcolor="white",
+    )
+    fig.update_yaxes(autorange="reversed")
+    layout_defaults(fig, title=title, x_title=None, y_title="batch row")
+    fig.update_xaxes(title_text="position", row=2, col=1)
+    return fig
