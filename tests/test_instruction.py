@@ -304,14 +304,16 @@ class ScriptedModel(nn.Module):
         self.prompt, self.script = prompt, script
         self.calls = 0
 
-    def forward(self, idx: torch.Tensor, targets=None, *, kv_cache=None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets=None, *, kv_cache=None, last_only=False
+    ) -> torch.Tensor:
         # the cache's length is never advanced, so idx is always the whole sequence so far
         assert idx[0, : len(self.prompt)].tolist() == self.prompt
         step = idx.size(1) - len(self.prompt)
         logits = torch.zeros(1, idx.size(1), self.config.vocab_size)
         logits[0, -1, self.script[step]] = 1.0
         self.calls += 1
-        return logits
+        return logits[:, -1:] if last_only else logits
 
 
 def test_generate_response_answers_from_the_prompt_and_stops_at_the_end_token(data_mirror):
