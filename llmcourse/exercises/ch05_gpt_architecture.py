@@ -8,78 +8,29 @@ block...): a match replaces the exercise's general hint with one about that very
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close, expect_equal
+from llmcourse.exercises.core import (
+    Case,
+    Mistake,
+    attempt,
+    exercise,
+    expect_close,
+    expect_equal,
+    run_cases_with_diagnosis,
+)
 from llmcourse.model import Block, GPTConfig, count_parameters
-
-Compare = Callable[..., None]
-Case = tuple[str, tuple[Any, ...]]
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 GELU_TOLERANCE = 1e-6  # far below the 4.7e-4 between the tanh approximation and the exact GELU
-
-
-@dataclass(frozen=True)
-class Mistake:
-    """A typical wrong answer, computed the wrong way on the same inputs, and what to fix."""
-
-    name: str
-    answer: Callable[..., Any]
-    hint: str
-
-
-def run_cases_with_diagnosis(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[Case],
-    compare: Compare,
-    mistakes: Iterable[Mistake] = (),
-    probe: Callable[[Callable[..., Any]], str] | None = None,
-) -> None:
-    """``run_cases`` that names the mistake: when the answer differs from the reference, the
-    first ``Mistake`` whose result equals the answer's (by ``compare``) gives the hint.
-
-    ``probe(answer)``, when given, is asked first: it returns a hint about the answer as a
-    whole (it samples at random...) or "". Every call gets its own deep copy of the arguments.
-    """
-    mistakes = list(mistakes)
-    for description, arguments in cases:
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=description)
-        try:
-            compare(got, expected, case=description)
-        except Mismatch as mismatch:
-            hint = probe(answer) if probe is not None else ""
-            mismatch.hint = hint or _recognise(got, arguments, compare, mistakes, description)
-            raise
-
-
-def _recognise(
-    got: Any,
-    arguments: tuple[Any, ...],
-    compare: Compare,
-    mistakes: list[Mistake],
-    description: str,
-) -> str:
-    """The hint of the first mistake that reproduces ``got``, or "" (the exercise's hint)."""
-    for mistake in mistakes:
-        try:
-            wrong = mistake.answer(*copy.deepcopy(arguments))
-            compare(got, wrong, case=description)
-        except Exception:  # this mistake does not apply to these inputs, or gives another result
-            continue
-        return mistake.hint
-    return ""
 
 
 def _seeded(seed: int) -> torch.Generator:

@@ -15,18 +15,22 @@ import copy
 import functools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close
+from llmcourse.exercises.core import (
+    Case,
+    Mismatch,
+    Mistake,
+    attempt,
+    exercise,
+    expect_close,
+    run_cases_with_diagnosis,
+)
 from llmcourse.generation import top_k_filter
 from llmcourse.model import GPT, GPTConfig
-
-Case = tuple[str, tuple[Any, ...]]
-Compare = Callable[..., None]
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 
@@ -34,49 +38,6 @@ expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 TOY_VOCABULARY = ("closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward",
                   "you")
 TOY_LOGITS = (4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79)
-
-
-@dataclass(frozen=True)
-class Mistake:
-    """A typical wrong answer, computed the wrong way on the same inputs, and what to fix."""
-
-    name: str
-    answer: Callable[..., Any]
-    hint: str
-
-
-def run_cases_with_diagnosis(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[Case],
-    compare: Compare,
-    mistakes: Iterable[Mistake] = (),
-) -> None:
-    """Run ``answer`` and ``reference`` on every case (each call on its own deep copy of the
-    arguments). When they differ, the first mistake that reproduces the answer's result gives
-    the hint of the ``Mismatch``."""
-    mistakes = list(mistakes)
-    for description, arguments in cases:
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=description)
-        try:
-            compare(got, expected, case=description)
-        except Mismatch as mismatch:
-            mismatch.hint = _recognise(got, arguments, compare, mistakes, description)
-            raise
-
-
-def _recognise(
-    got: Any, arguments: tuple[Any, ...], compare: Compare, mistakes: list[Mistake], case: str
-) -> str:
-    """The hint of the first mistake whose result matches ``got``, or "" (the exercise's)."""
-    for mistake in mistakes:
-        try:
-            compare(got, mistake.answer(*copy.deepcopy(arguments)), case=case)
-        except Exception:  # this mistake gives another result here, or does not apply
-            continue
-        return mistake.hint
-    return ""
 
 
 def _seeded(seed: int) -> torch.Generator:

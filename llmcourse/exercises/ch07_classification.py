@@ -1,6 +1,6 @@
 """Checkers of chapter 7.1, classification: the read position, padding, accuracy, confusion.
 
-As in chapter 7.0 (whose ``run_diagnosed_cases`` they share), each checker runs hand-picked
+As in chapter 7.0 (with the engine's ``run_cases_with_diagnosis``), each checker runs hand-picked
 cases first, then seeded random ones, and names a recognised typical mistake (the first
 token instead of the last, left padding, a transposed confusion matrix...) in its hint.
 """
@@ -11,14 +11,16 @@ from collections.abc import Sequence
 
 import torch
 
-from llmcourse.exercises.ch07_lora import (
+from llmcourse.exercises.ch07_lora import randint, seeded
+from llmcourse.exercises.core import (
     Case,
+    Mismatch,
     Mistake,
-    randint,
-    run_diagnosed_cases,
-    seeded,
+    describe,
+    exercise,
+    expect_equal,
+    run_cases_with_diagnosis,
 )
-from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal
 
 GPT2_PAD_ID = 50256  # <|endoftext|>, the padding token of the chapter
 
@@ -93,7 +95,7 @@ def _last_token_cases() -> list[Case]:
     "logits[:, -1, :] turns (B, T, C) into (B, C)",
 )
 def check_last_token_logits(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_last_token_logits, _last_token_cases(), expect_equal,
         LAST_TOKEN_MISTAKES,
     )
@@ -183,7 +185,7 @@ def _last_real_cases() -> list[Case]:
     "(0 for a row of padding only)",
 )
 def check_last_real_positions(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_last_real_positions, _last_real_cases(), expect_equal,
         LAST_REAL_MISTAKES,
     )
@@ -267,7 +269,7 @@ def _accuracy_cases() -> list[Case]:
     "to the label) / (number of examples), as a Python float",
 )
 def check_accuracy(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_accuracy, _accuracy_cases(), expect_fraction, ACCURACY_MISTAKES
     )
 
@@ -377,7 +379,7 @@ def _pad_cases() -> list[Case]:
     "each until it is as long as the longest; return torch.tensor(rows)",
 )
 def check_pad_batch(answer: object) -> None:
-    run_diagnosed_cases(answer, reference_pad_batch, _pad_cases(), expect_equal, PAD_MISTAKES)
+    run_cases_with_diagnosis(answer, reference_pad_batch, _pad_cases(), expect_equal, PAD_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +466,6 @@ def _confusion_cases() -> list[Case]:
     "matrix[label][prediction] for every example",
 )
 def check_confusion_matrix(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_confusion_matrix, _confusion_cases(), expect_equal, CONFUSION_MISTAKES
     )

@@ -14,8 +14,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from llmcourse.exercises.ch07_lora import Case, Mistake, randint, run_diagnosed_cases, seeded
-from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal
+from llmcourse.exercises.ch07_lora import randint, seeded
+from llmcourse.exercises.core import (
+    Case,
+    Mismatch,
+    Mistake,
+    describe,
+    exercise,
+    expect_equal,
+    run_cases_with_diagnosis,
+)
 from llmcourse.instruction import END_OF_TEXT, IGNORE_INDEX, collate, extract_response
 from llmcourse.instruction import format_alpaca as package_format_alpaca
 from llmcourse.instruction import format_phi3 as package_format_phi3
@@ -126,7 +134,7 @@ ALPACA_MISTAKES = (
     "'\\n\\n### Input:\\n' + input only when the input is not empty",
 )
 def check_format_alpaca(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_format_alpaca, _entry_cases(), expect_equal, ALPACA_MISTAKES
     )
 
@@ -179,7 +187,9 @@ PHI3_MISTAKES = (
     hint="'<|user|>\\n' + instruction, then '\\n' + input only when the input is not empty",
 )
 def check_format_phi3(answer: object) -> None:
-    run_diagnosed_cases(answer, reference_format_phi3, _entry_cases(), expect_equal, PHI3_MISTAKES)
+    run_cases_with_diagnosis(
+        answer, reference_format_phi3, _entry_cases(), expect_equal, PHI3_MISTAKES
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,7 +384,7 @@ def _collate_cases() -> list[Case]:
     "positions after it to ignore_index; finally cut both to max_length positions",
 )
 def check_instruction_collate(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_instruction_collate, _collate_cases(), expect_batch, COLLATE_MISTAKES
     )
 
@@ -474,7 +484,7 @@ def _mask_prompt_cases() -> list[Case]:
     "t < prompt_lengths[b] - 1 are prompt tokens: set them to ignore_index",
 )
 def check_mask_prompt(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_mask_prompt, _mask_prompt_cases(), expect_equal, PROMPT_MASK_MISTAKES
     )
 
@@ -549,6 +559,6 @@ def _extract_cases() -> list[Case]:
     "there is one), then .strip()",
 )
 def check_extract_response(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_extract_response, _extract_cases(), expect_equal, EXTRACT_MISTAKES
     )

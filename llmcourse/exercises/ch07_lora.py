@@ -4,67 +4,26 @@ Each checker runs hand-picked cases first (small inputs whose numbers can be rea
 failure message), then seeded random ones. When an answer is wrong, it is also compared with
 the typical wrong answers of the exercise (no ``alpha / rank`` scale, ``A`` and ``B`` swapped,
 dropout on the wrong tensor...): a match replaces the exercise's general hint with one about
-that very mistake. ``Mistake`` and ``run_diagnosed_cases`` serve chapter 7.1's checkers too.
+that very mistake (``Mistake`` and ``run_cases_with_diagnosis`` of the exercise engine).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
-from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close, expect_equal
-
-Case = tuple[str, tuple[Any, ...]]
-Compare = Callable[..., None]
+from llmcourse.exercises.core import (
+    Case,
+    Mistake,
+    exercise,
+    expect_close,
+    expect_equal,
+    run_cases_with_diagnosis,
+)
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
-
-
-@dataclass(frozen=True)
-class Mistake:
-    """A typical wrong answer, computed the wrong way on the same inputs, and what to fix."""
-
-    name: str
-    answer: Callable[..., Any]
-    hint: str
-
-
-def run_diagnosed_cases(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[Case],
-    compare: Compare,
-    mistakes: Sequence[Mistake] = (),
-) -> None:
-    """Run ``answer`` and ``reference`` on every case (each call on its own deep copy of the
-    arguments); for the first case where they differ, the first ``Mistake`` that reproduces
-    the answer's result (by ``compare``) gives the hint of the ``Mismatch`` raised."""
-    for description, arguments in cases:
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=description)
-        try:
-            compare(got, expected, case=description)
-        except Mismatch as mismatch:
-            mismatch.hint = mismatch.hint or _recognise(got, arguments, compare, mistakes)
-            raise
-
-
-def _recognise(
-    got: Any, arguments: tuple[Any, ...], compare: Compare, mistakes: Sequence[Mistake]
-) -> str:
-    """The hint of the first mistake whose result equals ``got``, or "" (the exercise's hint)."""
-    for mistake in mistakes:
-        try:
-            compare(got, mistake.answer(*copy.deepcopy(arguments)), case="")
-        except Exception:  # the mistake gives another result, or does not apply to these inputs
-            continue
-        return mistake.hint
-    return ""
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -178,7 +137,9 @@ def _delta_cases() -> list[Case]:
     "weight's shape (out, in)",
 )
 def check_lora_delta(answer: object) -> None:
-    run_diagnosed_cases(answer, reference_lora_delta, _delta_cases(), expect_float, DELTA_MISTAKES)
+    run_cases_with_diagnosis(
+        answer, reference_lora_delta, _delta_cases(), expect_float, DELTA_MISTAKES
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +278,7 @@ def _forward_cases() -> list[Case]:
     "@ lora_b.T",
 )
 def check_lora_forward(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_lora_forward, _forward_cases(), expect_float, FORWARD_MISTAKES
     )
 
@@ -393,7 +354,7 @@ def _count_cases() -> list[Case]:
     hint="for each (out, in) shape: A has rank * in numbers and B has out * rank; add them up",
 )
 def check_lora_param_count(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_lora_param_count, _count_cases(), expect_equal, COUNT_MISTAKES
     )
 
@@ -470,6 +431,6 @@ def _merge_cases() -> list[Case]:
     hint="weight + (alpha / rank) * lora_b @ lora_a, a new (out, in) matrix",
 )
 def check_merge_weight(answer: object) -> None:
-    run_diagnosed_cases(
+    run_cases_with_diagnosis(
         answer, reference_merge_weight, _merge_cases(), expect_float, MERGE_MISTAKES
     )

@@ -267,6 +267,62 @@ def run_cases(
         compare(got, expected, case=description, hint=hint)
 
 
+Case = tuple[str, tuple[Any, ...]]  # (description of the input, positional arguments)
+Compare = Callable[..., None]  # compare(got, expected, case=...) raises Mismatch
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A typical wrong answer, computed the wrong way on the same inputs, and what to fix."""
+
+    name: str
+    answer: Callable[..., Any]
+    hint: str
+
+
+def run_cases_with_diagnosis(
+    answer: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Iterable[Case],
+    compare: Compare,
+    mistakes: Iterable[Mistake] = (),
+    probe: Callable[[Callable[..., Any]], str] | None = None,
+) -> None:
+    """``run_cases`` that names the mistake. Each call gets its own deep copy of the arguments.
+
+    At the first case where the answer differs from the reference, the ``Mismatch`` keeps a hint
+    that ``compare`` gave; else ``probe(answer)``, when given, may give one about the answer as
+    a whole (e.g. "it samples at random"); else the first ``Mistake`` whose result equals the
+    answer's (by ``compare``) gives its hint; else the exercise's own hint is shown.
+    """
+    mistakes = list(mistakes)
+    for description, arguments in cases:
+        expected = reference(*copy.deepcopy(arguments))
+        got = attempt(answer, *copy.deepcopy(arguments), case=description)
+        try:
+            compare(got, expected, case=description)
+        except Mismatch as mismatch:
+            mismatch.hint = (
+                mismatch.hint
+                or (probe(answer) if probe is not None else "")
+                or _recognise(got, arguments, compare, mistakes, description)
+            )
+            raise
+
+
+def _recognise(
+    got: Any, arguments: tuple[Any, ...], compare: Compare, mistakes: list[Mistake], case: str
+) -> str:
+    """The hint of the first mistake whose result equals ``got``, or ""."""
+    for mistake in mistakes:
+        try:
+            compare(got, mistake.answer(*copy.deepcopy(arguments)), case=case)
+        except Exception:  # this mistake gives another result here, or does not apply
+            continue
+        return mistake.hint
+    return ""
+
+
 def expect_equal(got: object, expected: object, *, case: str, hint: str = "") -> None:
     """Raise ``Mismatch`` unless ``got`` equals ``expected`` and has its type.
 
