@@ -93,7 +93,7 @@ def save_checkpoint(
             }
             torch.save(state, staging / TRAINING_STATE_FILE)
         _flush_to_disk(staging)
-        _replace_directory(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -279,8 +279,9 @@ def _flush_to_disk(directory: Path) -> None:
             os.fsync(file.fileno())
 
 
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an old ``target`` is moved aside first, then deleted."""
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move the directory ``staging`` to ``target`` (both on one file system); an old
+    ``target`` is moved aside first, then deleted, and is put back if the move fails."""
     if not target.exists():
         os.replace(staging, target)
         return

@@ -35,7 +35,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 
 from llmcourse import datasets
-from llmcourse.checkpoints import load_model, save_checkpoint
+from llmcourse.checkpoints import load_model, replace_directory, save_checkpoint
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
@@ -306,8 +305,8 @@ def _publish(model: GPT, report: dict[str, Any], target: Path, *, replace_existi
     try:
         staged = save_checkpoint(staging_root / "model", model)
         _write_synced(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        if replace_existing and target.exists():
-            _swap_in(staged, target)
+        if replace_existing:
+            replace_directory(staged, target)
         else:
             try:
                 os.replace(staged, target)
@@ -316,18 +315,6 @@ def _publish(model: GPT, report: dict[str, Any], target: Path, *, replace_existi
                     raise  # not the race with another writer: a real failure
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
-
-
-def _swap_in(staged: Path, target: Path) -> None:
-    """Replace the directory ``target`` by ``staged``: move the old one aside, then delete it."""
-    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, retired)
-    try:
-        os.replace(staged, target)
-    except BaseException:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired)
 
 
 def _write_synced(path: Path, text: str) -> None:
