@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from llmcourse import instruction as inst
+from llmcourse.cli.generate import add_sampling_arguments
 from llmcourse.errors import CourseError
 from llmcourse.generation import decode_stream, stream_generate
 from llmcourse.model import GPT
@@ -32,15 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="directory from `llmcourse finetune instruct`, or any model")
     parser.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N")
-    parser.add_argument("-t", "--temperature", type=float, default=0.0, metavar="T",
-                        help="0 = greedy; higher = more varied (default 0)")
-    parser.add_argument("-k", "--top-k", type=int, default=None, metavar="K",
-                        help="sample only from the K most likely tokens")
-    parser.add_argument("-p", "--top-p", type=float, default=None, metavar="P",
-                        help="sample only from the smallest set of tokens with probability >= P")
+    add_sampling_arguments(parser)
     parser.add_argument("--format", default=None, choices=inst.PROMPT_FORMATS,
                         help="prompt format (default: the checkpoint's, else alpaca)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
     parser.set_defaults(handler=run)
 

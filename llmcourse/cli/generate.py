@@ -25,6 +25,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="MODEL", help="checkpoint directory or GPT-2 name")
     parser.add_argument("prompt", metavar="PROMPT", help="the text to continue")
     parser.add_argument("-n", "--max-new-tokens", type=int, default=50, metavar="N")
+    add_sampling_arguments(parser)
+    parser.add_argument("--no-cache", action="store_true", help="recompute every position")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="print the text once it is complete")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="do not stop at the <|endoftext|> token")
+    parser.set_defaults(handler=run)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding options of `generate` and `chat`: temperature, top-k, top-p and seed."""
     parser.add_argument("-t", "--temperature", type=float, default=0.0, metavar="T",
                         help="0 = greedy; higher = more varied (default 0)")
     parser.add_argument("-k", "--top-k", type=int, default=None, metavar="K",
@@ -32,12 +43,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-p", "--top-p", type=float, default=None, metavar="P",
                         help="sample only from the smallest set of tokens with probability >= P")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    parser.add_argument("--no-cache", action="store_true", help="recompute every position")
-    parser.add_argument("--no-stream", action="store_true",
-                        help="print the text once it is complete")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="do not stop at the <|endoftext|> token")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
