@@ -31,6 +31,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_instruct(actions)
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int) -> None:
+    """The options both fine-tuning commands take: base model, output, optimizer, seed, device."""
+    parser.add_argument("--base", required=True, metavar="MODEL",
+                        help="checkpoint directory, GPT-2 directory or GPT-2 name (gpt2 ...)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to save into")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
+
+
 def _register_classify(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
         "classify",
@@ -40,15 +53,9 @@ def _register_classify(actions: argparse._SubParsersAction) -> None:
         "epoch and on the whole training, validation and test sets at the end, and saves the "
         "classifier in --out (use it with `llmcourse classify OUT TEXT...`).",
     )
-    parser.add_argument("--base", required=True, metavar="MODEL",
-                        help="checkpoint directory, GPT-2 directory or GPT-2 name (gpt2 ...)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to save into")
+    _add_common_arguments(parser, epochs=5)
     parser.add_argument("--strategy", default="last_block", choices=cls.STRATEGIES,
                         help="what trains (default: last_block, the book's recipe)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (--strategy lora)")
     parser.add_argument("--alpha", type=float, default=16,
                         help="LoRA alpha: the update is scaled by alpha / rank")
@@ -60,8 +67,6 @@ def _register_classify(actions: argparse._SubParsersAction) -> None:
                         help="batches per loss and per-epoch accuracy check")
     parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="use at most N examples of each split (quick runs)")
-    parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
     parser.set_defaults(handler=run_classify)
 
 
@@ -130,15 +135,9 @@ def _register_instruct(actions: argparse._SubParsersAction) -> None:
         f"answers against the references (ROUGE-L F1, token F1) into {inst.SCORES_FILE}. "
         "Score them with an LLM judge through llmcourse.evaluation.OllamaJudge.",
     )
-    parser.add_argument("--base", required=True, metavar="MODEL",
-                        help="checkpoint directory, GPT-2 directory or GPT-2 name (gpt2 ...)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to save into")
+    _add_common_arguments(parser, epochs=2)
     parser.add_argument("--format", default="alpaca", choices=inst.PROMPT_FORMATS,
                         help="prompt format (default: alpaca, the book's)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="cut training sequences to N tokens (default: the model's context)")
     parser.add_argument("--mask-prompt", action="store_true",
@@ -152,8 +151,6 @@ def _register_instruct(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, metavar="JSON",
                         help="a JSON list of {instruction, input, output} entries instead of the "
                         "course's")
-    parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
     parser.set_defaults(handler=run_instruct)
 
 
