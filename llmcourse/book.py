@@ -6,7 +6,8 @@ The book's pages load no JavaScript from the network. Before a build,
 * ``plotly.min.js``, copied from the installed plotly package: draws the saved figures;
 * MathJax 3, require.js and the ipywidgets HTML manager, unpacked from their npm packages
   (fetched once with ``npm pack`` and checked against pinned sha512 digests): typeset math
-  and show the saved state of widgets.
+  and show the saved state of widgets;
+* ``llmcourse.css``, written from :data:`BOOK_CSS`: the book's own style rules.
 
 :func:`build_book` then runs ``jupyter-book build`` with warnings as errors. Notebooks are
 never executed: the book shows the outputs saved in them.
@@ -36,6 +37,20 @@ ASSETS_FOLDER = "book_assets"  # under the book root; named in _config.yml's htm
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 STAMP_NAME = ".package"  # in each unpacked package's folder: "name@version integrity"
 NPM_TIMEOUT_S = 300
+
+BOOK_CSS_NAME = "llmcourse.css"  # named in _config.yml's html_css_files
+BOOK_CSS = """\
+/* The llmcourse book's own style rules (written by llmcourse.book; do not edit the copy in
+   book_assets/). */
+
+/* Code-cell outputs (printed text, reprs, tracebacks) wrap long lines instead of scrolling
+   sideways, so a wide tensor or a long log line stays readable on a narrow screen. */
+div.cell_output pre {
+  white-space: pre-wrap;
+  word-break: break-word;
+  overflow-wrap: anywhere;
+}
+"""
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,7 @@ NPM_PACKAGES = (
 
 
 def prepare_static_assets(book_root: Path | str = ".") -> Path:
-    """Fill ``<book_root>/book_assets/`` with the JavaScript the pages need; returns the folder.
+    """Fill ``<book_root>/book_assets/`` with the scripts and styles the pages need; returns it.
 
     Up-to-date files are left alone, so only the first call needs the npm registry (npm also
     keeps a cache of its own). Raises :class:`CourseError` when a package cannot be fetched.
@@ -104,6 +119,7 @@ def prepare_static_assets(book_root: Path | str = ".") -> Path:
     assets = Path(book_root).resolve() / ASSETS_FOLDER
     assets.mkdir(parents=True, exist_ok=True)
     copy_if_changed(PLOTLY_JS, assets / PLOTLY_JS.name)
+    write_if_changed(assets / BOOK_CSS_NAME, BOOK_CSS)
     for package in NPM_PACKAGES:
         destination = assets / package.folder
         if not is_unpacked(package, destination):
@@ -116,6 +132,13 @@ def copy_if_changed(source: Path, target: Path) -> None:
     if target.is_file() and target.read_bytes() == source.read_bytes():
         return
     shutil.copyfile(source, target)
+
+
+def write_if_changed(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` unless ``target`` already holds exactly that text."""
+    if target.is_file() and target.read_text(encoding="utf-8") == text:
+        return
+    target.write_text(text, encoding="utf-8")
 
 
 def is_unpacked(package: NpmPackage, destination: Path) -> bool:

@@ -3,7 +3,8 @@
 One module-wide build copies the book's sources to a temporary folder, adds a page made by
 running a small notebook (math, a figure shown with ``llmcourse.viz.show``, a widget), and
 builds it. Headless Chromium, with every host name unresolvable, then checks that the figure,
-the math and the widget really render.
+the math and the widget really render. Further tests read the built HTML: one numbering scheme,
+Jupyter Book's, from the sidebar to the headings; no nbval marker anywhere on a page.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from bs4 import BeautifulSoup  # installed with jupyter-book (pydata-sphinx-theme uses it)
 from nbclient import NotebookClient
 from sphinx_external_toc.parsing import parse_toc_yaml
 
@@ -45,6 +47,10 @@ CHECK_CELLS = [
     ),
     nbformat.v4.new_code_cell(
         "import ipywidgets\nipywidgets.IntSlider(value=7, min=0, max=10, description='steps')"
+    ),
+    # A cell that is meant to fail: the tag lets nbclient, nbval and myst-nb accept its error.
+    nbformat.v4.new_code_cell(
+        "raise ValueError('shown on purpose')", metadata={"tags": ["raises-exception"]}
     ),
 ]
 
@@ -171,7 +177,12 @@ def test_no_page_loads_scripts_or_styles_from_the_network(built_book: Path) -> N
 def test_config_names_only_files_that_prepare_provides(built_book: Path) -> None:
     config = yaml.safe_load((built_book / "_config.yml").read_text())["sphinx"]["config"]
     assets = built_book / book_build.ASSETS_FOLDER
-    named = [config["mathjax_path"], *config["html_js_files"], *config["nb_ipywidgets_js"]]
+    named = [
+        config["mathjax_path"],
+        *config["html_js_files"],
+        *config["html_css_files"],
+        *config["nb_ipywidgets_js"],
+    ]
 
     assert config["html_static_path"] == [book_build.ASSETS_FOLDER]
     for path in named:
@@ -301,7 +312,12 @@ def test_a_package_counts_as_unpacked_only_with_its_exact_stamp(tmp_path: Path) 
 
 
 def chapter_pages() -> list[str]:
-    return [name for name in parse_toc_yaml(REPO_ROOT / "_toc.yml") if name.startswith("chapters/")]
+    """The chapter notebooks in the toc (chapter 7's own page is no notebook and has no figure)."""
+    return [
+        name
+        for name in parse_toc_yaml(REPO_ROOT / "_toc.yml")
+        if name.startswith("chapters/") and (REPO_ROOT / f"{name}.ipynb").is_file()
+    ]
 
 
 @pytest.mark.slow
@@ -325,3 +341,193 @@ def test_every_chapter_figure_renders_offline_in_chromium(built_book: Path, docn
     }
     assert saved, f"{docname} shows no figure"
     assert drawn == saved, f"figures not drawn on {docname}: {sorted(saved - drawn)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the pages say: nbval markers, errors shown on purpose, output wrapping, numbering
+
+# A number written into a title by hand: "5. ", "5.3 ", "7.2.6 ", "A.1 ". ("Appendix A: ..."
+# and "Exercise 1: ..." are words that carry a number, not a number of their own.)
+HAND_NUMBER = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[A-Z]\.\d+(?:\.\d+)*\.?)\s")
+SECTION_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)\.\s+(.*)$")  # how Sphinx writes "7.2. Title"
+
+
+def soup(root: Path, docname: str) -> BeautifulSoup:
+    return BeautifulSoup((html_dir(root) / f"{docname}.html").read_text(), "html.parser")
+
+
+def expected_numbers(toc: dict) -> dict[str, str | None]:
+    """Each toc page's number as Jupyter Book gives it (None in an unnumbered part)."""
+    numbers: dict[str, str | None] = {toc["root"]: None}
+    chapter = 0
+
+    def add_sections(entry: dict, number: str | None) -> None:
+        for index, section in enumerate(entry.get("sections", []), start=1):
+            numbers[section["file"]] = f"{number}.{index}" if number else None
+            add_sections(section, numbers[section["file"]])
+
+    for part in toc.get("parts", []):
+        for entry in part["chapters"]:
+            number = None
+            if part.get("numbered"):
+                chapter += 1  # numbering goes on across numbered parts (multitoc numbering)
+                number = str(chapter)
+            numbers[entry["file"]] = number
+            add_sections(entry, number)
+    return numbers
+
+
+def split_number(text: str) -> tuple[str | None, str]:
+    """("7.2", "Title") from "7.2. Title"; (None, text) when the text has no Sphinx number."""
+    found = SECTION_NUMBER.match(text)
+    return (found[1], found[2]) if found else (None, text)
+
+
+def sidebar_entries(root: Path) -> dict[str, str]:
+    """docname -> text of every page link in the book's sidebar, read from the intro page."""
+    nav = soup(root, "intro").select_one("nav.bd-docs-nav")
+    assert nav is not None, "the intro page has no sidebar"
+    entries = {}
+    for link in nav.select("a.reference.internal"):
+        docname = link["href"].split("#")[0].removesuffix(".html")
+        entries[docname] = " ".join(link.get_text().split())
+    return entries
+
+
+def headings(page: BeautifulSoup) -> list[tuple[str, str | None, str]]:
+    """(tag, Sphinx number or None, title) of each h1/h2/h3 of the page's article."""
+    article = page.select_one("article.bd-article")
+    assert article is not None
+    found = []
+    for heading in article.find_all(["h1", "h2", "h3"]):
+        number = heading.find("span", class_="section-number")
+        for unwanted in heading.select("span.section-number, a.headerlink"):
+            unwanted.extract()
+        title = " ".join(heading.get_text().split())
+        number_text = number.get_text().strip().rstrip(".") if number else None
+        found.append((heading.name, number_text, title))
+    return found
+
+
+@pytest.mark.slow
+def test_no_page_shows_an_nbval_marker(built_book: Path) -> None:
+    pages = sorted(html_dir(built_book).rglob("*.html"))
+
+    assert len(pages) >= 3
+    assert [page.name for page in pages if "NBVAL_" in page.read_text()] == []
+
+
+@pytest.mark.slow
+def test_a_cell_tagged_raises_exception_shows_its_error(built_book: Path) -> None:
+    page = soup(built_book, CHECK_PAGE)
+
+    errors = [output.get_text() for output in page.select("div.cell_output")]
+    assert any("ValueError" in text and "shown on purpose" in text for text in errors)
+
+
+@pytest.mark.slow
+def test_code_outputs_wrap_long_lines(built_book: Path) -> None:
+    served = html_dir(built_book) / "_static" / book_build.BOOK_CSS_NAME
+    page = (html_dir(built_book) / f"{chapter_pages()[0]}.html").read_text()
+
+    assert served.read_text() == book_build.BOOK_CSS
+    assert re.search(r"div\.cell_output pre \{[^}]*white-space: pre-wrap;", book_build.BOOK_CSS)
+    assert re.search(r"div\.cell_output pre \{[^}]*word-break: break-word;", book_build.BOOK_CSS)
+    assert re.search(rf'<link rel="stylesheet"[^>]*href="\.\./_static/{served.name}', page)
+
+
+@pytest.mark.slow
+def test_sidebar_numbers_come_from_the_toc_alone(built_book: Path) -> None:
+    expected = expected_numbers(yaml.safe_load((built_book / "_toc.yml").read_text()))
+    entries = sidebar_entries(built_book)
+
+    problems = []
+    for docname, number in expected.items():
+        if docname == "intro":
+            continue  # the home link, the book's title
+        text = entries.get(docname)
+        if text is None:
+            problems.append(f"{docname}: not in the sidebar")
+            continue
+        found, title = split_number(text)
+        if found != number:
+            problems.append(f"{docname}: sidebar says {text!r}, the toc numbers it {number}")
+        if HAND_NUMBER.match(title):
+            problems.append(f"{docname}: sidebar entry {text!r} has a second, hand-written number")
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_page_headings_carry_one_numbering_scheme(built_book: Path) -> None:
+    """h1 to h3 of every toc page: Sphinx's numbers only, and the sidebar's number and title."""
+    expected = expected_numbers(yaml.safe_load((built_book / "_toc.yml").read_text()))
+    entries = sidebar_entries(built_book)
+
+    problems = []
+    for docname, number in expected.items():
+        page = soup(built_book, docname)
+        found = headings(page)
+        titles = [title for tag, _, title in found if tag == "h1"]
+        if len(titles) != 1:
+            problems.append(f"{docname}: {len(titles)} h1 headings")
+        for tag, heading_number, title in found:
+            where = f"{docname} {tag} {heading_number or ''} {title!r}"
+            if HAND_NUMBER.match(title):
+                problems.append(f"{where}: a hand-written number besides the book's")
+            if tag == "h1" and heading_number != number:
+                problems.append(f"{where}: the toc numbers this page {number}")
+            if tag != "h1" and number is None and heading_number is not None:
+                problems.append(f"{where}: numbered in an unnumbered page")
+            if tag != "h1" and number is not None:
+                depth = number.count(".") + int(tag[1])
+                if heading_number is None or not heading_number.startswith(f"{number}."):
+                    problems.append(f"{where}: not numbered under {number}")
+                elif heading_number.count(".") + 1 != depth:
+                    problems.append(f"{where}: numbered at the wrong depth")
+        if docname != "intro" and titles:
+            sidebar_number, sidebar_title = split_number(entries.get(docname, ""))
+            if (sidebar_number, sidebar_title) != (number, titles[0]):
+                problems.append(f"{docname}: sidebar {entries.get(docname)!r}, page {titles[0]!r}")
+        browser_title = " ".join(page.title.get_text().split()).split(" — ")[0]
+        page_title = titles[0] if titles else ""
+        if docname != "intro" and split_number(browser_title) != (number, page_title):
+            problems.append(f"{docname}: the browser title {browser_title!r} differs from the page")
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_solution_pages_share_one_title_pattern(built_book: Path) -> None:
+    entries = sidebar_entries(built_book)
+    solutions = {name: text for name, text in entries.items() if name.startswith("solutions/")}
+
+    assert len(solutions) >= 1
+    other = {name: text for name, text in solutions.items() if not text.startswith("Solutions: ")}
+    assert other == {}
+
+
+@pytest.mark.slow
+def test_section_references_in_prose_name_existing_numbers(built_book: Path) -> None:
+    """ "section 6.4", "(7.3.2)", "chapter 5": each number is one the book's headings carry."""
+    expected = expected_numbers(yaml.safe_load((built_book / "_toc.yml").read_text()))
+    pages = {docname: soup(built_book, docname) for docname in expected}
+    numbers = {number for page in pages.values() for _, number, _ in headings(page) if number}
+    chapters = {number for number in numbers if "." not in number}
+    references = re.compile(
+        r"\b(?P<kind>[Cc]hapters?|[Ss]ections?) (?P<first>\d+(?:\.\d+)*)"
+        r"(?:(?: and | to )(?P<second>\d+(?:\.\d+)*))?"
+        r"|\((?P<bare>\d+\.\d+\.\d+)(?: and (?P<bare_second>\d+\.\d+\.\d+))?\)"
+    )
+
+    problems = []
+    for docname, page in pages.items():
+        article = page.select_one("article.bd-article")
+        for code in article.select("div.cell_input, div.cell_output, pre"):
+            code.extract()  # prose only
+        text = " ".join(article.get_text(" ").split())
+        for found in references.finditer(text):
+            kind = (found["kind"] or "section").lower()
+            for cited in filter(None, found.group("first", "second", "bare", "bare_second")):
+                known = chapters if kind.startswith("chapter") else numbers
+                if cited not in known:
+                    problems.append(f"{docname}: {found[0]!r} cites a {kind} {cited} that is not")
+    assert problems == []

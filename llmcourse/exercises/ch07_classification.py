@@ -1,6 +1,6 @@
-"""Checkers of chapter 7.1, classification: the read position, padding, accuracy, confusion.
+"""Checkers of section 7.2, classification: the read position, padding, accuracy, confusion.
 
-As in chapter 7.0 (with the engine's ``run_cases_with_diagnosis``), each checker runs hand-picked
+As in section 7.1 (with the engine's ``run_cases_with_diagnosis``), each checker runs hand-picked
 cases first, then seeded random ones, and names a recognised typical mistake (the first
 token instead of the last, left padding, a transposed confusion matrix...) in its hint.
 """

@@ -1,7 +1,7 @@
-"""Checkers of chapter 7.2, instruction fine-tuning: prompt formats, the padding and masking
+"""Checkers of section 7.3, instruction fine-tuning: prompt formats, the padding and masking
 collate, prompt masking, and reading the answer out of generated text.
 
-Like the other chapter-7 checkers (they share ``run_diagnosed_cases`` of chapter 7.0), each runs
+Like the other chapter-7 checkers (they share ``run_diagnosed_cases`` of section 7.1), each runs
 hand-picked cases first, then seeded random ones where the input allows, and a wrong answer that
 matches a typical mistake (the Input section of an empty input, the first end token masked with
 the padding, an off-by-one prompt mask, the response marker kept...) gets a hint about that

@@ -1,4 +1,4 @@
-"""Checkers of chapter 7.0, LoRA: the low-rank update, the adapted layer, its size, merging.
+"""Checkers of section 7.1, LoRA: the low-rank update, the adapted layer, its size, merging.
 
 Each checker runs hand-picked cases first (small inputs whose numbers can be read in the
 failure message), then seeded random ones. When an answer is wrong, it is also compared with

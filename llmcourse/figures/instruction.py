@@ -1,4 +1,4 @@
-"""Figures of chapter 7.2, instruction fine-tuning: the data's lengths and how a batch is
+"""Figures of section 7.3, instruction fine-tuning: the data's lengths and how a batch is
 masked. (The chapter draws its loss curves with ``llmcourse.figures.training``.)
 
 - ``token_length_figure``: overlaid histograms of how many tokens the entries have (one per
@@ -38,7 +38,7 @@ SERIES_COLOURS = ("#1a73e8", "#d93025", "#188038", "#9334e6", "#f29900")
 
 
 class InstructionFigureError(CourseError, ValueError):
-    """The data given to a chapter 7.2 figure cannot be drawn."""
+    """The data given to a section 7.3 figure cannot be drawn."""
 
 
 # ----------------------------------------------------------------------------------------------
