@@ -15,9 +15,12 @@ still load by name; the adapter adds ``lora_a`` and ``lora_b`` beside them. Afte
 ``merge_lora`` folds ``scaling * B A`` into ``W`` and gives back plain ``nn.Linear`` layers:
 a model exactly as fast as the original.
 
-Conventions differ between sources: peft (and this module) scale by ``alpha / rank``; the book's
-appendix multiplies by ``alpha`` alone, so its ``alpha=16, rank=16`` corresponds to
-``alpha=256, rank=16`` here. Parameter counts are the same either way.
+The LoRA paper, peft, this module and, since September 2025, the book's code scale by
+``alpha / rank``: the same ``alpha`` and ``rank`` give the same update, so the book's
+``alpha=16, rank=16`` (a scale of 1) is ``alpha=16, rank=16`` here. The book's appendix as first
+published multiplied by ``alpha`` alone: there ``alpha=16, rank=16`` is a scale of 16, that is
+``alpha=256, rank=16`` here; the two conventions give the same scale only at rank 1. Parameter
+counts are the same either way.
 """
 
 from __future__ import annotations
