@@ -3,6 +3,7 @@
 A checkpoint directory holds:
 
 - ``config.json``: the model's ``GPTConfig`` as JSON;
+- ``tokenizer.bpe.json``: the tokenizer the model was trained with (``llmcourse.tokenizers.files``);
 - ``model.safetensors``: the weights. A matrix shared by two modules (GPT-2 ties the output layer
   to the token embedding) is stored once, under its first name, ``transformer.wte.weight``;
   ``GPT(config)`` ties it again on load;
@@ -34,11 +35,12 @@ from safetensors.torch import load_file, save_file
 
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.tokenizers.files import TOKENIZER_FILE, Tokenizer, check_vocab_fits, save_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINING_STATE_FILE)
+CHECKPOINT_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, TRAINING_STATE_FILE)
 TRAINING_STATE_VERSION = 1
 
 
@@ -70,19 +72,27 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     training_state: dict[str, Any] | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write ``model`` (and any training state given) as a checkpoint directory; returns its path.
 
-    An existing checkpoint at ``path_dir`` is replaced only once the new one is complete. A
-    directory holding anything other than checkpoint files is never overwritten.
+    ``tokenizer`` (a ``BPETokenizer`` or a ``tiktoken.Encoding``) is stored beside the config,
+    so that every loader encodes text the way the model was trained; it must fit the model's
+    vocabulary. An existing checkpoint at ``path_dir`` is replaced only once the new one is
+    complete. A directory holding anything other than checkpoint files is never overwritten.
     """
     target = Path(path_dir)
     _check_replaceable(target)
+    if tokenizer is not None:
+        check_vocab_fits(tokenizer, model.config.vocab_size, where=f"saving to {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
     try:
         _write_config(staging / CONFIG_FILE, model.config)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, staging)
         save_file(unique_tensors(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
         if optimizer is not None or scheduler is not None or training_state is not None:
             state = {

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import tiktoken
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -45,6 +46,12 @@ from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_
 from llmcourse.lora import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
+from llmcourse.tokenizers.files import (
+    TOKENIZER_FILE,
+    end_of_text_id,
+    load_tokenizer,
+    save_tokenizer,
+)
 
 Example = tuple[str, int]  # (message text, class id)
 LABEL_IDS = {"ham": 0, "spam": 1}
@@ -190,9 +197,10 @@ class SpamDataset(Dataset):
     """Messages as token ids of one length ``max_length``, with their labels.
 
     Each message is cut to its first ``max_length`` tokens and padded on the right with
-    ``pad_id`` (GPT-2's ``<|endoftext|>``). ``max_length`` defaults to the longest message,
-    capped at ``context_length`` when given; give the training set's ``max_length`` to the
-    validation and test sets so all three look alike. Items are (ids (max_length,), label ()).
+    ``pad_id`` (by default the tokenizer's ``<|endoftext|>``). ``max_length`` defaults to the
+    longest message, capped at ``context_length`` when given; give the training set's
+    ``max_length`` to the validation and test sets so all three look alike. Items are
+    (ids (max_length,), label ()).
     """
 
     def __init__(
@@ -200,9 +208,11 @@ class SpamDataset(Dataset):
         rows: Sequence[Example],
         tokenizer: Tokenizer,
         max_length: int | None = None,
-        pad_id: int = GPT2_EOT_ID,
+        pad_id: int | None = None,
         context_length: int | None = None,
     ):
+        if pad_id is None:
+            pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
         if not rows:
             raise ClassifierError("a SpamDataset needs at least one message")
         encoded = [encode_message(tokenizer, text) for text, _ in rows]
@@ -418,18 +428,27 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+def _padding_of(loader: object, pad_id: int | None) -> int:
+    """``pad_id`` if given, else the padding id of the loader's dataset, else GPT-2's."""
+    if pad_id is not None:
+        return pad_id
+    return getattr(getattr(loader, "dataset", None), "pad_id", GPT2_EOT_ID)
+
+
 @torch.no_grad()
 def evaluate(
     model: GPT,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     read_position: str = "last",
-    pad_id: int = GPT2_EOT_ID,
+    pad_id: int | None = None,
     max_batches: int | None = None,
     positive_class: int = 1,
 ) -> ClassificationMetrics:
     """Metrics of the model on the first ``max_batches`` batches of ``loader`` (all if None),
-    in evaluation mode (dropout off); the model's mode is restored afterwards."""
+    in evaluation mode (dropout off); the model's mode is restored afterwards. ``pad_id``
+    defaults to the padding of the loader's ``SpamDataset``."""
+    pad_id = _padding_of(loader, pad_id)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -522,7 +541,7 @@ def train_classifier(
     eval_every: int = 50,
     eval_batches: int | None = 5,
     read_position: str = "last",
-    pad_id: int = GPT2_EOT_ID,
+    pad_id: int | None = None,
     callbacks: Iterable[object] = (),
     progress: bool = True,
 ) -> ClassifierHistory:
@@ -533,6 +552,7 @@ def train_classifier(
     recorded; after every epoch, the accuracy on those batches. Returns the history.
     """
     _check_read_position(read_position)
+    pad_id = _padding_of(train_loader, pad_id)
     if epochs < 1 or eval_every < 1:
         raise ClassifierError(f"epochs and eval_every must be >= 1, got {epochs}, {eval_every}")
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -640,12 +660,14 @@ class Classifier:
     read_position: str = "last"
     class_names: tuple[str, ...] = CLASS_NAMES
     pad_id: int = GPT2_EOT_ID
+    tokenizer: tiktoken.Encoding | None = None  # the base model's; None: GPT-2's
 
     def classify(self, text: str, tokenizer: Tokenizer | None = None) -> tuple[str, float]:
-        """(class name, probability) of ``text`` (GPT-2's tokenizer unless one is given)."""
+        """(class name, probability) of ``text``, encoded by ``tokenizer``, else by the
+        classifier's own, else by GPT-2's."""
         return classify(
             self.model,
-            tokenizer or gpt2_tokenizer(),
+            tokenizer or self.tokenizer or gpt2_tokenizer(),
             text,
             self.max_length,
             read_position=self.read_position,
@@ -657,7 +679,8 @@ class Classifier:
 def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
     """Write a classifier to ``directory``: ``config.json`` (the base GPT's ``GPTConfig``),
     ``model.safetensors`` (all weights, LoRA adapters merged in) and ``classifier.json`` (number
-    of classes, their names, ``max_length``, ``read_position``, ``pad_id``). Returns the path."""
+    of classes, their names, ``max_length``, ``read_position``, ``pad_id``), plus the
+    classifier's tokenizer (``tokenizer.bpe.json``) when it has one. Returns the path."""
     directory = Path(directory)
     check_save_destination(directory)
     model = classifier.model
@@ -667,6 +690,8 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
             f"{model.lm_head.out_features} outputs"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    if classifier.tokenizer is not None:
+        save_tokenizer(classifier.tokenizer, directory)
     (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     save_file(_unique(merged_state_dict(model)), str(directory / WEIGHTS_FILE),
               metadata={"format": "pt"})
@@ -693,7 +718,7 @@ def check_save_destination(directory: str | Path) -> None:
     if not directory.is_dir():
         return
     present = sorted(entry.name for entry in directory.iterdir())
-    ours = (CONFIG_FILE, CLASSIFIER_FILE, WEIGHTS_FILE)
+    ours = (CONFIG_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
     if present and (CLASSIFIER_FILE not in present or not set(present) <= set(ours)):
         raise ClassifierCheckpointError(
             f"will not write a classifier into {directory}: it holds files that are not a "
@@ -741,6 +766,7 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
         read_position=settings["read_position"],
         class_names=tuple(settings["class_names"]),
         pad_id=settings["pad_id"],
+        tokenizer=load_tokenizer(directory, vocab_size=config.vocab_size),
     )
 
 

@@ -1,8 +1,10 @@
 """The course's own pretrained GPT: one fixed recipe per run profile, trained once, then cached.
 
 Later chapters start from a pretrained model. In the ``smoke`` and ``cpu`` profiles that model is
-the course's own small GPT (GPT-2's tokenizer, a few million non-embedding parameters) pretrained
-on the TinyStories sample, made by this module from a fixed seed and recipe:
+the course's own small GPT pretrained on the TinyStories sample, with the **course tokenizer**: a
+byte-level BPE trained by chapter 1's ``BPETokenizer.train`` on the same stories (4,096 tokens in
+the cpu profile). A small vocabulary makes the output layer, most of a small GPT's work with
+GPT-2's 50,257 tokens, cheap. The model is made by this module from a fixed seed and recipe:
 
 >>> from llmcourse.pretrained import course_model
 >>> model = course_model()  # doctest: +SKIP
@@ -14,8 +16,9 @@ training report.
 The cache directory is ``<cache root>/models/<recipe name>-<recipe hash>``: the hash covers every
 setting that decides the weights (model shape, data file and its sha256, batch size, optimizer,
 schedule, steps, seed), so a changed recipe never loads a stale model. It holds the checkpoint
-(``config.json`` + ``model.safetensors``) and ``report.json`` (the recipe, losses, tokens, time,
-throughput and sample generations).
+(``config.json``, ``tokenizer.bpe.json`` and ``model.safetensors``) and ``report.json`` (the
+recipe, losses and bits per byte, tokens, time, throughput and sample generations).
+``course_tokenizer()`` gives the tokenizer saved with it.
 
 The same recipe gives the same weights on every run on one machine: the seed fixes the
 initialisation, the batch order and dropout. Other machines, torch versions or thread counts can
@@ -39,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import tiktoken
 import torch
 
 from llmcourse import datasets
@@ -46,14 +50,28 @@ from llmcourse.checkpoints import load_model, replace_directory, save_checkpoint
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
-from llmcourse.pretraining import PretrainingRun, make_loaders, read_corpus
+from llmcourse.pretraining import (
+    TOKENIZER_TRAINER_VERSION,
+    TRAINED_TOKENIZER,
+    PretrainingRun,
+    make_loaders,
+    run_tokenizer,
+)
 from llmcourse.profiles import Profile, current_profile, get_profile
-from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
-from llmcourse.training import TrainingConfig, evaluate_loss, perplexity, train
+from llmcourse.tokenizers import GPT2_VOCAB_SIZE
+from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_tokenizer
+from llmcourse.training import (
+    TrainingConfig,
+    bits_per_byte,
+    bytes_per_token_of,
+    evaluate_loss,
+    perplexity,
+    train,
+)
 
 REPORT_FILE = "report.json"
 # Bump when the code that trains the model changes its result, so old caches are not used.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 EVALUATIONS_PER_RUN = 5  # loss estimates during training (the last one after the final step)
 SAMPLE_PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "The dog")
 SAMPLE_TOKENS = 60  # new tokens per sample at most (a story's end token stops it earlier)
@@ -92,6 +110,8 @@ class CourseModelRecipe:
         return {
             "version": RECIPE_VERSION,
             "model": asdict(run.model),
+            "tokenizer": run.tokenizer,
+            "tokenizer_trainer": TOKENIZER_TRAINER_VERSION,
             "corpus": run.corpus,
             "corpus_sha256": datasets.get(run.corpus).sha256,
             "max_characters": run.max_characters,
@@ -151,13 +171,27 @@ def recipe_for(profile: str | Profile | None = None) -> CourseModelRecipe:
     )
     run = PretrainingRun(
         corpus=profile.pretraining_corpus,
-        model=GPTConfig.preset(profile.model_preset, context_length=profile.context_length),
+        model=GPTConfig.preset(
+            profile.model_preset,
+            context_length=profile.context_length,
+            vocab_size=_vocab_size(profile.course_tokenizer),
+        ),
+        tokenizer=profile.course_tokenizer,
         batch_size=profile.batch_size,
         max_characters=profile.corpus_characters,
         training=training,
     )
-    name = f"{profile.model_preset}-{profile.pretraining_corpus}"
+    name = f"{profile.model_preset}-{profile.course_tokenizer}-{profile.pretraining_corpus}"
     return CourseModelRecipe(name=name, profile=profile.name, run=run)
+
+
+def _vocab_size(tokenizer: str) -> int:
+    """The number of tokens of a course tokenizer spec: N for ``bpe-N``, GPT-2's for gpt2."""
+    if match := TRAINED_TOKENIZER.fullmatch(tokenizer):
+        return int(match[1])
+    if tokenizer == "gpt2":
+        return GPT2_VOCAB_SIZE
+    raise CourseError(f"course tokenizer {tokenizer!r} must be 'gpt2' or 'bpe-N'")
 
 
 def course_model_dir(profile: str | Profile | None = None) -> Path:
@@ -167,20 +201,23 @@ def course_model_dir(profile: str | Profile | None = None) -> Path:
 
 def train_course_model(
     profile: str | Profile | None = None, *, progress: bool = True
-) -> tuple[GPT, dict[str, Any]]:
-    """Train the course model of ``profile`` from scratch (nothing is read from or written to
-    the cache). Returns the model, in eval mode, and its report (see ``course_model_report``).
+) -> tuple[GPT, tiktoken.Encoding, dict[str, Any]]:
+    """Train the course model of ``profile`` from scratch (the model is neither read from nor
+    written to the cache; its tokenizer and tokenized corpus are cached). Returns the model, in
+    eval mode, its tokenizer and its report (see ``course_model_report``).
 
     Torch's global random number generator is left as it was."""
     start, start_cpu = time.perf_counter(), time.process_time()
     recipe = recipe_for(profile)
     run = replace(recipe.run, training=replace(recipe.run.training, progress=progress))
-    train_loader, val_loader = make_loaders(read_corpus(run.corpus, run.max_characters), run)
+    tokenizer = run_tokenizer(run, progress=progress)
+    train_loader, val_loader = make_loaders(run, tokenizer, progress=progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.training.seed)
         model = GPT(run.model)
-        history = train(model, train_loader, val_loader, run.training)
+        history = train(model, train_loader, val_loader, run.training, tokenizer=tokenizer)
     val_loss = evaluate_loss(model, val_loader)  # every validation batch, not an estimate
+    val_bytes_per_token = bytes_per_token_of(val_loader)
     model.eval()
     report = {
         "recipe_name": recipe.name,
@@ -195,6 +232,9 @@ def train_course_model(
         "train_loss": history.evals[-1].train_loss,
         "val_loss": val_loss,
         "val_perplexity": perplexity(val_loss),
+        "validation_bits_per_byte": bits_per_byte(val_loss, val_bytes_per_token),
+        "validation_bytes_per_token": val_bytes_per_token,
+        "vocab_size": tokenizer.n_vocab,
         "wall_seconds": history.elapsed_seconds,
         "tokens_per_second": history.tokens_per_second,
         "torch_threads": torch.get_num_threads(),
@@ -202,18 +242,20 @@ def train_course_model(
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "evals": [asdict(record) for record in history.evals],
         "step_losses": history.train_losses,
-        "samples": sample_generations(model, seed=run.training.seed),
+        "samples": sample_generations(model, tokenizer, seed=run.training.seed),
     }
     # all of it (data, training, evaluation, samples); CPU time summed over threads
     report["total_seconds"] = time.perf_counter() - start
     report["total_cpu_seconds"] = time.process_time() - start_cpu
-    return model, report
+    return model, tokenizer, report
 
 
-def sample_generations(model: GPT, *, seed: int) -> list[dict[str, str]]:
+def sample_generations(
+    model: GPT, tokenizer: tiktoken.Encoding, *, seed: int
+) -> list[dict[str, str]]:
     """Continue each of ``SAMPLE_PROMPTS`` greedily and by top-k sampling (seeded); returns
     ``{"prompt", "decoding", "text"}`` records, ``text`` without the prompt."""
-    tokenizer = gpt2_tokenizer()
+    end_id = end_of_text_id(tokenizer)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     decodings = {
         "greedy": {"temperature": 0.0},
@@ -226,7 +268,7 @@ def sample_generations(model: GPT, *, seed: int) -> list[dict[str, str]]:
             "prompt": prompt,
             "decoding": decoding,
             "text": generate_text(model, tokenizer, prompt, SAMPLE_TOKENS,
-                                  eos_id=GPT2_EOT_ID, **options),
+                                  eos_id=end_id, **options),
         }
         for decoding, options in decodings.items()
         for prompt in SAMPLE_PROMPTS
@@ -265,15 +307,26 @@ def course_model(
             file=sys.stderr,
             flush=True,
         )
-        model, report = train_course_model(profile)
-        _publish(model, report, directory, replace_existing=retrain)
+        model, tokenizer, report = train_course_model(profile)
+        _publish(model, tokenizer, report, directory, replace_existing=retrain)
     return load_model(directory, device=device)
+
+
+def course_tokenizer(profile: str | Profile | None = None) -> tiktoken.Encoding:
+    """The tokenizer of the course model of ``profile``: the one saved with the cached model,
+    else the course tokenizer its recipe names (trained on first use and cached)."""
+    directory = course_model_dir(profile)
+    recipe = recipe_for(profile)
+    if (directory / TOKENIZER_FILE).is_file():
+        return load_tokenizer(directory, vocab_size=recipe.run.model.vocab_size)
+    return run_tokenizer(recipe.run)
 
 
 def course_model_report(profile: str | Profile | None = None) -> dict[str, Any]:
     """The report saved with the cached course model of ``profile``: ``recipe`` (the settings
     that decide the weights), ``train_loss`` and ``val_loss`` (nats per token, after the last
-    step; the validation loss over the whole held-out text), ``tokens_seen``,
+    step; the validation loss over the whole held-out text), ``validation_bits_per_byte`` (that
+    loss in bits per byte of text, comparable across tokenizers), ``tokens_seen``,
     ``wall_seconds``, ``tokens_per_second``, ``evals`` and ``step_losses`` (the loss curve) and
     ``samples`` (greedy and top-k continuations of a few prompts)."""
     path = course_model_dir(profile) / REPORT_FILE
@@ -296,14 +349,21 @@ def _duration(recipe: CourseModelRecipe) -> str:
     return f"{minutes:.0f} minutes" if minutes >= 1.5 else "a minute or less"
 
 
-def _publish(model: GPT, report: dict[str, Any], target: Path, *, replace_existing: bool) -> None:
+def _publish(
+    model: GPT,
+    tokenizer: tiktoken.Encoding,
+    report: dict[str, Any],
+    target: Path,
+    *,
+    replace_existing: bool,
+) -> None:
     """Write checkpoint and report into a staging directory beside ``target``, then rename it
     to ``target``. An existing ``target`` is kept (another process published the same recipe
     first) unless ``replace_existing``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        staged = save_checkpoint(staging_root / "model", model)
+        staged = save_checkpoint(staging_root / "model", model, tokenizer=tokenizer)
         _write_synced(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
         if replace_existing:
             replace_directory(staged, target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,11 +31,25 @@ class SlidingWindowDataset(Dataset):
 
     Item i is ``(ids[s : s + max_length], ids[s + 1 : s + max_length + 1])`` with s = i * stride,
     both of shape (max_length,) and dtype int64.
+
+    ``token_ids`` may be a NumPy array of any integer type, such as a ``uint16`` memory map of a
+    tokenized corpus (``llmcourse.token_cache``): it is then read window by window, never copied
+    whole. ``bytes_per_token`` is how many UTF-8 bytes of text a token stands for on average in
+    this data; evaluation uses it to turn a loss into bits per byte.
     """
 
-    def __init__(self, token_ids: Sequence[int] | torch.Tensor, max_length: int, stride: int):
-        ids = torch.as_tensor(token_ids, dtype=torch.long)
-        if ids.dim() != 1:
+    def __init__(
+        self,
+        token_ids: Sequence[int] | torch.Tensor | np.ndarray,
+        max_length: int,
+        stride: int,
+        *,
+        bytes_per_token: float | None = None,
+    ):
+        ids = token_ids if isinstance(token_ids, np.ndarray) else torch.as_tensor(
+            token_ids, dtype=torch.long
+        )
+        if ids.ndim != 1:
             raise ValueError(f"token_ids must be one flat sequence, got shape {tuple(ids.shape)}")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
@@ -44,9 +59,12 @@ class SlidingWindowDataset(Dataset):
                 f"plus its shifted target needs at least {max_length + 1}; use a longer text or a "
                 "smaller max_length"
             )
+        if bytes_per_token is not None and not bytes_per_token > 0:
+            raise ValueError(f"bytes_per_token must be > 0 or None, got {bytes_per_token}")
         self.token_ids = ids
         self.max_length = max_length
         self.stride = stride
+        self.bytes_per_token = bytes_per_token
         self.starts = range(0, len(ids) - max_length, stride)
 
     @classmethod
@@ -55,7 +73,8 @@ class SlidingWindowDataset(Dataset):
     ) -> SlidingWindowDataset:
         """Tokenize ``text`` (``<|endoftext|>`` is allowed as a separator) and window it."""
         ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
-        return cls(ids, max_length, stride)
+        bytes_per_token = len(text.encode("utf-8")) / len(ids) if ids else None
+        return cls(ids, max_length, stride, bytes_per_token=bytes_per_token)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -63,6 +82,8 @@ class SlidingWindowDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.starts[index]
         window = self.token_ids[start : start + self.max_length + 1]
+        if isinstance(window, np.ndarray):
+            window = torch.from_numpy(window.astype(np.int64))
         return window[:-1], window[1:]  # input, target: (max_length,) each
 
 

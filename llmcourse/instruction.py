@@ -51,6 +51,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypedDict
 
+import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -61,6 +62,7 @@ from llmcourse.errors import CourseError
 from llmcourse.generation import stream_generate
 from llmcourse.model import GPT
 from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.tokenizers.files import TOKENIZER_FILE, load_tokenizer
 from llmcourse.training import TrainingConfig, TrainingHistory, train
 
 ENTRY_FIELDS = ("instruction", "input", "output")
@@ -616,6 +618,7 @@ class InstructionModel:
     model: GPT
     prompt_format: PromptFormat
     settings: dict[str, Any] = field(default_factory=dict)
+    tokenizer: tiktoken.Encoding | None = None  # the one saved with the model, if it was
 
 
 def save_instruction_model(
@@ -623,12 +626,15 @@ def save_instruction_model(
     model: GPT,
     prompt_format: str | PromptFormat,
     settings: Mapping[str, Any] | None = None,
+    *,
+    tokenizer: Any | None = None,
 ) -> Path:
-    """Write ``directory/model`` (a course checkpoint, see ``llmcourse.checkpoints``) and
-    ``directory/instruction.json`` (the prompt format and the training ``settings``)."""
+    """Write ``directory/model`` (a course checkpoint, see ``llmcourse.checkpoints``, with
+    ``tokenizer`` when given) and ``directory/instruction.json`` (the prompt format and the
+    training ``settings``)."""
     directory = Path(directory)
     check_save_destination(directory)
-    save_checkpoint(directory / MODEL_DIR, model)
+    save_checkpoint(directory / MODEL_DIR, model, tokenizer=tokenizer)
     description = {
         "format": INSTRUCTION_FORMAT,
         "prompt_format": get_prompt_format(prompt_format).name,
@@ -677,4 +683,7 @@ def load_instruction_model(
         )
     prompt_format = get_prompt_format(description.get("prompt_format", ""))
     model = load_model(directory / MODEL_DIR, device=device)
-    return InstructionModel(model, prompt_format, description.get("settings", {}))
+    tokenizer = None  # a model saved before tokenizers were: the caller decides
+    if (directory / MODEL_DIR / TOKENIZER_FILE).is_file():
+        tokenizer = load_tokenizer(directory / MODEL_DIR, vocab_size=model.config.vocab_size)
+    return InstructionModel(model, prompt_format, description.get("settings", {}), tokenizer)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+import tiktoken
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -25,6 +26,8 @@ from tqdm.auto import tqdm
 from llmcourse.checkpoints import load_model
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, PRESETS, GPTConfig
+from llmcourse.tokenizers.files import check_vocab_fits, load_tokenizer
+from llmcourse.tokenizers.gpt2 import gpt2_tokenizer
 
 GPT2_MODELS: dict[str, str] = {
     "gpt2-small": "openai-community/gpt2",
@@ -325,7 +328,26 @@ def load_any(source: str | Path, *, device: str | torch.device = "cpu") -> GPT:
     return load_gpt2(source, device=device)
 
 
+def load_model_and_tokenizer(
+    source: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[GPT, tiktoken.Encoding]:
+    """``load_any(source)`` and the tokenizer that goes with it: the one saved in the checkpoint
+    directory, else GPT-2's (OpenAI's checkpoints, and course checkpoints saved before they
+    carried a tokenizer). A tokenizer that does not fit the model raises
+    ``TokenizerMismatchError``."""
+    model = load_any(source, device=device)
+    path = Path(source).expanduser()
+    if path.is_dir() or path.is_file():
+        directory = path if path.is_dir() else path.parent
+        tokenizer = load_tokenizer(directory, vocab_size=model.config.vocab_size)
+    else:  # a GPT-2 name from the hub
+        tokenizer = gpt2_tokenizer()
+        check_vocab_fits(tokenizer, model.config.vocab_size, where=str(source))
+    return model, tokenizer
+
+
 # The course's own small GPT pretrained on TinyStories (trained on first use, then cached), so
 # that chapters load every pretrained model from this module. llmcourse.course_model does not
 # import this module, so there is no cycle.
 from llmcourse.course_model import course_model as course_model  # noqa: E402
+from llmcourse.course_model import course_tokenizer as course_tokenizer  # noqa: E402

@@ -1,8 +1,17 @@
 """Pretraining a GPT on a text corpus: from a registry name or a file to a trained checkpoint.
 
-``pretrain`` strings together the course's pieces: GPT-2's tokenizer, a character split into
-training and validation text, sliding windows as long as the context, the GPT, and the training
-loop with its checkpoints. The ``llmcourse pretrain`` command is a thin layer over it.
+``pretrain`` strings together the course's pieces: a tokenizer (GPT-2's, or a BPE trained on
+the corpus), the corpus tokenized once into a cache (``llmcourse.token_cache``) and split by
+characters into training and validation text, sliding windows as long as the context, the GPT,
+and the training loop with its checkpoints, which carry the tokenizer. The ``llmcourse pretrain``
+command is a thin layer over it.
+
+A run's ``tokenizer`` is one of:
+
+- ``"gpt2"``: GPT-2's BPE (50,257 tokens);
+- ``"bpe-N"``: a byte-level BPE of N tokens trained by ``BPETokenizer.train`` on the run's
+  training text, once, then cached (the course tokenizer is ``bpe-4096`` on TinyStories);
+- the path of a tokenizer file written by ``BPETokenizer.save``.
 
 Under torchrun it trains with DistributedDataParallel: ``batch_size`` is then the global batch,
 split among the processes, and the run sees the same batches as a one-process run.
@@ -10,10 +19,16 @@ split among the processes, and the run sees the same batches as a one-process ru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import tiktoken
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,8 +37,14 @@ from llmcourse.data import SlidingWindowDataset, split_text
 from llmcourse.distributed import current_context, distributed_loader
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.tokenizers import gpt2_tokenizer
+from llmcourse.token_cache import tokenized_corpus
+from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
+from llmcourse.tokenizers.files import check_vocab_fits
 from llmcourse.training import TrainingConfig, TrainingHistory, train
+
+TRAINED_TOKENIZER = re.compile(r"bpe-(\d+)")
+# Bump when BPETokenizer.train would learn different merges, so cached tokenizers are not reused.
+TOKENIZER_TRAINER_VERSION = 1
 
 
 @dataclass
@@ -34,19 +55,22 @@ class PretrainingRun:
     file; only its first ``max_characters`` are used when that is set. The last
     ``val_fraction`` of the characters is held out for validation. Windows are ``context_length``
     tokens long and do not overlap. ``batch_size`` counts the windows of one optimizer step over
-    all processes (it must be a multiple of their number).
+    all processes (it must be a multiple of their number). ``tokenizer`` is ``"gpt2"``,
+    ``"bpe-N"`` or a tokenizer file (see the module's docstring); the model's ``vocab_size``
+    must be its number of tokens.
     """
 
     corpus: str
     model: GPTConfig
+    tokenizer: str = "gpt2"
     batch_size: int = 8
     val_fraction: float = 0.1
     max_characters: int | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(max_steps=100))
 
 
-def read_corpus(corpus: str, max_characters: int | None = None) -> str:
-    """The text of a registry data file or a local text file, cut to ``max_characters``."""
+def corpus_path(corpus: str) -> Path:
+    """The file of a registry data name (fetched if need be) or of a local text file."""
     names = {entry.name for entry in datasets.registry()}
     path = datasets.fetch(corpus) if corpus in names else Path(corpus)
     if not path.is_file():
@@ -54,6 +78,12 @@ def read_corpus(corpus: str, max_characters: int | None = None) -> str:
             f"corpus {corpus!r} is neither a data file of the registry "
             f"({', '.join(sorted(names))}) nor an existing text file"
         )
+    return path
+
+
+def read_corpus(corpus: str, max_characters: int | None = None) -> str:
+    """The text of a registry data file or a local text file, cut to ``max_characters``."""
+    path = corpus_path(corpus)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
@@ -61,14 +91,66 @@ def read_corpus(corpus: str, max_characters: int | None = None) -> str:
     return text[:max_characters] if max_characters is not None else text
 
 
-def make_loaders(text: str, run: PretrainingRun) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of (inputs, targets) windows over ``text``: this process'
-    share of every batch (all of it in a single process)."""
-    tokenizer = gpt2_tokenizer()
-    train_text, val_text = split_text(text, 1.0 - run.val_fraction)
+def run_tokenizer(run: PretrainingRun, *, progress: bool = True) -> tiktoken.Encoding:
+    """The tokenizer ``run.tokenizer`` names; a ``bpe-N`` one is trained on the run's training
+    text the first time and cached under ``<cache root>/tokenizers``."""
+    spec = run.tokenizer
+    if spec == "gpt2":
+        return gpt2_tokenizer()
+    if match := TRAINED_TOKENIZER.fullmatch(spec):
+        return trained_tokenizer(run, int(match[1]), progress=progress).to_tiktoken()
+    if Path(spec).is_file():
+        return BPETokenizer.load(spec).to_tiktoken()
+    raise CourseError(
+        f"tokenizer {spec!r} is not 'gpt2', not 'bpe-N' (a BPE of N tokens trained on the "
+        "corpus, such as bpe-4096) and not an existing tokenizer file written by "
+        "BPETokenizer.save"
+    )
+
+
+def trained_tokenizer(run: PretrainingRun, vocab_size: int, *, progress: bool = True
+                      ) -> BPETokenizer:
+    """A BPE of ``vocab_size`` tokens trained on the run's training text (never the
+    validation text), from the cache when it was trained before."""
+    path = corpus_path(run.corpus)
+    key = json.dumps({
+        "trainer": TOKENIZER_TRAINER_VERSION, "corpus_sha256": datasets.sha256_of(path),
+        "vocab_size": vocab_size, "val_fraction": run.val_fraction,
+        "max_characters": run.max_characters,
+    }, sort_keys=True)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    cached = datasets.cache_root() / "tokenizers" / f"{path.stem}-bpe-{vocab_size}-{digest}.json"
+    if cached.is_file():
+        return BPETokenizer.load(cached)
+    train_text, _ = split_text(read_corpus(run.corpus, run.max_characters),
+                               1.0 - run.val_fraction)
+    tokenizer = BPETokenizer.train(train_text, vocab_size, progress=progress)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bpe-", dir=cached.parent))
+    try:
+        tokenizer.save(staging / "tokenizer.json")
+        os.replace(staging / "tokenizer.json", cached)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def make_loaders(
+    run: PretrainingRun, tokenizer: tiktoken.Encoding | None = None, *, progress: bool = True
+) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders of (inputs, targets) windows over the run's corpus,
+    tokenized by ``tokenizer`` (default: ``run_tokenizer(run)``) through the token cache: this
+    process' share of every batch (all of it in a single process). Each loader's dataset knows
+    its bytes per token, so evaluation reports bits per byte."""
+    tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run, progress=progress)
+    check_vocab_fits(tokenizer, run.model.vocab_size, where="the model of this run")
+    corpus = tokenized_corpus(corpus_path(run.corpus), tokenizer, val_fraction=run.val_fraction,
+                              max_characters=run.max_characters, progress=progress)
     length = run.model.context_length
-    train_set = SlidingWindowDataset.from_text(train_text, tokenizer, length, stride=length)
-    val_set = SlidingWindowDataset.from_text(val_text, tokenizer, length, stride=length)
+    train_set, val_set = (
+        SlidingWindowDataset(split.ids, length, length, bytes_per_token=split.bytes_per_token)
+        for split in (corpus.train, corpus.val)
+    )
     seed, context = run.training.seed, current_context()
     train_loader = distributed_loader(train_set, run.batch_size, context, seed=seed)
     val_loader = distributed_loader(
@@ -85,15 +167,16 @@ def pretrain(
     callbacks: tuple[object, ...] = (),
 ) -> tuple[GPT, TrainingHistory]:
     """Train a fresh GPT (or continue the checkpoint in ``output_dir`` when ``resume``) and
-    save the final checkpoint in ``output_dir``. Returns the model and the run's history."""
+    save the final checkpoint, with its tokenizer, in ``output_dir``. Returns the model and the
+    run's history."""
     output_dir = Path(output_dir)
     if resume and not (output_dir / "training_state.pt").is_file():
         raise CourseError(
             f"nothing to resume: {output_dir} holds no training checkpoint; "
             "start without --resume"
         )
-    text = read_corpus(run.corpus, run.max_characters)
-    train_loader, val_loader = make_loaders(text, run)
+    tokenizer = run_tokenizer(run, progress=run.training.progress)
+    train_loader, val_loader = make_loaders(run, tokenizer, progress=run.training.progress)
     torch.manual_seed(run.training.seed)
     model = GPT(run.model)
     history = train(
@@ -103,5 +186,6 @@ def pretrain(
         replace(run.training, checkpoint_dir=output_dir),
         callbacks=callbacks,
         resume_from=output_dir if resume else None,
+        tokenizer=tokenizer,
     )
     return model, history

@@ -39,6 +39,7 @@ class Profile:
     name: str
     description: str
     model_preset: str  # a key of llmcourse.model.PRESETS: the course's own GPT
+    course_tokenizer: str  # the course model's tokenizer: "gpt2" or "bpe-N" (llmcourse.pretraining)
     pretraining_corpus: str  # a data file name in llmcourse.datasets
     corpus_characters: int | None  # read this many characters of the corpus (None: all)
     pretrain_steps: int  # optimizer steps of the chapter-6 pretraining run
@@ -48,10 +49,10 @@ class Profile:
     context_length: int  # tokens per training sequence (at most the model's context length)
     eval_batches: int  # batches averaged for each train/validation loss estimate
     verdict_epochs: int  # epochs of the chapter-6 experiment on "The Verdict"
-    classification_epochs: int  # chapter 7.1 (spam classification) fine-tuning epochs
-    classification_examples: int | None  # training examples used in 7.1 (None: all)
-    instruction_epochs: int  # chapter 7.2 (instruction following) fine-tuning epochs
-    instruction_examples: int | None  # training examples used in 7.2 (None: all)
+    classification_epochs: int  # section 7.2 (spam classification) fine-tuning epochs
+    classification_examples: int | None  # training examples used in 7.2 (None: all)
+    instruction_epochs: int  # section 7.3 (instruction following) fine-tuning epochs
+    instruction_examples: int | None  # training examples used in 7.3 (None: all)
     seed: int  # seed of every random number generator in a run
 
 
@@ -62,6 +63,7 @@ PROFILES: dict[str, Profile] = {
             name="smoke",
             description="CI: tiny model, a few steps, data subsets; each notebook in seconds",
             model_preset="course-tiny",
+            course_tokenizer="gpt2",
             pretraining_corpus="tinystories-2mib",
             corpus_characters=50_000,
             pretrain_steps=30,
@@ -81,6 +83,7 @@ PROFILES: dict[str, Profile] = {
             name="cpu",
             description="a laptop without a GPU: a small GPT pretrained in minutes",
             model_preset="course-small",
+            course_tokenizer="gpt2",
             pretraining_corpus="tinystories-2mib",
             corpus_characters=None,
             pretrain_steps=1200,
@@ -100,6 +103,7 @@ PROFILES: dict[str, Profile] = {
             name="gpt2",
             description="OpenAI GPT-2 (124M) sizes and settings: reproduces the published numbers",
             model_preset="gpt2-small",
+            course_tokenizer="gpt2",
             pretraining_corpus="tinystories-2mib",
             corpus_characters=None,
             pretrain_steps=3000,

@@ -52,6 +52,7 @@ from llmcourse.distributed import (
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT
 from llmcourse.schedules import warmup_cosine_scheduler
+from llmcourse.tokenizers.files import Tokenizer
 
 Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
 
@@ -99,6 +100,25 @@ def evaluate_loss(
     if not losses:
         raise TrainingError("the loader yielded no batches to evaluate; check its dataset size")
     return sum(losses) / len(losses)
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """A loss in nats per token as bits per UTF-8 byte of text: ``loss / ln 2 / bytes_per_token``.
+
+    Losses per token of models with different tokenizers cannot be compared: a tokenizer with
+    longer tokens has fewer, harder predictions to make. Bits per byte measure how well the
+    model compresses the text itself, whatever the tokenizer.
+    """
+    if not bytes_per_token > 0:
+        raise TrainingConfigError(f"bytes_per_token must be > 0, got {bytes_per_token}")
+    return float(loss) / math.log(2) / bytes_per_token
+
+
+def bytes_per_token_of(loader: Iterable[Batch] | None) -> float | None:
+    """The ``bytes_per_token`` of a loader's dataset (a ``SlidingWindowDataset`` made from
+    text has it), or None when the loader does not know its text."""
+    value = getattr(getattr(loader, "dataset", None), "bytes_per_token", None)
+    return float(value) if value else None
 
 
 def perplexity(loss: float | torch.Tensor) -> float:
@@ -422,13 +442,16 @@ def _batches_per_epoch(loader: Iterable[Batch]) -> int:
 @dataclass
 class EvalRecord:
     """One evaluation: mean losses (nats per token) after optimizer step ``step``; ``lr`` is the
-    learning rate of that step; ``val_loss`` is None when training has no validation loader."""
+    learning rate of that step; ``val_loss`` is None when training has no validation loader.
+    ``val_bits_per_byte`` is the validation loss in bits per byte of text, when the validation
+    data knows its bytes per token (see ``bits_per_byte``)."""
 
     step: int
     tokens_seen: int
     train_loss: float
     val_loss: float | None
     lr: float
+    val_bits_per_byte: float | None = None
 
 
 @dataclass
@@ -509,6 +532,7 @@ def train(
     *,
     callbacks: Iterable[object] = (),
     resume_from: str | os.PathLike[str] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> TrainingHistory:
     """Train ``model`` on ``train_loader``'s (inputs, targets) batches as ``config`` says.
 
@@ -516,6 +540,7 @@ def train(
     data and model shape) it continues that run: the model's weights, the optimizer, schedule,
     data position, history and random states are restored, and the remaining steps give exactly
     the losses the uninterrupted run would have given. Returns the whole run's history.
+    ``tokenizer``, the one that made the data, is saved with every checkpoint.
 
     In a process group set up by ``init_distributed`` it trains ``model`` (which may already be
     wrapped in DDP) with DistributedDataParallel; give it loaders from ``distributed_loader``.
@@ -565,7 +590,8 @@ def train(
             bar.update()
             bar.set_postfix(_progress_summary(history))
             if config.checkpoint_dir is not None and _checkpoint_due(config, step, total_steps):
-                _save_run(model, optimizer, scheduler, stream, history, config, loaders)
+                _save_run(model, optimizer, scheduler, stream, history, config, loaders,
+                          tokenizer)
     _notify(callbacks, "on_end", history)
     return history
 
@@ -606,6 +632,8 @@ def _progress_summary(history: TrainingHistory) -> dict[str, str]:
     summary = {"loss": f"{history.train_losses[-1]:.3f}"}
     if history.evals and history.evals[-1].val_loss is not None:
         summary["val_loss"] = f"{history.evals[-1].val_loss:.3f}"
+    if history.evals and history.evals[-1].val_bits_per_byte is not None:
+        summary["val_bpb"] = f"{history.evals[-1].val_bits_per_byte:.3f}"
     return summary
 
 
@@ -641,12 +669,18 @@ def _evaluate(
     train_loss, val_loss = (
         average_over_processes(loss) if loss is not None else None for loss in losses
     )
+    bytes_per_token = bytes_per_token_of(loaders[1])
     record = EvalRecord(
         step=history.steps[-1],
         tokens_seen=history.tokens_seen,
         train_loss=train_loss,
         val_loss=val_loss,
         lr=history.learning_rates[-1],
+        val_bits_per_byte=(
+            bits_per_byte(val_loss, bytes_per_token)
+            if val_loss is not None and bytes_per_token is not None
+            else None
+        ),
     )
     history.evals.append(record)
     return record
@@ -665,6 +699,7 @@ def _save_run(
     history: TrainingHistory,
     config: TrainingConfig,
     loaders: tuple[object, ...],
+    tokenizer: Tokenizer | None,
 ) -> None:
     """Rank 0 writes the checkpoint, with every process' generator states; the others wait."""
     rng_by_rank = gather_from_processes(rng_states(*loaders))
@@ -676,7 +711,8 @@ def _save_run(
             "rng": rng_by_rank[0],
             "rng_of_other_ranks": rng_by_rank[1:],
         }
-        save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, training_state)
+        save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, training_state,
+                        tokenizer=tokenizer)
     barrier()
 
 

@@ -15,6 +15,7 @@ import torch
 from llmcourse import course_model as course
 from llmcourse.checkpoints import load_model
 from llmcourse.cli import main
+from llmcourse.data import split_text
 from llmcourse.datasets import CACHE_ENV
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
@@ -22,7 +23,7 @@ from llmcourse.model import GPT, GPTConfig
 from llmcourse.pretrained import course_model
 from llmcourse.pretraining import make_loaders, read_corpus
 from llmcourse.profiles import get_profile
-from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
+from llmcourse.tokenizers import BPETokenizer
 from llmcourse.training import evaluate_loss
 
 SMOKE = get_profile("smoke")
@@ -34,7 +35,8 @@ REPORT_FIELDS = {
     "recipe_name", "recipe_hash", "profile", "recipe", "parameters", "non_embedding_parameters",
     "steps", "tokens_seen", "epochs", "train_loss", "val_loss", "val_perplexity", "wall_seconds",
     "tokens_per_second", "total_seconds", "total_cpu_seconds", "torch_threads", "torch_version",
-    "finished_at", "evals", "step_losses", "samples",
+    "finished_at", "evals", "step_losses", "samples", "validation_bits_per_byte",
+    "validation_bytes_per_token", "vocab_size",
 }
 
 
@@ -90,8 +92,12 @@ def test_recipe_takes_every_value_from_the_profile_table() -> None:
     cpu = get_profile("cpu")
     recipe = course.recipe_for("cpu")
     run = recipe.run
-    assert (recipe.name, recipe.profile) == ("course-small-tinystories-2mib", "cpu")
-    assert run.model == GPTConfig.preset("course-small", context_length=cpu.context_length)
+    assert (recipe.name, recipe.profile) == (
+        f"{cpu.model_preset}-{cpu.course_tokenizer}-tinystories-2mib", "cpu")
+    assert run.tokenizer == cpu.course_tokenizer
+    vocab_size = 50257 if cpu.course_tokenizer == "gpt2" else int(cpu.course_tokenizer[4:])
+    assert run.model == GPTConfig.preset(cpu.model_preset, context_length=cpu.context_length,
+                                         vocab_size=vocab_size)
     assert (run.corpus, run.max_characters, run.batch_size) == (
         cpu.pretraining_corpus, cpu.corpus_characters, cpu.batch_size)
     training = run.training
@@ -112,7 +118,8 @@ def test_cache_directory_is_named_by_recipe_and_hash(tmp_path, monkeypatch) -> N
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     recipe = course.recipe_for("smoke")
     assert len(recipe.digest) == 12 and int(recipe.digest, 16) >= 0
-    expected = tmp_path / "models" / f"course-tiny-tinystories-2mib-{recipe.digest}"
+    expected = (tmp_path / "models"
+                / f"course-tiny-{SMOKE.course_tokenizer}-tinystories-2mib-{recipe.digest}")
     assert course.course_model_dir("smoke") == expected
 
 
@@ -128,6 +135,8 @@ def test_cache_directory_is_named_by_recipe_and_hash(tmp_path, monkeypatch) -> N
         {"corpus_characters": 40_000},
         {"pretraining_corpus": "tinyshakespeare"},
         {"model_preset": "course-small", "context_length": 64},
+        {"course_tokenizer": "bpe-600"},
+        {"course_tokenizer": "bpe-700"},
     ],
 )
 def test_recipe_hash_changes_with_every_setting_that_changes_the_weights(change) -> None:
@@ -157,7 +166,7 @@ def test_smoke_model_is_trained_cached_and_reloads_identical_weights(use_smoke_c
     _, trained = smoke_cache
     directory = course.course_model_dir("smoke")
     assert sorted(p.name for p in directory.iterdir()) == [
-        "config.json", "model.safetensors", "report.json"]
+        "config.json", "model.safetensors", "report.json", "tokenizer.bpe.json"]
     assert [p.name for p in (use_smoke_cache / "models").iterdir()] == [directory.name]
     assert not trained.training
     assert same_weights(load_model(directory), trained)
@@ -185,18 +194,25 @@ def test_report_holds_the_run_and_its_numbers_can_be_reproduced(use_smoke_cache,
     assert report["tokens_per_second"] == pytest.approx(
         report["tokens_seen"] / report["wall_seconds"], rel=1e-9)
     assert [record["step"] for record in report["evals"]] == [6, 12, 18, 24, 30]
-    assert report["val_loss"] < math.log(GPTConfig().vocab_size)  # better than a uniform guess
+    assert report["vocab_size"] == recipe.run.model.vocab_size
+    assert report["val_loss"] < math.log(report["vocab_size"])  # better than a uniform guess
     assert report["val_perplexity"] == pytest.approx(math.exp(report["val_loss"]), rel=1e-12)
 
     model = smoke_cache[1]
-    _, val_loader = make_loaders(read_corpus("tinystories-2mib", SMOKE.corpus_characters),
-                                 recipe.run)
+    tokenizer = course.course_tokenizer("smoke")
+    _, val_loader = make_loaders(recipe.run, tokenizer, progress=False)
     assert report["val_loss"] == pytest.approx(evaluate_loss(model, val_loader), abs=1e-6)
+    val_text = split_text(read_corpus("tinystories-2mib", SMOKE.corpus_characters), 0.9)[1]
+    bytes_per_token = len(val_text.encode("utf-8")) / len(tokenizer.encode(val_text,
+                                                                         allowed_special="all"))
+    assert report["validation_bytes_per_token"] == pytest.approx(bytes_per_token, rel=1e-12)
+    assert report["validation_bits_per_byte"] == pytest.approx(
+        report["val_loss"] / math.log(2) / bytes_per_token, rel=1e-12)
     greedy = [s for s in report["samples"] if s["decoding"] == "greedy"]
     assert [s["prompt"] for s in greedy] == list(course.SAMPLE_PROMPTS)
     assert len(report["samples"]) == 2 * len(course.SAMPLE_PROMPTS)
-    first = generate_text(model, gpt2_tokenizer(), greedy[0]["prompt"], SAMPLE_TOKENS,
-                          eos_id=GPT2_EOT_ID)
+    first = generate_text(model, tokenizer, greedy[0]["prompt"], SAMPLE_TOKENS,
+                          eos_id=tokenizer.eot_token)
     assert greedy[0]["text"] == first
 
 
@@ -225,29 +241,33 @@ def test_same_seed_gives_the_same_weights_in_fresh_caches(data_mirror, tmp_path,
         assert torch.equal(after_training, torch.rand(3)), "training moved torch's global RNG"
     assert same_weights(models[0], models[1])
     assert not same_weights(models[0], models[2])
-    assert "Training the course model course-tiny-tinystories-2mib-" in capsys.readouterr().err
+    assert f"Training the course model course-tiny-{SMOKE.course_tokenizer}-tinystories-2mib-" in (
+        capsys.readouterr().err)
 
 
 def test_retrain_replaces_the_cached_model(use_smoke_cache, smoke_cache, monkeypatch):
     trained = smoke_cache[1]
     other = GPT(trained.config).eval()
     report = course.course_model_report("smoke")
-    monkeypatch.setattr(course, "train_course_model", lambda profile: (other, report))
+    tokenizer = course.course_tokenizer("smoke")
+    monkeypatch.setattr(course, "train_course_model", lambda profile: (other, tokenizer, report))
     try:
         assert same_weights(course_model("smoke", retrain=True), other)
         assert same_weights(course_model("smoke"), other)
         models = use_smoke_cache / "models"
         assert [p.name for p in models.iterdir()] == [course.course_model_dir("smoke").name]
     finally:  # put the smoke model back for the other tests
-        course._publish(trained, report, course.course_model_dir("smoke"), replace_existing=True)
+        course._publish(trained, tokenizer, report, course.course_model_dir("smoke"),
+                        replace_existing=True)
 
 
 def test_a_model_published_first_is_kept_by_a_later_writer(tmp_path) -> None:
-    config = GPTConfig.preset("course-tiny")
+    tokenizer = BPETokenizer.train("a little story about a cat. " * 20, 300)
+    config = GPTConfig.preset("course-tiny", vocab_size=tokenizer.vocab_size)
     first, second = GPT(config).eval(), GPT(config).eval()
     target = tmp_path / "models" / "recipe-0123456789ab"
-    course._publish(first, {"run": 1}, target, replace_existing=False)
-    course._publish(second, {"run": 2}, target, replace_existing=False)
+    course._publish(first, tokenizer, {"run": 1}, target, replace_existing=False)
+    course._publish(second, tokenizer, {"run": 2}, target, replace_existing=False)
     assert same_weights(load_model(target), first)
     assert json.loads((target / "report.json").read_text()) == {"run": 1}
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging left
@@ -264,6 +284,7 @@ def test_command_prints_the_report_and_samples(use_smoke_cache, capsys) -> None:
     assert f"course model {report['recipe_name']}-{report['recipe_hash']} (profile smoke)" in out
     assert str(course.course_model_dir("smoke")) in out
     assert f"validation {report['val_loss']:.3f}" in out
+    assert f"validation {report['validation_bits_per_byte']:.3f} bits per byte" in out
     assert f"{report['tokens_seen']:,} tokens" in out
     for sample in report["samples"]:  # the loaded model continues the prompts as trained
         text = (sample["prompt"] + sample["text"]).rstrip().replace("\n", "\n    ")
@@ -275,3 +296,14 @@ def test_command_explains_a_profile_without_a_course_model(capsys) -> None:
     captured = capsys.readouterr()
     assert captured.err.startswith("error: profile 'gpt2' uses OpenAI's GPT-2 sizes")
     assert "Traceback" not in captured.err
+
+
+def test_command_prints_the_report_as_json(use_smoke_cache, capsys) -> None:
+    assert main(["course-model", "--profile", "smoke", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = course.course_model_report("smoke")
+    assert printed["checkpoint"] == str(course.course_model_dir("smoke"))
+    for key in ("validation_bits_per_byte", "wall_seconds", "tokens_per_second", "recipe"):
+        assert printed[key] == report[key]
+    assert printed["samples"] == report["samples"]  # the loaded model samples as it was saved
+    assert len(printed["samples"]) == 2 * len(course.SAMPLE_PROMPTS)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import tiktoken
 import torch
 
 from llmcourse import instruction as inst
@@ -14,8 +15,8 @@ from llmcourse.cli.generate import add_sampling_arguments
 from llmcourse.errors import CourseError
 from llmcourse.generation import decode_stream, stream_generate
 from llmcourse.model import GPT
-from llmcourse.pretrained import load_any
-from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
+from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.tokenizers.files import end_of_text_id, load_tokenizer
 
 QUIT = "/quit"
 
@@ -43,8 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 0:
         raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    model, prompt_format = load_chat_model(args.checkpoint, args.format, args.device)
-    tokenizer = gpt2_tokenizer()
+    model, tokenizer, prompt_format = load_chat_model(args.checkpoint, args.format, args.device)
+    end_id = end_of_text_id(tokenizer)
     generator = None
     if args.seed is not None:
         generator = torch.Generator(args.device).manual_seed(args.seed)
@@ -62,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
-            eos_id=GPT2_EOT_ID,
+            eos_id=end_id,
             generator=generator,
         )
-        for piece in decode_stream(tokenizer, (token for token in new_ids if token != GPT2_EOT_ID)):
+        for piece in decode_stream(tokenizer, (token for token in new_ids if token != end_id)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
@@ -74,22 +75,21 @@ def run(args: argparse.Namespace) -> int:
 
 def load_chat_model(
     checkpoint: str, format_name: str | None, device: str
-) -> tuple[GPT, inst.PromptFormat]:
-    """The model of ``checkpoint`` and the prompt format to use: ``format_name`` if given, else
-    the one it was fine-tuned with, else alpaca."""
+) -> tuple[GPT, tiktoken.Encoding, inst.PromptFormat]:
+    """The model of ``checkpoint``, its tokenizer and the prompt format to use: ``format_name``
+    if given, else the one it was fine-tuned with, else alpaca."""
     if (Path(checkpoint) / inst.INSTRUCTION_FILE).is_file():
         tuned = inst.load_instruction_model(checkpoint, device=device)
-        model, prompt_format = tuned.model, tuned.prompt_format
+        model, tokenizer, prompt_format = tuned.model, tuned.tokenizer, tuned.prompt_format
+        if tokenizer is None:  # saved before checkpoints carried their tokenizer
+            tokenizer = load_tokenizer(Path(checkpoint) / inst.MODEL_DIR,
+                                       vocab_size=model.config.vocab_size)
     else:
-        model, prompt_format = load_any(checkpoint, device=device), inst.PROMPT_FORMATS["alpaca"]
-    if model.config.vocab_size < GPT2_VOCAB_SIZE:
-        raise CourseError(
-            f"{checkpoint} has a vocabulary of {model.config.vocab_size} tokens, but this command "
-            f"encodes text with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
-        )
+        model, tokenizer = load_model_and_tokenizer(checkpoint, device=device)
+        prompt_format = inst.PROMPT_FORMATS["alpaca"]
     if format_name is not None:
         prompt_format = inst.get_prompt_format(format_name)
-    return model, prompt_format
+    return model, tokenizer, prompt_format
 
 
 def read_instructions(interactive: bool) -> Iterator[str]:

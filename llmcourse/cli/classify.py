@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from llmcourse.classification import load_classifier
-from llmcourse.tokenizers import gpt2_tokenizer
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,8 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.checkpoint, device=args.device)
-    tokenizer = gpt2_tokenizer()
     for text in args.texts:
-        label, probability = classifier.classify(text, tokenizer)
+        label, probability = classifier.classify(text)
         print(f"{label}\t{probability:.3f}\t{text}")
     return 0

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from llmcourse.course_model import (
     course_model,
     course_model_dir,
     course_model_report,
+    course_tokenizer,
     recipe_for,
     sample_generations,
 )
 from llmcourse.profiles import PROFILES, current_profile
+
+# The report's fields that `--json` prints, beside the checkpoint directory and the samples.
+JSON_FIELDS = (
+    "recipe_name", "recipe_hash", "profile", "recipe", "vocab_size", "parameters",
+    "non_embedding_parameters", "steps", "tokens_seen", "epochs", "train_loss", "val_loss",
+    "val_perplexity", "validation_bits_per_byte", "validation_bytes_per_token", "wall_seconds",
+    "tokens_per_second", "torch_threads", "total_seconds",
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,6 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="run profile of the recipe (default: $LLMCOURSE_PROFILE, else cpu)")
     parser.add_argument("--retrain", action="store_true",
                         help="train again and replace the cached model")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON: bits per byte, time, throughput, the "
+                        "checkpoint directory, the recipe and seeded samples")
     parser.set_defaults(handler=run)
 
 
@@ -35,10 +48,16 @@ def run(args: argparse.Namespace) -> int:
     profile = args.profile or current_profile().name
     recipe = recipe_for(profile)  # fails early, with advice, for a profile without a recipe
     model = course_model(profile, retrain=args.retrain)
-    print(format_report(course_model_report(profile), str(course_model_dir(profile))))
+    report, directory = course_model_report(profile), str(course_model_dir(profile))
+    samples = sample_generations(model, course_tokenizer(profile), seed=recipe.run.training.seed)
+    if args.json:
+        summary = {key: report[key] for key in JSON_FIELDS}
+        print(json.dumps({**summary, "checkpoint": directory, "samples": samples}, indent=2))
+        return 0
+    print(format_report(report, directory))
     print()
     print("Samples from the loaded model:")
-    for sample in sample_generations(model, seed=recipe.run.training.seed):
+    for sample in samples:
         print(format_sample(sample))
     return 0
 
@@ -60,11 +79,14 @@ def format_report(report: dict[str, Any], directory: str) -> str:
         f"  model:       {model['n_layer']} layers, {model['n_head']} heads, {model['n_embd']} "
         f"dims, context {model['context_length']}; {report['parameters']:,} parameters "
         f"({report['non_embedding_parameters']:,} without embeddings)",
+        f"  tokenizer:   {report['recipe']['tokenizer']} ({report['vocab_size']:,} tokens, "
+        f"{report['validation_bytes_per_token']:.2f} bytes per token of held-out text)",
         f"  data:        {report['recipe']['corpus']}, batch {report['recipe']['batch_size']}, "
         f"peak learning rate {training['learning_rate']:g}, seed {training['seed']}",
         f"  trained:     {report['steps']} steps, {report['tokens_seen']:,} tokens "
         f"({report['epochs']:.2f} epochs) in {report['wall_seconds']:.0f} s "
         f"({report['tokens_per_second']:,.0f} tokens/s, torch threads: {report['torch_threads']})",
         f"  final loss:  train {report['train_loss']:.3f}, validation {report['val_loss']:.3f} "
-        f"(perplexity {report['val_perplexity']:.1f})",
+        f"(perplexity {report['val_perplexity']:.1f}); validation "
+        f"{report['validation_bits_per_byte']:.3f} bits per byte",
     ])

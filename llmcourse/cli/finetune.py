@@ -1,5 +1,5 @@
 """``llmcourse finetune ACTION``: adapt a pretrained GPT to a task; ``classify`` is the spam
-filter of chapter 7.1, ``instruct`` the instruction following of chapter 7.2. Each action is one
+filter of section 7.2, ``instruct`` the instruction following of section 7.3. Each action is one
 ``_register_*`` function below."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from llmcourse import instruction as inst
 from llmcourse.errors import CourseError
 from llmcourse.evaluation import save_scores, score_responses
 from llmcourse.model import GPT
-from llmcourse.pretrained import load_any
-from llmcourse.tokenizers import GPT2_VOCAB_SIZE, gpt2_tokenizer
+from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import EvalRecord
 
 
@@ -73,9 +73,8 @@ def _register_classify(actions: argparse._SubParsersAction) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     cls.check_save_destination(args.out)
     torch.manual_seed(args.seed)
-    model = load_any(args.base, device=args.device)
+    model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
     split = cls.balanced_split(cls.load_sms_spam(), seed=args.seed).truncated(args.max_examples)
-    tokenizer = gpt2_tokenizer()
     loaders = cls.make_loaders(
         split, tokenizer, args.batch_size, model.config.context_length, seed=args.seed
     )
@@ -100,7 +99,8 @@ def run_classify(args: argparse.Namespace) -> int:
         metrics = cls.evaluate(model, loader, read_position=args.read_position)
         print(f"{name} accuracy: {metrics.accuracy:.2%} (F1 {metrics.f1:.3f}, "
               f"{metrics.examples} messages)")
-    classifier = cls.Classifier(model, loaders[0].dataset.max_length, args.read_position)
+    classifier = cls.Classifier(model, loaders[0].dataset.max_length, args.read_position,
+                                pad_id=loaders[0].dataset.pad_id, tokenizer=tokenizer)
     cls.save_classifier(args.out, classifier)
     print(f"saved the classifier to {args.out}")
     return 0
@@ -158,17 +158,12 @@ def run_instruct(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inst.check_save_destination(out)
     split = inst.split_entries(inst.load_instruction_data(args.data)).truncated(args.max_examples)
-    model = load_any(args.base, device=args.device)
+    model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
     max_length = _instruct_max_length(args.max_length, model.config.context_length)
-    if model.config.vocab_size < GPT2_VOCAB_SIZE:
-        raise CourseError(
-            f"{args.base} has a vocabulary of {model.config.vocab_size} tokens, but instruction "
-            f"data is encoded with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
-        )
-    tokenizer = gpt2_tokenizer()
     train_loader, val_loader, _ = inst.make_loaders(
         split, tokenizer, prompt_format=args.format, batch_size=args.batch_size,
-        max_length=max_length, mask_prompt=args.mask_prompt, seed=args.seed,
+        max_length=max_length, mask_prompt=args.mask_prompt, pad_id=end_of_text_id(tokenizer),
+        seed=args.seed,
     )
     print(f"{len(split.train)} training, {len(split.validation)} validation and "
           f"{len(split.test)} test entries; {args.format} prompts of up to {max_length} tokens, "
@@ -180,7 +175,8 @@ def run_instruct(args: argparse.Namespace) -> int:
     )
     settings = {name: getattr(args, name) for name in (
         "base", "epochs", "lr", "weight_decay", "batch_size", "mask_prompt", "seed")}
-    inst.save_instruction_model(out, model, args.format, {**settings, "max_length": max_length})
+    inst.save_instruction_model(out, model, args.format, {**settings, "max_length": max_length},
+                                tokenizer=tokenizer)
     print(f"saved the model to {out}")
     if split.test:
         _answer_test_entries(model, tokenizer, split.test, out, args)
@@ -204,7 +200,8 @@ def _answer_test_entries(
 ) -> None:
     """Generate and save the test-set responses, then score and save the scores."""
     responses = inst.generate_responses(
-        model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format
+        model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format,
+        eos_id=end_of_text_id(tokenizer),
     )
     inst.save_responses(out / inst.RESPONSES_FILE, responses)
     summary = score_responses(responses)

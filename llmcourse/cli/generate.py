@@ -9,8 +9,8 @@ import torch
 
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
-from llmcourse.pretrained import load_any
-from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
+from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.tokenizers.files import end_of_text_id
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,8 +18,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "generate",
         help="continue a prompt with a model, streaming the text",
         description="Continue PROMPT with MODEL: a checkpoint directory written by "
-        "`llmcourse pretrain`, a GPT-2 checkpoint directory in the Hugging Face layout, or a "
-        "GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) downloaded from the hub. "
+        "`llmcourse pretrain` (text is encoded with the tokenizer saved in it), a GPT-2 "
+        "checkpoint directory in the Hugging Face layout, or a GPT-2 name (gpt2, gpt2-medium, "
+        "gpt2-large, gpt2-xl) downloaded from the hub. "
         "Temperature 0 (the default) decodes greedily.",
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint directory or GPT-2 name")
@@ -48,25 +49,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 0:
         raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    model = load_any(args.model)
-    if model.config.vocab_size < GPT2_VOCAB_SIZE:
-        raise CourseError(
-            f"{args.model} has a vocabulary of {model.config.vocab_size} tokens, but this command "
-            f"encodes text with GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)"
-        )
+    model, tokenizer = load_model_and_tokenizer(args.model)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     stream = None if args.no_stream else _print_piece
     if stream is not None:
         _print_piece(args.prompt)
     text = generate_text(
         model,
-        gpt2_tokenizer(),
+        tokenizer,
         args.prompt,
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        eos_id=None if args.keep_going else GPT2_EOT_ID,
+        eos_id=None if args.keep_going else end_of_text_id(tokenizer),
         use_cache=not args.no_cache,
         generator=generator,
         stream=stream or False,

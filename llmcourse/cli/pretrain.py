@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
 from llmcourse.distributed import cleanup, init_distributed
 from llmcourse.model import PRESETS, GPTConfig
-from llmcourse.pretraining import PretrainingRun, pretrain
+from llmcourse.pretraining import PretrainingRun, pretrain, run_tokenizer
 from llmcourse.training import TrainingConfig
 
 
@@ -16,9 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "pretrain",
         help="train a GPT from scratch on a text corpus",
-        description="Train a GPT with GPT-2's tokenizer on CORPUS (a data registry name such "
-        "as tinystories-2mib or the-verdict, or a UTF-8 text file) and save the checkpoint in "
-        "--out. The checkpoint is rewritten every --checkpoint-every steps, so an interrupted "
+        description="Train a GPT on CORPUS (a data registry name such as tinystories-2mib or "
+        "the-verdict, or a UTF-8 text file) and save the checkpoint, with its tokenizer, in "
+        "--out. The corpus is tokenized once and cached. The checkpoint is rewritten every "
+        "--checkpoint-every steps, so an interrupted "
         "run continues exactly with --resume. Under torchrun --nproc_per_node=N it trains with "
         "DistributedDataParallel on N processes (NCCL on GPUs, gloo on CPUs); --batch-size is "
         "then the global batch, split among them.",
@@ -26,6 +28,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("corpus", metavar="CORPUS")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--preset", default="course-small", choices=list(PRESETS))
+    parser.add_argument(
+        "--tokenizer", default="gpt2", metavar="SPEC",
+        help="gpt2 (GPT-2's BPE, the default), bpe-N (a BPE of N tokens trained on the "
+        "corpus' training text, e.g. bpe-4096) or a tokenizer file; the model's vocabulary "
+        "follows it",
+    )
     parser.add_argument("--context-length", type=int, help="override the preset's context")
     parser.add_argument("--dropout", type=float, default=0.0)
     length = parser.add_mutually_exclusive_group(required=True)
@@ -70,11 +78,14 @@ def run(args: argparse.Namespace) -> int:
     spec = PretrainingRun(
         corpus=args.corpus,
         model=GPTConfig.preset(args.preset, **overrides),
+        tokenizer=args.tokenizer,
         batch_size=args.batch_size,
         val_fraction=args.val_fraction,
         max_characters=args.max_characters,
         training=training,
     )
+    vocab_size = run_tokenizer(spec).n_vocab
+    spec = replace(spec, model=replace(spec.model, vocab_size=vocab_size))
     context = init_distributed()
     try:
         _, history = pretrain(spec, args.out, resume=args.resume)
@@ -83,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if not context.is_main:
         return 0
     last = history.evals[-1]
+    bits = f" ({last.val_bits_per_byte:.3f} bits/byte)" if last.val_bits_per_byte else ""
     print(
-        f"step {last.step}: train loss {last.train_loss:.3f}, val loss {last.val_loss:.3f}; "
+        f"step {last.step}: train loss {last.train_loss:.3f}, val loss {last.val_loss:.3f}{bits}; "
         f"{history.tokens_seen:,} tokens in {history.elapsed_seconds:.0f} s "
         f"({history.tokens_per_second:,.0f} tokens/s); checkpoint: {args.out}"
     )

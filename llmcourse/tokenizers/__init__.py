@@ -2,10 +2,12 @@
 
 - ``WordTokenizer``: words and punctuation looked up in a vocabulary; unknown words are lost.
 - ``BPETokenizer``: byte-level byte-pair encoding trained from scratch; any text round-trips.
+  ``BPETokenizer.from_gpt2_files`` reads GPT-2's own merges, ``to_tiktoken`` exports to tiktoken.
 - ``gpt2_tokenizer()``: GPT-2's own BPE (tiktoken), the tokenizer of the rest of the course.
+- ``encode_iterable``: the ids of a stream of text pieces, from either BPE, in constant memory.
 """
 
-from llmcourse.tokenizers.bpe import BPETokenizer
+from llmcourse.tokenizers.bpe import BPETokenizer, encode_iterable
 from llmcourse.tokenizers.gpt2 import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
 from llmcourse.tokenizers.word import TokenizerError, WordTokenizer
 
@@ -15,5 +17,6 @@ __all__ = [
     "BPETokenizer",
     "TokenizerError",
     "WordTokenizer",
+    "encode_iterable",
     "gpt2_tokenizer",
 ]
