@@ -623,14 +623,17 @@ def classify(
     max_length: int | None = None,
     *,
     read_position: str = "last",
-    pad_id: int = GPT2_EOT_ID,
+    pad_id: int | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
 ) -> tuple[str, float]:
     """The predicted class name of ``text`` and its probability.
 
     As in training, the text is cut to ``max_length`` tokens (and to the model's context) and
-    padded to ``max_length``; without ``max_length`` it is only cut to the context.
+    padded to ``max_length`` with ``pad_id`` (default: the tokenizer's ``<|endoftext|>``);
+    without ``max_length`` it is only cut to the context.
     """
+    if pad_id is None:
+        pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     context = model.config.context_length
     length = min(max_length, context) if max_length is not None else context
     ids = encode_message(tokenizer, text)[:length]
@@ -659,7 +662,7 @@ class Classifier:
     max_length: int | None
     read_position: str = "last"
     class_names: tuple[str, ...] = CLASS_NAMES
-    pad_id: int = GPT2_EOT_ID
+    pad_id: int | None = None  # None: the tokenizer's <|endoftext|>
     tokenizer: tiktoken.Encoding | None = None  # the base model's; None: GPT-2's
 
     def classify(self, text: str, tokenizer: Tokenizer | None = None) -> tuple[str, float]:
@@ -766,7 +769,11 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
         read_position=settings["read_position"],
         class_names=tuple(settings["class_names"]),
         pad_id=settings["pad_id"],
-        tokenizer=load_tokenizer(directory, vocab_size=config.vocab_size),
+        tokenizer=(
+            load_tokenizer(directory, vocab_size=config.vocab_size)
+            if (directory / TOKENIZER_FILE).is_file()
+            else None  # saved without one: classify() then needs the tokenizer passed in
+        ),
     )
 
 

@@ -259,6 +259,12 @@ def generate_text(
     return "".join(pieces)
 
 
+def show_continuation(prompt: str, continuation: str) -> str:
+    """The prompt in brackets, then the model's continuation, as text to print: readers see
+    where the model's own writing starts, and line breaks print as line breaks."""
+    return f"[{prompt}]{continuation}"
+
+
 def decode_stream(tokenizer: Any, token_ids: Iterable[int]) -> Iterator[str]:
     """Yield the text of ``token_ids`` in pieces, as soon as each piece is complete.
 

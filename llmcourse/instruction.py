@@ -62,7 +62,7 @@ from llmcourse.errors import CourseError
 from llmcourse.generation import stream_generate
 from llmcourse.model import GPT
 from llmcourse.tokenizers import GPT2_EOT_ID
-from llmcourse.tokenizers.files import TOKENIZER_FILE, load_tokenizer
+from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_tokenizer
 from llmcourse.training import TrainingConfig, TrainingHistory, train
 
 ENTRY_FIELDS = ("instruction", "input", "output")
@@ -452,14 +452,17 @@ def make_loaders(
     batch_size: int = 8,
     max_length: int | None = None,
     mask_prompt: bool = False,
-    pad_id: int = GPT2_EOT_ID,
+    pad_id: int | None = None,
     seed: int = 123,
     num_workers: int = 0,
 ) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
     """Train, validation and test loaders of ``collate``d batches, as in the book: the training
     loader shuffles (with its own generator seeded by ``seed``) and drops a last incomplete
     batch, the others keep every entry in order. An empty part gets None instead of a loader.
-    ``max_length`` should be at most the model's context length (the book uses 1024)."""
+    ``max_length`` should be at most the model's context length (the book uses 1024).
+    ``pad_id`` defaults to the tokenizer's ``<|endoftext|>``."""
+    if pad_id is None:
+        pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     if batch_size < 1:
         raise InstructionError(f"batch_size must be >= 1, got {batch_size}")
     if len(split.train) < batch_size:
@@ -538,13 +541,16 @@ def generate_response(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_id: int = GPT2_EOT_ID,
+    eos_id: int | None = None,
     generator: torch.Generator | None = None,
 ) -> str:
     """The model's answer to ``entry`` (its instruction and input; the output is not used).
 
-    Generates from ``generation_prompt`` (greedy by default) until ``eos_id`` or
-    ``max_new_tokens`` new tokens, and returns ``extract_response`` of the new text."""
+    Generates from ``generation_prompt`` (greedy by default) until ``eos_id`` (default: the
+    tokenizer's ``<|endoftext|>``) or ``max_new_tokens`` new tokens, and returns
+    ``extract_response`` of the new text."""
+    if eos_id is None:
+        eos_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     ids = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
     device = next(model.parameters()).device
     new_ids = stream_generate(

@@ -454,3 +454,10 @@ def test_generate_text_decodes_the_tokens_of_generate():
     out = generate(model, torch.tensor([tokenizer.encode(prompt)]), 12)
     expected = tokenizer.decode(out[0, len(prompt) :].tolist())
     assert generate_text(model, tokenizer, prompt, 12) == expected
+
+
+def test_show_continuation_marks_the_prompt_and_keeps_the_text_as_text():
+    from llmcourse.generation import show_continuation
+
+    assert show_continuation("Once upon", " a time,\n\"she said\"") == (
+        "[Once upon] a time,\n\"she said\"")

@@ -16,7 +16,7 @@ from llmcourse.profiles import PROFILE_ENV, UnknownProfile, current_profile, get
 def test_each_profile_loads_with_settings_the_package_knows(name: str) -> None:
     profile = get_profile(name)
     assert profile.name == name
-    assert profile.model_preset in PRESETS
+    assert profile.model_preset in PRESETS and profile.verdict_preset in PRESETS
     assert 0 < profile.context_length <= PRESETS[profile.model_preset].context_length
     assert datasets.get(profile.pretraining_corpus).name == profile.pretraining_corpus
     counts = [profile.pretrain_steps, profile.batch_size, profile.eval_batches,
@@ -29,11 +29,12 @@ def test_each_profile_loads_with_settings_the_package_knows(name: str) -> None:
         assert subset is None or subset > 0
 
 
-def test_profiles_have_the_agreed_models_and_verdict_epochs() -> None:
-    assert [(p.name, p.model_preset, p.verdict_epochs) for p in profiles.PROFILES.values()] == [
-        ("smoke", "course-tiny", 1),
-        ("cpu", "course-small", 10),
-        ("gpt2", "gpt2-small", 10),
+def test_profiles_have_the_agreed_models_and_verdict_runs() -> None:
+    assert [(p.name, p.model_preset, p.verdict_preset, p.verdict_epochs, p.verdict_learning_rate)
+            for p in profiles.PROFILES.values()] == [
+        ("smoke", "course-tiny", "course-tiny", 1, 4e-4),
+        ("cpu", "course-small", "course-small", 10, 2e-3),
+        ("gpt2", "gpt2-small", "gpt2-small", 10, 4e-4),  # the book's experiment
     ]
 
 

@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 from llmcourse.errors import CourseError
 from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, Tokenizer, collate
 from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.viz import layout_defaults
 
 ROLE_COLOURS = {  # role: colour, in the order of their numbers in the grid
@@ -153,7 +154,7 @@ def masking_grid_figure(
     items: Sequence[TokenizedEntry],
     tokenizer: Tokenizer,
     *,
-    pad_id: int = GPT2_EOT_ID,
+    pad_id: int | None = None,
     ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     title: str = "What the loss sees: a batch's inputs and targets",
@@ -164,6 +165,8 @@ def masking_grid_figure(
     token id and text."""
     if not items:
         raise InstructionFigureError("give at least one entry to draw")
+    if pad_id is None:  # the tokenizer's <|endoftext|>, which pads batches
+        pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     settings = {"pad_id": pad_id, "ignore_index": ignore_index, "max_length": max_length}
     inputs, targets = collate(items, **settings)
     _, masked_targets = collate(items, mask_prompt=True, **settings)
