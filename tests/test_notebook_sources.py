@@ -24,7 +24,11 @@ NOTEBOOKS = sorted(
 # Tags a cell may carry. nbval's four (with --nbval-lax only "nbval-check-output" cells have
 # their output compared); "raises-exception" also tells nbclient and myst-nb that the cell's
 # error is expected. Add a tag here only with a reason.
-KNOWN_TAGS = {"nbval-check-output", "nbval-ignore-output", "nbval-skip", "raises-exception"}
+# nbval's tags, and Jupyter Book's remove-output: a live widget (the training dashboard) whose
+# static copy would repeat the figure drawn after it
+KNOWN_TAGS = {
+    "nbval-check-output", "nbval-ignore-output", "nbval-skip", "raises-exception", "remove-output",
+}
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 # "5. ", "5.3 ", "7.2.6 ", "A.1 " at the start of a heading, or "Exercise A.1:".
