@@ -31,15 +31,14 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import cpu_name, race
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from llmcourse.generation import generate
 from llmcourse.model import GPT, GPTConfig
@@ -107,17 +106,6 @@ class Contestant:
         }
 
 
-def race(contestants: list[Contestant], rounds: int, warmup_rounds: int, desc: str) -> None:
-    """Run every contestant once per round, in turn; record the times of the rounds after the
-    first ``warmup_rounds``."""
-    for round_index in tqdm(range(warmup_rounds + rounds), desc=desc, unit="round"):
-        for contestant in contestants:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            contestant.last_output = contestant.run()
-            elapsed, cpu_used = time.perf_counter() - start, time.process_time() - cpu_start
-            if round_index >= warmup_rounds:
-                contestant.seconds.append(elapsed)
-                contestant.cpu_seconds.append(cpu_used)
 
 
 def native_bf16_matmul() -> bool:
@@ -371,14 +359,6 @@ def machine_description(
     }
 
 
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import tiktoken
+from timing import cpu_name, race
 
 from llmcourse.datasets import DataUnavailableError, fetch
 from llmcourse.tokenizers import BPETokenizer
@@ -92,17 +92,6 @@ class Contestant:
         }
 
 
-def race(contestants: list[Contestant], rounds: int, warmup_rounds: int = 0) -> None:
-    """Run every contestant once per round, in turn; record the times of the rounds after the
-    first ``warmup_rounds``."""
-    for round_index in range(warmup_rounds + rounds):
-        for contestant in contestants:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            contestant.last_output = contestant.run()
-            elapsed, cpu_used = time.perf_counter() - start, time.process_time() - cpu_start
-            if round_index >= warmup_rounds:
-                contestant.seconds.append(elapsed)
-                contestant.cpu_seconds.append(cpu_used)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,14 +272,6 @@ def machine_description(
     }
 
 
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------
