@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
@@ -100,7 +101,7 @@ def _cache_directory(
 
 def _build(
     path: Path,
-    encoding: object,
+    encoding: tiktoken.Encoding,
     directory: Path,
     val_fraction: float,
     max_characters: int | None,
@@ -108,7 +109,7 @@ def _build(
 ) -> None:
     n_characters = _count_characters(path, max_characters)
     cut = int((1.0 - val_fraction) * n_characters)  # the cut of split_text
-    dtype = np.uint16 if as_encoding(encoding).n_vocab <= 1 << 16 else np.uint32
+    dtype = np.uint16 if encoding.n_vocab <= 1 << 16 else np.uint32
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -161,7 +162,9 @@ def _text_pieces(path: Path, begin: int, end: int, bar: tqdm) -> Iterator[str]:
             return
 
 
-def _write_ids(encoding: object, pieces: Iterator[str], path: Path, dtype: type) -> dict:
+def _write_ids(
+    encoding: tiktoken.Encoding, pieces: Iterator[str], path: Path, dtype: type
+) -> dict:
     """Tokenize the stream of text ``pieces`` into ``path``; returns the counts."""
     text_bytes = 0
 
