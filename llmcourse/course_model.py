@@ -185,6 +185,16 @@ def recipe_for(profile: str | Profile | None = None) -> CourseModelRecipe:
     return CourseModelRecipe(name=name, profile=profile.name, run=run)
 
 
+def profile_model_config(profile: str | Profile | None = None) -> GPTConfig:
+    """The GPT configuration a run profile works with: the course model's (its recipe, with the
+    course tokenizer's vocabulary and the profile's context length) where the profile trains its
+    own model, else the OpenAI GPT-2 size whose weights it loads."""
+    profile = _profile(profile)
+    if profile.model_preset.startswith("course-"):
+        return recipe_for(profile).run.model
+    return GPTConfig.preset(profile.model_preset)
+
+
 def _vocab_size(tokenizer: str) -> int:
     """The number of tokens of a course tokenizer spec: N for ``bpe-N``, GPT-2's for gpt2."""
     if match := TRAINED_TOKENIZER.fullmatch(tokenizer):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import nbformat
@@ -67,6 +69,9 @@ CHROMIUM_FLAGS = (
     "--virtual-time-budget=8000",
     "--dump-dom",
 )
+SCREENSHOT_FLAGS = tuple(flag for flag in CHROMIUM_FLAGS if flag != "--dump-dom")
+# The top of every chapter page as the browser draws it, kept to be looked at after a test run.
+SCREENSHOT_DIR = REPO_ROOT / "_build" / "screenshots"
 
 
 def copy_static_assets(book_root: Path) -> None:
@@ -341,6 +346,40 @@ def test_every_chapter_figure_renders_offline_in_chromium(built_book: Path, docn
     }
     assert saved, f"{docname} shows no figure"
     assert drawn == saved, f"figures not drawn on {docname}: {sorted(saved - drawn)}"
+
+    png = SCREENSHOT_DIR / f"{Path(docname).name}.png"
+    png.unlink(missing_ok=True)
+    take_screenshot(page, png)
+    assert len(png_pixel_values(png)) > 16, f"the screenshot of {docname} is blank: {png}"
+
+
+def take_screenshot(page: Path, png: Path, width: int = 1280, height: int = 1400) -> None:
+    """Save a PNG of the top ``width`` x ``height`` pixels of ``page`` in headless Chromium."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile_dir:
+        subprocess.run(
+            ["chromium", *SCREENSHOT_FLAGS, f"--user-data-dir={profile_dir}",
+             f"--window-size={width},{height}", f"--screenshot={png}", page.as_uri()],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    assert png.is_file(), f"Chromium wrote no screenshot of {page}"
+
+
+def png_pixel_values(png: Path) -> set[int]:
+    """The distinct byte values of a PNG's decompressed image data (filter bytes included): a
+    blank page has two or three, a page with text and figures has hundreds."""
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG file"
+    position, image_data = 8, b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        kind = data[position + 4:position + 8]
+        if kind == b"IDAT":
+            image_data += data[position + 8:position + 8 + length]
+        position += 12 + length
+    return set(zlib.decompress(image_data))
 
 
 # ---------------------------------------------------------------------------------------------

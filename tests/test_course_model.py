@@ -108,6 +108,13 @@ def test_recipe_takes_every_value_from_the_profile_table() -> None:
     assert recipe.tokens == cpu.pretrain_steps * cpu.batch_size * cpu.context_length
 
 
+def test_profile_model_config_is_the_recipe_model_or_the_gpt2_size_loaded() -> None:
+    cpu = course.profile_model_config("cpu")
+    assert cpu == course.recipe_for("cpu").run.model
+    assert (cpu.vocab_size, cpu.context_length) == (4096, get_profile("cpu").context_length)
+    assert course.profile_model_config("gpt2") == GPTConfig.preset("gpt2-small")
+
+
 def test_recipe_defaults_to_the_profile_of_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("LLMCOURSE_PROFILE", "smoke")
     assert course.recipe_for() == course.recipe_for("smoke")
