@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from tqdm.auto import tqdm
 
 from llmcourse.errors import CourseError
-from llmcourse.instruction import ENTRY_FIELDS, RESPONSE_KEY, format_alpaca, write_json_atomic
+from llmcourse.instruction import ENTRY_FIELDS, RESPONSE_KEY, format_alpaca
 
 WORD = re.compile(r"[^\W_]+")  # letters and digits, any script
 HOST_ENV = "OLLAMA_HOST"
@@ -158,11 +158,6 @@ def score_responses(
         exact_match=_mean([float(item.exact_match) for item in items]),
         items=items,
     )
-
-
-def save_scores(path: str | os.PathLike[str], summary: ScoreSummary) -> None:
-    """Write a score summary as JSON (atomically)."""
-    write_json_atomic(path, summary.to_dict())
 
 
 def check_responses(entries: Sequence[Mapping[str, Any]], response_key: str) -> None:

@@ -66,6 +66,7 @@ from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_toke
 from llmcourse.training import TrainingConfig, TrainingHistory, train
 
 ENTRY_FIELDS = ("instruction", "input", "output")
+OPTIONAL_FIELDS = ("task",)  # an entry may name its task (llmcourse.story_instructions)
 RESPONSE_KEY = "model_response"  # the book's key for a generated response
 IGNORE_INDEX = -100  # targets with this value do not count in the loss
 END_OF_TEXT = "<|endoftext|>"
@@ -120,7 +121,8 @@ def load_instruction_data(path: str | os.PathLike[str] | None = None) -> list[En
 
     ``path`` defaults to the course's copy (``llmcourse.datasets.fetch("instruction-data")``,
     1,100 entries). Every entry is checked: one ``InstructionDataError`` lists all the malformed
-    ones by index; none is skipped silently.
+    ones by index; none is skipped silently. An entry may also name its ``task`` (a string; the
+    story instructions of ``llmcourse.story_instructions`` do).
     """
     path = Path(path) if path is not None else datasets.fetch("instruction-data", quiet=True)
     return validate_entries(_read_json(path), ENTRY_FIELDS, source=str(path))
@@ -146,10 +148,12 @@ def _read_json(path: Path) -> object:
 
 
 def validate_entries(
-    values: object, fields: Sequence[str] = ENTRY_FIELDS, source: str = "<data>"
+    values: object, fields: Sequence[str] = ENTRY_FIELDS, source: str = "<data>",
+    optional: Sequence[str] = OPTIONAL_FIELDS,
 ) -> list[Any]:
     """``values`` itself when it is a non-empty list of objects with exactly the string
-    ``fields``; otherwise one ``InstructionDataError`` naming every bad entry by index."""
+    ``fields`` (and, in any of them, the string ``optional`` fields); otherwise one
+    ``InstructionDataError`` naming every bad entry by index."""
     if not isinstance(values, list):
         raise InstructionDataError(
             f"{source} must hold a JSON list of entries, found {_json_type(values)}"
@@ -159,7 +163,7 @@ def validate_entries(
     problems = [
         (index, problem)
         for index, value in enumerate(values)
-        if (problem := entry_problem(value, fields)) is not None
+        if (problem := entry_problem(value, fields, optional)) is not None
     ]
     if problems:
         shown = problems[:MAX_LISTED_PROBLEMS]
@@ -168,6 +172,8 @@ def validate_entries(
         if more > 0:
             listed += f"\n  ... and {more} more"
         names = ", ".join(repr(name) for name in fields)
+        if optional:
+            names += " (and optionally " + ", ".join(repr(name) for name in optional) + ")"
         raise InstructionDataError(
             f"{source}: {len(problems)} of {len(values)} entries are malformed (entries count "
             f"from 0; each must be an object with exactly the string fields {names}):\n"
@@ -176,9 +182,11 @@ def validate_entries(
     return values
 
 
-def entry_problem(value: object, fields: Sequence[str] = ENTRY_FIELDS) -> str | None:
+def entry_problem(
+    value: object, fields: Sequence[str] = ENTRY_FIELDS, optional: Sequence[str] = OPTIONAL_FIELDS
+) -> str | None:
     """What is wrong with one entry, or None when it is an object with exactly the string
-    ``fields``."""
+    ``fields``, and perhaps some of the string ``optional`` fields."""
     if not isinstance(value, dict):
         return f"is {_json_type(value)}, not an object"
     issues = []
@@ -187,12 +195,12 @@ def entry_problem(value: object, fields: Sequence[str] = ENTRY_FIELDS) -> str | 
         issues.append("missing " + ", ".join(repr(name) for name in missing))
     wrong_types = [
         f"{name!r} is {_json_type(value[name])}"
-        for name in fields
+        for name in (*fields, *optional)
         if name in value and not isinstance(value[name], str)
     ]
     if wrong_types:
         issues.append(", ".join(wrong_types) + " (must be a string)")
-    unexpected = [repr(name) for name in value if name not in fields]
+    unexpected = [repr(name) for name in value if name not in fields and name not in optional]
     if unexpected:
         issues.append("unexpected " + ", ".join(unexpected))
     return "; ".join(issues) or None
@@ -223,6 +231,11 @@ class Split:
         if max_examples < 1:
             raise InstructionError(f"max_examples must be >= 1 or None, got {max_examples}")
         return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
+
+    def filtered(self, keep: Callable[[Entry], bool]) -> Split:
+        """The entries of each part that ``keep`` accepts, in their order."""
+        return Split(*([entry for entry in part if keep(entry)]
+                       for part in (self.train, self.validation, self.test)))
 
 
 def split_entries(

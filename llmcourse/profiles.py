@@ -57,6 +57,7 @@ class Profile:
     classification_examples: int | None  # training examples used in 7.2 (None: all)
     instruction_epochs: int  # section 7.3 (instruction following) fine-tuning epochs
     instruction_examples: int | None  # training examples used in 7.3 (None: all)
+    instruction_data: str  # default `finetune instruct --data`: "stories" (TinyStories) or "book"
     seed: int  # seed of every random number generator in a run
 
 
@@ -83,6 +84,7 @@ PROFILES: dict[str, Profile] = {
             classification_examples=64,
             instruction_epochs=1,
             instruction_examples=64,
+            instruction_data="stories",
             seed=123,
         ),
         Profile(
@@ -103,8 +105,9 @@ PROFILES: dict[str, Profile] = {
             verdict_learning_rate=2e-3,
             classification_epochs=3,
             classification_examples=None,
-            instruction_epochs=2,
+            instruction_epochs=1,
             instruction_examples=None,
+            instruction_data="stories",
             seed=123,
         ),
         Profile(
@@ -127,6 +130,7 @@ PROFILES: dict[str, Profile] = {
             classification_examples=None,
             instruction_epochs=2,
             instruction_examples=None,
+            instruction_data="book",
             seed=123,
         ),
     )

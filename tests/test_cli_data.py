@@ -1,7 +1,8 @@
-"""``llmcourse data list`` and ``llmcourse data fetch``."""
+"""``llmcourse data list``, ``llmcourse data fetch`` and ``llmcourse data story-instructions``."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmcourse import datasets
+from llmcourse import story_instructions as si
 from llmcourse.cli import main
 
 NAMES = [entry.name for entry in datasets.registry()]
@@ -137,3 +139,91 @@ def test_console_script_fetches_all_from_the_mirror(data_mirror: Path, cache: Pa
     assert result.stdout.split()[:2] == ["the-verdict", str(data_mirror / "the-verdict.txt")]
     assert len(result.stdout.splitlines()) == len(NAMES)
     assert not cache.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# data story-instructions
+
+
+def stories_text(count: int = 40) -> str:
+    """``count`` short stories in the TinyStories layout, each with its own main character."""
+    names = ("Lily", "Tom", "Mia", "Ben", "Zoe")
+    return f"\n{si.STORY_SEPARATOR}\n".join(
+        f"Once upon a time, there was a little girl named {names[i % 5]}. {names[i % 5]} had a "
+        f"red kite number {i}. One day, {names[i % 5]} took the kite to the park and flew it "
+        "high. At night, she went home and slept well."
+        for i in range(count)
+    )
+
+
+@pytest.fixture
+def stories_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stories.txt"
+    path.write_text(stories_text(), encoding="utf-8")
+    return path
+
+
+def test_story_instructions_are_written_with_their_counts(
+    stories_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "story-instructions.json"
+    assert main(["data", "story-instructions", "--out", str(out), "--corpus", str(stories_file),
+                 "--seed", "5", "--val-fraction", "0.25"]) == 0
+    split = si.build_story_instructions(stories_text(), val_fraction=0.25, seed=5)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written == {"train": split.train, "validation": split.validation, "test": split.test}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"wrote {out}: {len(split.train)} training, {len(split.validation)} "
+                        f"validation and {len(split.test)} test entries")
+    assert lines[1].split() == ["task", "train", "validation", "test"]
+    counts = {line.split()[0]: [int(count) for count in line.split()[1:]] for line in lines[2:]}
+    assert list(counts) == list(si.TASKS)
+    for task, (train, validation, test) in counts.items():
+        assert train == sum(entry["task"] == task for entry in split.train) > 0
+        assert validation == sum(entry["task"] == task for entry in split.validation)
+        assert test == sum(entry["task"] == task for entry in split.test) > 0
+
+
+def test_story_instructions_replace_a_file_only_when_told(
+    stories_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "story-instructions.json"
+    out.write_text("keep me")
+    command = ["data", "story-instructions", "--out", str(out), "--corpus", str(stories_file)]
+    assert main(command) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {out} exists; pass --overwrite to replace it\n"
+    assert captured.out == "" and out.read_text() == "keep me"
+    assert main([*command, "--overwrite"]) == 0
+    assert set(json.loads(out.read_text())) == {"train", "validation", "test"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == [  # no temporary file is left
+        "stories.txt", "story-instructions.json"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1, got 1.5"),
+        (["--corpus", "no-such-corpus"], "corpus 'no-such-corpus' is neither a data file"),
+    ],
+)
+def test_story_instructions_bad_arguments(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "story-instructions.json"
+    assert main(["data", "story-instructions", "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "story-instructions", "--out", str(tmp_path)]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+
+
+def test_too_few_stories_for_story_instructions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "few.txt"
+    corpus.write_text(stories_text(4), encoding="utf-8")
+    out = tmp_path / "story-instructions.json"
+    assert main(["data", "story-instructions", "--out", str(out), "--corpus", str(corpus)]) == 2
+    assert "story instructions need at least 10 and 2" in capsys.readouterr().err
+    assert not out.exists()

@@ -13,9 +13,11 @@ import torch
 from llmcourse import instruction as inst
 from llmcourse.checkpoints import load_model, save_checkpoint
 from llmcourse.cli import main
-from llmcourse.evaluation import score_responses
 from llmcourse.generation import generate
+from llmcourse.instruction_scores import response_scores, scores_table, scores_with_baselines
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.profiles import PROFILE_ENV
+from llmcourse.story_instructions import TASKS
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 
 TINY = GPTConfig(context_length=96, n_layer=1, n_head=2, n_embd=16)
@@ -51,15 +53,25 @@ def greedy_answer(model: GPT, instruction: str, prompt_format: str, max_new_toke
     return tokenizer.decode([token for token in new_ids.tolist() if token != GPT2_EOT_ID])
 
 
+def base_answers(base: Path, entries: list, prompt_format: str = "alpaca") -> list[dict]:
+    """The base model's answers to ``entries``: the pretrained baseline."""
+    model, tokenizer = load_model(base), gpt2_tokenizer()
+    return [{**entry, "model_response": inst.generate_response(
+        model, tokenizer, entry, 4, prompt_format=prompt_format)} for entry in entries]
+
+
 def test_finetune_instruct_saves_the_model_answers_and_scores(
     data_mirror, base_checkpoint: Path, tmp_path: Path, capsys, monkeypatch
 ):
     out = tmp_path / "tuned"
     assert finetune(base_checkpoint, out, "--format", "phi3", "--mask-prompt",
-                    "--max-length", "80") == 0
+                    "--max-length", "80", "--data", "book") == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("4 training, 4 validation and 4 test entries; phi3 prompts of up "
-                              "to 80 tokens, 2 steps per epoch\n")
+    assert printed.startswith(
+        "data: book, the course's 1,100 entries split 85/5/10: 935 training, 55 validation and "
+        "110 test entries\n"
+        "4 training, 4 validation and 4 test entries; phi3 prompts of up to 80 tokens, 2 steps "
+        "per epoch\n")
     assert re.search(r"^step 1: train loss [\d.]+, val loss [\d.]+\nstep 2: ", printed, re.M)
     assert f"saved the model to {out}\n" in printed
 
@@ -67,7 +79,7 @@ def test_finetune_instruct_saves_the_model_answers_and_scores(
     assert tuned.prompt_format.name == "phi3"
     assert tuned.settings == {"base": str(base_checkpoint), "epochs": 1, "lr": 5e-5,
                               "weight_decay": 0.1, "batch_size": 2, "mask_prompt": True,
-                              "seed": 123, "max_length": 80}
+                              "seed": 123, "max_length": 80, "data": "book"}
     test_entries = inst.split_entries(inst.load_instruction_data()).test[:4]
     responses = inst.load_responses(out / inst.RESPONSES_FILE)
     assert [{key: r[key] for key in inst.ENTRY_FIELDS} for r in responses] == test_entries
@@ -76,11 +88,14 @@ def test_finetune_instruct_saves_the_model_answers_and_scores(
         assert response["model_response"] == inst.generate_response(
             tuned.model, tokenizer, entry, 4, prompt_format="phi3"
         )
-    summary = score_responses(responses)
-    assert json.loads((out / inst.SCORES_FILE).read_text()) == summary.to_dict()
+    scores = json.loads((out / inst.SCORES_FILE).read_text())
+    assert scores == scores_with_baselines(responses,
+                                           base_answers(base_checkpoint, test_entries, "phi3"))
+    rows = [scores["fine_tuned"], *scores["baselines"].values()]
+    assert [row["criterion_success"] for row in rows] == [None] * 4  # the book's data has no tasks
     assert printed.endswith(
-        f"test set: ROUGE-L F1 {summary.rouge_l:.3f}, token F1 {summary.token_f1:.3f}, exact "
-        f"match {summary.exact_match:.1%} over 4 responses (in {out / inst.RESPONSES_FILE})\n"
+        f"test set: 4 responses (in {out / inst.RESPONSES_FILE}), scored beside the baselines "
+        f"(in {out / inst.SCORES_FILE}):\n{scores_table(scores)}\n"
     )
 
     # chat uses the saved model and its prompt format, and stops at /quit
@@ -89,7 +104,7 @@ def test_finetune_instruct_saves_the_model_answers_and_scores(
                        for instruction in ("Name a color.", "Say hi"))
     assert capsys.readouterr().out == expected
 
-    assert finetune(base_checkpoint, out, "--max-examples", "2") == 0  # replaces the result
+    assert finetune(base_checkpoint, out, "--max-examples", "2", "--data", "book") == 0  # again
     assert inst.load_instruction_model(out).prompt_format.name == "alpaca"
 
 
@@ -122,3 +137,156 @@ def test_errors_are_reported_without_a_traceback(
     assert "absent" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["finetune", "instruct", "--base", "x", "--out", "y", "--format", "chatml"])
+
+
+# ---------------------------------------------------------------------------------------------
+# --data: story instructions, the book's entries, JSON files, the profile's default
+
+
+def story_entry(task: str, instruction: str, input_text: str, output: str) -> dict[str, str]:
+    return {"instruction": instruction, "input": input_text, "output": output, "task": task}
+
+
+STORY_ENTRIES = [
+    story_entry("main_character", "What is the name of the main character?",
+                "Lily had a red ball. Lily liked to play.", "Lily"),
+    story_entry("rename", "Rewrite the sentence with the name Sam instead of Tom.",
+                "Tom had a red ball.", "Sam had a red ball."),
+    story_entry("story_about", "Write a short story about Ben.", "",
+                "Ben went to the park. He played with his dog all day."),
+    story_entry("continue_story", "Continue the story about Mia.", "Mia found a shell.",
+                "Mia took the shell home and showed it to her mom and dad."),
+]
+TOO_LONG = story_entry("story_about", "Write a short story about Zoe.", "",
+                       "Zoe ran and ran. " * 30)  # more than 96 tokens
+
+
+def test_story_instructions_are_scored_beside_the_baselines(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "tuned"
+    assert finetune(base_checkpoint, out, "--data", "stories") == 0
+    printed = capsys.readouterr().out
+    assert re.match(r"data: stories, story instructions from tinystories-2mib whose prompt and "
+                    r"answer fit 96 tokens: "
+                    r"\d{4} training, \d{3} validation and \d{3} test entries\n4 training, 4 "
+                    r"validation and 4 test entries; alpaca prompts", printed)
+    assert inst.load_instruction_model(out).settings["data"] == "stories"
+    responses = inst.load_responses(out / inst.RESPONSES_FILE)
+    assert len(responses) == 4 and {response["task"] for response in responses} <= set(TASKS)
+    entries = [{key: value for key, value in response.items() if key != "model_response"}
+               for response in responses]
+    scores = json.loads((out / inst.SCORES_FILE).read_text())
+    assert list(scores) == ["fine_tuned", "baselines"]
+    assert list(scores["baselines"]) == ["pretrained", "echo_instruction", "echo_input"]
+    for row in (scores["fine_tuned"], *scores["baselines"].values()):
+        assert 0 <= row["criterion_success"] <= 1 and 0 <= row["rouge_l"] <= 1
+        assert set(row["criterion_success_by_task"]) <= set(TASKS)
+    assert scores["fine_tuned"] == response_scores(responses)
+    assert scores["baselines"]["pretrained"] == response_scores(
+        base_answers(base_checkpoint, entries))
+    assert scores_table(scores) in printed
+
+
+def test_a_json_split_is_used_as_given(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys
+):
+    data = tmp_path / "split.json"
+    test_part = STORY_ENTRIES[:2]
+    data.write_text(json.dumps({"train": STORY_ENTRIES, "validation": [], "test": test_part}))
+    assert finetune(base_checkpoint, tmp_path / "tuned", "--data", str(data)) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        f"data: {data}, train, validation and test parts as given: 4 training, 0 validation and "
+        "2 test entries\n4 training, 0 validation and 2 test entries; alpaca prompts")
+    responses = inst.load_responses(tmp_path / "tuned" / inst.RESPONSES_FILE)
+    assert [{key: r[key] for key in (*inst.ENTRY_FIELDS, "task")} for r in responses] == test_part
+    scores = json.loads((tmp_path / "tuned" / inst.SCORES_FILE).read_text())
+    assert scores["fine_tuned"]["count_by_task"] == {"main_character": 1, "rename": 1}
+
+
+def test_the_default_data_is_the_profiles(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys, monkeypatch
+):
+    monkeypatch.setenv(PROFILE_ENV, "gpt2")
+    assert finetune(base_checkpoint, tmp_path / "book", "--max-examples", "2") == 0
+    assert capsys.readouterr().out.startswith("data: book, the course's 1,100 entries")
+
+    built = []
+
+    def small_story_instructions(corpus: str, *, fits) -> inst.Split:  # not the seconds-long build
+        built.append((corpus, fits))
+        parts = (STORY_ENTRIES + [TOO_LONG], [TOO_LONG, STORY_ENTRIES[0]], STORY_ENTRIES[1:])
+        return inst.Split(*([entry for entry in part if fits(entry)] for part in parts))
+
+    monkeypatch.setattr("llmcourse.cli.finetune.load_story_instructions",
+                        small_story_instructions)
+    monkeypatch.setenv(PROFILE_ENV, "smoke")
+    assert finetune(base_checkpoint, tmp_path / "stories", "--max-examples", "2") == 0
+    assert capsys.readouterr().out.startswith(
+        "data: stories, story instructions from tinystories-2mib whose prompt and answer fit 96 "
+        "tokens: 4 training, 1 validation and 3 test entries\n2 training, 1 validation and 2 "
+        "test entries;")
+    [(corpus, fits)] = built
+    assert corpus == "tinystories-2mib" and fits(STORY_ENTRIES[0]) and not fits(TOO_LONG)
+    assert inst.load_instruction_model(tmp_path / "stories").settings["data"] == "stories"
+
+    assert finetune(base_checkpoint, tmp_path / "short", "--max-length", "10") == 2
+    assert capsys.readouterr().err.endswith(  # after a note on the base's tokenizer
+        "\nerror: no story instruction fits 10 tokens with alpaca prompts; use a larger "
+        "--max-length or a model with a longer context\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "--data must be stories, book or the path of a JSON file of instruction entries; "
+         "there is no file at {data}"),
+        ("{", "{data} is not valid UTF-8 JSON (Expecting property name enclosed in double "
+         "quotes: line 1 column 2 (char 1)); fix the file"),
+        ('{"train": [], "test": []}', "{data} holds an object with the keys 'train', 'test'; a "
+         "split is an object with exactly the lists \"train\", \"validation\" and \"test\""),
+        ('{"train": [], "validation": [], "test": []}',
+         "{data} ('train') holds an empty list: there are no entries"),
+        (json.dumps([{**STORY_ENTRIES[0], "task": "poem"}]),
+         "{data}: entry 0 has the task 'poem'; story instruction tasks are story_with_words, "
+         "story_about, main_character, continue_story, rename (entries without a task need no "
+         "\"task\" field)"),
+        (json.dumps({"train": STORY_ENTRIES, "validation": [],
+                     "test": [{**STORY_ENTRIES[0], "task": "Poem"}]}),
+         "{data} ('test'): entry 0 has the task 'Poem'; story instruction tasks are "),
+        (json.dumps([{**STORY_ENTRIES[0], "task": 3}]), "{data}: 1 of 1 entries are malformed "
+         "(entries count from 0; each must be an object with exactly the string fields "
+         "'instruction', 'input', 'output' (and optionally 'task')):\n  entry 0: 'task' is a "
+         "number (must be a string)\nfix or remove these entries"),
+        (json.dumps("entries"), "{data} must hold a JSON list of entries, found a string"),
+    ],
+)
+def test_bad_data_is_reported_before_the_model_is_loaded(
+    content: str | None, message: str, tmp_path: Path, capsys
+):
+    data = tmp_path / "data.json"
+    if content is not None:
+        data.write_text(content)
+    absent = tmp_path / "absent-model"  # never reached: the data is checked first
+    assert finetune(absent, tmp_path / "out", "--data", str(data)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: " + message.format(data=data))
+    if "malformed" not in message:  # the one message that lists entries, one a line
+        assert error.count("\n") == 1
+
+
+def test_an_unknown_profile_or_data_name_is_a_one_line_error(
+    base_checkpoint: Path, tmp_path: Path, capsys, monkeypatch
+):
+    assert finetune(base_checkpoint, tmp_path / "out", "--data", "storys") == 2
+    assert capsys.readouterr().err == (
+        "error: --data must be stories, book or the path of a JSON file of instruction entries; "
+        "there is no file at storys\n")
+    monkeypatch.setenv(PROFILE_ENV, "fast")
+    assert finetune(base_checkpoint, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: LLMCOURSE_PROFILE='fast' is not a run profile")
+    assert error.count("\n") == 1
+    assert finetune(base_checkpoint, tmp_path / "out", "--max-examples", "0") == 2
+    assert capsys.readouterr().err == "error: --max-examples must be at least 1, got 0\n"

@@ -101,12 +101,10 @@ def test_score_responses_names_the_entries_without_a_response(tmp_path):
     with pytest.raises(ev.EvaluationError, match="no responses"):
         ev.score_responses([])
     summary = ev.score_responses(entries[:1], "model_response")
-    ev.save_scores(tmp_path / "scores.json", summary)
-    saved = json.loads((tmp_path / "scores.json").read_text())
-    assert saved == {"count": 1, "rouge_l": summary.rouge_l, "token_f1": summary.token_f1,
-                     "exact_match": 0.0, "items": [
-                         {"rouge_l": summary.rouge_l, "token_f1": summary.token_f1,
-                          "exact_match": False}]}
+    assert summary.to_dict() == {
+        "count": 1, "rouge_l": summary.rouge_l, "token_f1": summary.token_f1,
+        "exact_match": 0.0, "items": [
+            {"rouge_l": summary.rouge_l, "token_f1": summary.token_f1, "exact_match": False}]}
 
 
 # ---------------------------------------------------------------------------------------------

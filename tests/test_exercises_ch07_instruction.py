@@ -17,11 +17,15 @@ from llmcourse.exercises.ch07_instruction import (
     EXTRACT_MISTAKES,
     PHI3_MISTAKES,
     PROMPT_MASK_MISTAKES,
+    RENAME_MISTAKES,
+    USES_ALL_WORDS_MISTAKES,
     reference_extract_response,
     reference_format_alpaca,
     reference_format_phi3,
     reference_instruction_collate,
     reference_mask_prompt,
+    reference_rename_entry,
+    reference_uses_all_words,
 )
 from llmcourse.instruction import PROMPT_FORMATS, TokenizedEntry, collate
 
@@ -88,7 +92,9 @@ def test_reference_extract_response_reads_the_answer():
     + [("ch07.format_phi3", mistake) for mistake in PHI3_MISTAKES]
     + [("ch07.instruction_collate", mistake) for mistake in COLLATE_MISTAKES]
     + [("ch07.mask_prompt", mistake) for mistake in PROMPT_MASK_MISTAKES]
-    + [("ch07.extract_response", mistake) for mistake in EXTRACT_MISTAKES],
+    + [("ch07.extract_response", mistake) for mistake in EXTRACT_MISTAKES]
+    + [("ch07.uses_all_words", mistake) for mistake in USES_ALL_WORDS_MISTAKES]
+    + [("ch07.rename_entry", mistake) for mistake in RENAME_MISTAKES],
     ids=lambda value: getattr(value, "name", value),
 )
 def test_each_mistake_is_rejected_with_its_hint(exercise_id, mistake):
@@ -102,7 +108,8 @@ def test_not_attempted_answers_are_reported_so():
         raise NotImplementedError
 
     for exercise_id in ("ch07.format_alpaca", "ch07.format_phi3", "ch07.instruction_collate",
-                        "ch07.mask_prompt", "ch07.extract_response"):
+                        "ch07.mask_prompt", "ch07.extract_response", "ch07.uses_all_words",
+                        "ch07.rename_entry"):
         assert run(exercise_id, stub).status == "not attempted"
 
 
@@ -335,3 +342,48 @@ def test_extract_response_rejects_keeping_the_marker_and_not_stripping():
     assert result.status == "failed"
     assert "text='### Response:\\nThe capital of Italy is Rome.'" in result.message
     assert ".strip()" in result.hint
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.uses_all_words and ch07.rename_entry (story instructions)
+
+
+def test_reference_uses_all_words_matches_whole_words_in_any_case():
+    assert reference_uses_all_words("The Cat sat. A dog, too!", ["cat", "DOG"]) is True
+    assert reference_uses_all_words("Tim played catch.", ["cat"]) is False
+    assert reference_uses_all_words("", []) is True
+
+
+def test_uses_all_words_accepts_other_right_answers():
+    def with_split(response, required):
+        present = {piece for piece in re.split(r"[^a-z0-9]+", response.lower()) if piece}
+        return all(word.lower() in present for word in required)
+
+    def with_loop(response, required):
+        found = re.findall(r"\w+", response.lower())
+        for word in required:
+            if word.lower() not in found:
+                return False
+        return True
+
+    for answer in (reference_uses_all_words, with_split, with_loop):
+        assert run("ch07.uses_all_words", answer).status == "passed"
+
+
+def test_reference_rename_entry_replaces_whole_words_only():
+    assert reference_rename_entry("Timmy waved at Tim's dog.", "Tim", "Max") == {
+        "instruction": "Rewrite the sentence with the name Max instead of Tim.",
+        "input": "Timmy waved at Tim's dog.",
+        "output": "Timmy waved at Max's dog.",
+        "task": "rename",
+    }
+
+
+def test_rename_entry_accepts_another_right_answer():
+    def by_words(sentence, old, new):
+        output = re.sub(r"\w+", lambda match: new if match.group() == old else match.group(),
+                        sentence)
+        return {"instruction": f"Rewrite the sentence with the name {new} instead of {old}.",
+                "input": sentence, "output": output, "task": "rename"}
+
+    assert run("ch07.rename_entry", by_words).status == "passed"

@@ -9,6 +9,7 @@ from llmcourse.figures.instruction import (
     IGNORED,
     ROLES,
     InstructionFigureError,
+    criterion_success_figure,
     input_roles,
     masking_grid_figure,
     target_roles,
@@ -107,3 +108,28 @@ def test_token_length_figure_overlays_histograms_and_marks_the_context():
 def test_token_length_figure_needs_lengths():
     with pytest.raises(InstructionFigureError, match="non-empty list"):
         token_length_figure({"Alpaca": []})
+
+
+def story_scores(success: float, by_task: dict[str, float]) -> dict:
+    return {"criterion_success": success, "criterion_success_by_task": by_task, "rouge_l": 0.1}
+
+
+def test_criterion_success_figure_draws_one_bar_group_per_task_and_overall():
+    scores = {
+        "fine_tuned": story_scores(0.5, {"rename": 0.25, "main_character": 0.75}),
+        "baselines": {"pretrained": story_scores(0.1, {"rename": 0.0, "main_character": 0.2}),
+                      "echo_input": story_scores(0.0, {"rename": 0.0})},
+    }
+    fig = criterion_success_figure(scores)
+    assert [trace.name for trace in fig.data] == ["fine-tuned", "pretrained", "echo input"]
+    assert list(fig.data[0].x) == ["all tasks", "rename", "main character"]
+    assert list(fig.data[0].y) == [50.0, 25.0, 75.0]
+    assert list(fig.data[2].y) == [0.0, 0.0, 0.0]  # a task the baseline lacks counts as 0
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+    assert has_profile_label(fig)
+
+
+def test_criterion_success_figure_refuses_scores_without_tasks():
+    scores = {"fine_tuned": {"criterion_success": None, "rouge_l": 0.2}, "baselines": {}}
+    with pytest.raises(InstructionFigureError, match="no task criteria"):
+        criterion_success_figure(scores)

@@ -118,6 +118,22 @@ def test_every_malformed_entry_is_reported_in_one_error(tmp_path: Path):
     ]
 
 
+def test_entries_may_name_their_task(tmp_path: Path):
+    entries = [{**WITH_INPUT, "task": "rename"}, WITHOUT_INPUT]
+    assert inst.load_instruction_data(write_json(tmp_path / "data.json", entries)) == entries
+    responses = [{**entry, "model_response": "x"} for entry in entries]
+    assert inst.load_responses(write_json(tmp_path / "responses.json", responses)) == responses
+    assert inst.entry_problem({**WITH_INPUT, "task": 3}) == "'task' is a number (must be a string)"
+    assert inst.entry_problem({**WITH_INPUT, "task": None, "id": 1}) == (
+        "'task' is null (must be a string); unexpected 'id'")
+    assert inst.entry_problem({**WITH_INPUT, "task": "rename"}, optional=()) == (
+        "unexpected 'task'")
+    with pytest.raises(inst.InstructionDataError) as caught:
+        inst.load_instruction_data(write_json(tmp_path / "bad.json", [{**WITH_INPUT, "task": 1}]))
+    assert "exactly the string fields 'instruction', 'input', 'output' (and optionally " \
+        "'task'))" in str(caught.value)
+
+
 def test_long_lists_of_problems_are_cut_with_a_count(tmp_path: Path):
     path = write_json(tmp_path / "data.json", [{"instruction": "a"}] * 25)
     with pytest.raises(inst.InstructionDataError) as caught:

@@ -27,6 +27,7 @@ def test_each_profile_loads_with_settings_the_package_knows(name: str) -> None:
     for subset in (profile.corpus_characters, profile.classification_examples,
                    profile.instruction_examples):
         assert subset is None or subset > 0
+    assert profile.instruction_data in ("stories", "book")
 
 
 def test_profiles_have_the_agreed_models_and_verdict_runs() -> None:
@@ -36,6 +37,11 @@ def test_profiles_have_the_agreed_models_and_verdict_runs() -> None:
         ("cpu", "course-small", "course-small", 10, 2e-3),
         ("gpt2", "gpt2-small", "gpt2-small", 10, 4e-4),  # the book's experiment
     ]
+
+
+def test_small_models_follow_story_instructions_and_gpt2_the_books() -> None:
+    assert {p.name: p.instruction_data for p in profiles.PROFILES.values()} == {
+        "smoke": "stories", "cpu": "stories", "gpt2": "book"}
 
 
 def test_smoke_profile_is_a_small_subset_of_cpu() -> None:

@@ -5,6 +5,8 @@ filter of section 7.2, ``instruct`` the instruction following of section 7.3. Ea
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -12,11 +14,17 @@ import torch
 from llmcourse import classification as cls
 from llmcourse import instruction as inst
 from llmcourse.errors import CourseError
-from llmcourse.evaluation import save_scores, score_responses
+from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
 from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.profiles import current_profile
+from llmcourse.story_instructions import TASKS, load_story_instructions
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import EvalRecord
+
+INSTRUCTION_DATA = ("stories", "book")  # the named values of `finetune instruct --data`
+STORY_CORPUS = "tinystories-2mib"  # the text that `--data stories` builds its instructions from
+SPLIT_PARTS = ("train", "validation", "test")  # the keys of a JSON file that holds a split
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -127,13 +135,17 @@ class _EpochPrinter:
 def _register_instruct(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
         "instruct",
-        help="instruction-tune on 1,100 instruction/response examples",
-        description="Fine-tune every weight of the model on the course's instruction data "
-        "(split 85/5/10 as in the book) with prompts in the chosen format. Saves the model in "
-        f"--out ({inst.MODEL_DIR}/ and {inst.INSTRUCTION_FILE}; chat with it using `llmcourse "
-        f"chat OUT`), then answers the test entries into {inst.RESPONSES_FILE} and scores the "
-        f"answers against the references (ROUGE-L F1, token F1) into {inst.SCORES_FILE}. "
-        "Score them with an LLM judge through llmcourse.evaluation.OllamaJudge.",
+        help="instruction-tune on story instructions or the book's 1,100 examples",
+        description="Fine-tune every weight of the model on instruction data (--data) with "
+        f"prompts in the chosen format. Saves the model in --out ({inst.MODEL_DIR}/ and "
+        f"{inst.INSTRUCTION_FILE}; chat with it using `llmcourse chat OUT`). The test entries "
+        "are answered twice with the same settings: by the model before fine-tuning (the "
+        f"pretrained baseline) and after it (saved in {inst.RESPONSES_FILE}). "
+        f"{inst.SCORES_FILE} scores the fine-tuned answers beside three baselines, the "
+        "pretrained model's answers and the instruction or the input repeated as the answer: "
+        "ROUGE-L F1 and token F1 against the references and, for story instructions, the "
+        "share of answers that do what their task asks (llmcourse.story_instructions). Score "
+        "the answers with an LLM judge through llmcourse.evaluation.OllamaJudge.",
     )
     _add_common_arguments(parser, epochs=2)
     parser.add_argument("--format", default="alpaca", choices=inst.PROMPT_FORMATS,
@@ -148,26 +160,52 @@ def _register_instruct(actions: argparse._SubParsersAction) -> None:
                         help="use at most N entries of each split (quick runs)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
                         help="longest test-set answer, in tokens")
-    parser.add_argument("--data", default=None, metavar="JSON",
-                        help="a JSON list of {instruction, input, output} entries instead of the "
-                        "course's")
+    parser.add_argument("--data", default=None, metavar="DATA",
+                        help="stories: instructions built from the TinyStories sample, with "
+                        "answers that can be checked (those whose prompt and answer fit "
+                        "--max-length tokens); book: the course's 1,100 entries, split 85/5/10 "
+                        "as in the book; or the path of a JSON file that holds a list of "
+                        "{instruction, input, output} entries (split 85/5/10; an entry may also "
+                        "name its story instruction task) or an object of \"train\", "
+                        "\"validation\" and \"test\" lists, used as given (default: the run "
+                        "profile's, from $LLMCOURSE_PROFILE: book in the gpt2 profile, else "
+                        "stories)")
     parser.set_defaults(handler=run_instruct)
 
 
 def run_instruct(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inst.check_save_destination(out)
-    split = inst.split_entries(inst.load_instruction_data(args.data)).truncated(args.max_examples)
+    if args.max_examples is not None and args.max_examples < 1:
+        raise CourseError(f"--max-examples must be at least 1, got {args.max_examples}")
+    data = args.data if args.data is not None else current_profile().instruction_data
+    # Every --data but stories is read and checked now, before the model is loaded.
+    loaded = None if data == "stories" else _load_instruction_split(data)
     model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
     max_length = _instruct_max_length(args.max_length, model.config.context_length)
+    if loaded is None:
+        def fits(entry: Mapping[str, str]) -> bool:
+            return len(inst.encode_entry(tokenizer, entry, args.format).ids) + 1 <= max_length
+
+        stories = load_story_instructions(STORY_CORPUS, fits=fits)
+        if not stories.train:
+            raise CourseError(
+                f"no story instruction fits {max_length} tokens with {args.format} prompts; "
+                "use a larger --max-length or a model with a longer context"
+            )
+        loaded = stories, (f"story instructions from {STORY_CORPUS} whose prompt and answer "
+                           f"fit {max_length} tokens")
+    split, description = loaded
+    print(f"data: {data}, {description}: {_counts(split)}")
+    split = split.truncated(args.max_examples)
     train_loader, val_loader, _ = inst.make_loaders(
         split, tokenizer, prompt_format=args.format, batch_size=args.batch_size,
         max_length=max_length, mask_prompt=args.mask_prompt, pad_id=end_of_text_id(tokenizer),
         seed=args.seed,
     )
-    print(f"{len(split.train)} training, {len(split.validation)} validation and "
-          f"{len(split.test)} test entries; {args.format} prompts of up to {max_length} tokens, "
+    print(f"{_counts(split)}; {args.format} prompts of up to {max_length} tokens, "
           f"{len(train_loader)} steps per epoch")
+    pretrained_responses = _test_responses(model, tokenizer, split.test, args)
     inst.train_instruction_model(
         model, train_loader, val_loader, epochs=args.epochs, learning_rate=args.lr,
         weight_decay=args.weight_decay, eval_every=args.eval_every,
@@ -175,12 +213,70 @@ def run_instruct(args: argparse.Namespace) -> int:
     )
     settings = {name: getattr(args, name) for name in (
         "base", "epochs", "lr", "weight_decay", "batch_size", "mask_prompt", "seed")}
-    inst.save_instruction_model(out, model, args.format, {**settings, "max_length": max_length},
-                                tokenizer=tokenizer)
+    inst.save_instruction_model(
+        out, model, args.format, {**settings, "max_length": max_length, "data": data},
+        tokenizer=tokenizer,
+    )
     print(f"saved the model to {out}")
     if split.test:
-        _answer_test_entries(model, tokenizer, split.test, out, args)
+        responses = _test_responses(model, tokenizer, split.test, args)
+        _save_test_answers(responses, pretrained_responses, out)
     return 0
+
+
+def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
+    """The split that ``--data`` names when it is not ``stories`` (which needs the model's
+    tokenizer), and a few words on it: ``book`` or the path of a JSON file (see the option's
+    help). A missing or malformed file raises ``CourseError``, with a one-line message except
+    for malformed entries, which ``inst.validate_entries`` lists one a line."""
+    if data == "book":
+        entries = inst.load_instruction_data()
+        return inst.split_entries(entries), f"the course's {len(entries):,} entries split 85/5/10"
+    path = Path(data)
+    if not path.is_file():
+        raise CourseError(
+            f"--data must be {', '.join(INSTRUCTION_DATA)} or the path of a JSON file of "
+            f"instruction entries; there is no file at {data}"
+        )
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise inst.InstructionDataError(
+            f"{path} is not valid UTF-8 JSON ({error}); fix the file"
+        ) from None
+    if isinstance(value, dict):
+        if sorted(value) != sorted(SPLIT_PARTS):
+            keys = ", ".join(repr(key) for key in value) or "none"
+            raise inst.InstructionDataError(
+                f"{path} holds an object with the keys {keys}; a split is an object with "
+                "exactly the lists \"train\", \"validation\" and \"test\""
+            )
+        parts = [_checked_entries(value[name], f"{path} ({name!r})", may_be_empty=name != "train")
+                 for name in SPLIT_PARTS]
+        return inst.Split(*parts), "train, validation and test parts as given"
+    entries = _checked_entries(value, str(path))
+    return inst.split_entries(entries), f"{len(entries):,} entries split 85/5/10"
+
+
+def _checked_entries(value: object, source: str, may_be_empty: bool = False
+                     ) -> list[inst.Entry]:
+    """``value`` when it is a list of entries (``inst.validate_entries``) whose tasks, where
+    they have one, are story instruction tasks; an empty list only when ``may_be_empty``."""
+    if may_be_empty and value == []:
+        return []
+    entries = inst.validate_entries(value, source=source)
+    for index, entry in enumerate(entries):
+        if "task" in entry and entry["task"] not in TASKS:
+            raise inst.InstructionDataError(
+                f"{source}: entry {index} has the task {entry['task']!r}; story instruction "
+                f"tasks are {', '.join(TASKS)} (entries without a task need no \"task\" field)"
+            )
+    return entries
+
+
+def _counts(split: inst.Split) -> str:
+    return (f"{len(split.train)} training, {len(split.validation)} validation and "
+            f"{len(split.test)} test entries")
 
 
 def _instruct_max_length(requested: int | None, context_length: int) -> int:
@@ -194,21 +290,28 @@ def _instruct_max_length(requested: int | None, context_length: int) -> int:
     return requested
 
 
-def _answer_test_entries(
-    model: GPT, tokenizer: inst.Tokenizer, entries: list[inst.Entry], out: Path,
+def _test_responses(
+    model: GPT, tokenizer: inst.Tokenizer, entries: Sequence[inst.Entry],
     args: argparse.Namespace,
-) -> None:
-    """Generate and save the test-set responses, then score and save the scores."""
-    responses = inst.generate_responses(
+) -> list[dict[str, str]]:
+    """The model's answers to the test entries, with the command's generation settings."""
+    return inst.generate_responses(
         model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format,
         eos_id=end_of_text_id(tokenizer),
     )
+
+
+def _save_test_answers(
+    responses: list[dict[str, str]], pretrained_responses: list[dict[str, str]], out: Path
+) -> None:
+    """Save the fine-tuned model's test answers, then their scores beside the baselines', and
+    print the scores."""
     inst.save_responses(out / inst.RESPONSES_FILE, responses)
-    summary = score_responses(responses)
-    save_scores(out / inst.SCORES_FILE, summary)
-    print(f"test set: ROUGE-L F1 {summary.rouge_l:.3f}, token F1 {summary.token_f1:.3f}, "
-          f"exact match {summary.exact_match:.1%} over {len(responses)} responses "
-          f"(in {out / inst.RESPONSES_FILE})")
+    scores = scores_with_baselines(responses, pretrained_responses)
+    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    print(f"test set: {len(responses)} responses (in {out / inst.RESPONSES_FILE}), scored beside "
+          f"the baselines (in {out / inst.SCORES_FILE}):")
+    print(scores_table(scores))
 
 
 class _LossPrinter:

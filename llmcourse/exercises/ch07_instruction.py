@@ -1,5 +1,6 @@
 """Checkers of section 7.3, instruction fine-tuning: prompt formats, the padding and masking
-collate, prompt masking, and reading the answer out of generated text.
+collate, prompt masking, reading the answer out of generated text, and the story instructions
+(a task criterion and the builder of one task family).
 
 Like the other chapter-7 checkers (they share ``run_diagnosed_cases`` of section 7.1), each runs
 hand-picked cases first, then seeded random ones where the input allows, and a wrong answer that
@@ -10,6 +11,7 @@ mistake. The references are the package's own functions (``llmcourse.instruction
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,6 +29,7 @@ from llmcourse.exercises.core import (
 from llmcourse.instruction import END_OF_TEXT, IGNORE_INDEX, collate, extract_response
 from llmcourse.instruction import format_alpaca as package_format_alpaca
 from llmcourse.instruction import format_phi3 as package_format_phi3
+from llmcourse.story_instructions import rename_entry, uses_all_words
 from llmcourse.tokenizers import GPT2_EOT_ID
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, L) int64
@@ -561,4 +564,138 @@ def _extract_cases() -> list[Case]:
 def check_extract_response(answer: object) -> None:
     run_cases_with_diagnosis(
         answer, reference_extract_response, _extract_cases(), expect_equal, EXTRACT_MISTAKES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.uses_all_words: the criterion of the story_with_words task
+
+
+def reference_uses_all_words(response: str, required: list[str]) -> bool:
+    """Whether every word of ``required`` is a whole word of ``response``, in any case."""
+    return uses_all_words(response, required)
+
+
+USES_ALL_WORDS_MISTAKES = (
+    Mistake(
+        "substring",
+        lambda response, required: all(word.lower() in response.lower() for word in required),
+        "look for whole words, not substrings: 'cat' is in 'catch' as text, but the story does "
+        "not use the word cat. Split the response into words first",
+    ),
+    Mistake(
+        "split_on_spaces",
+        lambda response, required: all(
+            word.lower() in response.lower().split() for word in required),
+        "splitting on spaces keeps the punctuation: 'farm.' is not 'farm'. Take runs of "
+        "letters, e.g. re.findall(r'[^\\W_]+', response.lower())",
+    ),
+    Mistake(
+        "case_sensitive",
+        lambda response, required: all(
+            word in re.findall(r"[^\W_]+", response) for word in required),
+        "compare in lower case on both sides: 'Cat' at the start of a sentence is the word cat",
+    ),
+    Mistake(
+        "any_word",
+        lambda response, required: any(
+            word.lower() in re.findall(r"[^\W_]+", response.lower()) for word in required),
+        "EVERY word must appear (all), not just one of them (any)",
+    ),
+)
+
+
+def _uses_all_words_cases() -> list[Case]:
+    pairs = [
+        ("Tim saw a cat in the garden.", ["cat"]),
+        ("Tim liked to play catch.", ["cat"]),
+        ("Cat and dog were friends.", ["cat", "dog"]),
+        ("They went to the farm. The pigs were happy!", ["farm", "pigs"]),
+        ("A big dog barked.", ["dog", "cat"]),
+        ("Lily's ball was red.", ["lily", "ball", "red"]),
+        ("The Farm had a red barn.", ["farm", "Barn"]),
+        ("", ["dog"]),
+        ("Any story at all.", []),
+        ('"Look, a bird!" said Sam.', ["bird", "look", "sam"]),
+    ]
+    return [(f"response={response!r}, required={required!r}", (response, required))
+            for response, required in pairs]
+
+
+@exercise(
+    "ch07.uses_all_words",
+    title="The criterion of 'write a story that uses the words ...'",
+    hint="lower-case the response, take its words (re.findall(r'[^\\W_]+', ...)) into a set, "
+    "and check that every required word, lower-cased, is in it",
+)
+def check_uses_all_words(answer: object) -> None:
+    run_cases_with_diagnosis(
+        answer, reference_uses_all_words, _uses_all_words_cases(), expect_equal,
+        USES_ALL_WORDS_MISTAKES,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.rename_entry: the builder of the rename task family
+
+
+def reference_rename_entry(sentence: str, old: str, new: str) -> dict[str, str]:
+    """The rename entry of ``sentence`` (see ``llmcourse.story_instructions.rename_entry``)."""
+    return rename_entry(sentence, old, new)
+
+
+def _rename_with(replace: Callable[[str, str, str], str], *, swap: bool = False
+                 ) -> Callable[[str, str, str], dict[str, str]]:
+    def build(sentence: str, old: str, new: str) -> dict[str, str]:
+        first, second = (old, new) if swap else (new, old)
+        return {"instruction": f"Rewrite the sentence with the name {first} instead of {second}.",
+                "input": sentence, "output": replace(sentence, old, new), "task": "rename"}
+    return build
+
+
+RENAME_MISTAKES = (
+    Mistake(
+        "str_replace",
+        _rename_with(lambda sentence, old, new: sentence.replace(old, new)),
+        "str.replace also changes the name inside longer words ('Tim' in 'Timmy'): replace whole "
+        "words only, e.g. re.sub(rf'\\b{re.escape(old)}\\b', new, sentence)",
+    ),
+    Mistake(
+        "first_only",
+        _rename_with(lambda sentence, old, new: re.sub(rf"\b{re.escape(old)}\b", new, sentence,
+                                                       count=1)),
+        "replace EVERY occurrence of the old name, not only the first one",
+    ),
+    Mistake(
+        "names_swapped",
+        _rename_with(lambda sentence, old, new: re.sub(rf"\b{re.escape(old)}\b", new, sentence),
+                     swap=True),
+        "the instruction names the NEW name first: '... with the name {new} instead of {old}.'",
+    ),
+)
+
+
+def _rename_cases() -> list[Case]:
+    triples = [
+        ("Tim and Sue are friends.", "Tim", "Sam"),
+        ("Lily smiled at her mom.", "Lily", "Lucy"),
+        ("Timmy waved at Tim.", "Tim", "Max"),
+        ("Ben's dog ran to Ben.", "Ben", "Jack"),
+        ('"Come here, Mia!" said Mom.', "Mia", "Anna"),
+        ("Sue, Sue and Sue played.", "Sue", "Amy"),
+    ]
+    return [(f"sentence={sentence!r}, old={old!r}, new={new!r}", (sentence, old, new))
+            for sentence, old, new in triples]
+
+
+@exercise(
+    "ch07.rename_entry",
+    title="Build a 'rename' story instruction",
+    hint="instruction f'Rewrite the sentence with the name {new} instead of {old}.', input the "
+    "sentence, output the sentence with every whole-word old name replaced by the new one, and "
+    "task 'rename'",
+)
+def check_rename_entry(answer: object) -> None:
+    run_cases_with_diagnosis(
+        answer, reference_rename_entry, _rename_cases(), expect_equal, RENAME_MISTAKES
     )

@@ -215,3 +215,39 @@ def masking_grid_figure(
     layout_defaults(fig, title=title, x_title=None, y_title="batch row")
     fig.update_xaxes(title_text="position", row=2, col=1)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Task criteria against baselines
+
+
+def criterion_success_figure(
+    scores: Mapping[str, object],
+    *,
+    title: str = "Share of test instructions whose task criterion is met",
+) -> go.Figure:
+    """Grouped bars: for each task (and "all tasks"), the criterion success of the fine-tuned
+    model and of each baseline of ``scores``, the table ``llmcourse.instruction_scores.
+    scores_with_baselines`` makes for entries with tasks."""
+    fine_tuned = scores["fine_tuned"]
+    if not isinstance(fine_tuned, Mapping) or fine_tuned.get("criterion_success") is None:
+        raise InstructionFigureError(
+            "these scores have no task criteria (entries without a 'task', like the book's "
+            "data): there is nothing to draw; compare ROUGE-L instead"
+        )
+    rows = {"fine-tuned": fine_tuned,
+            **{name.replace("_", " "): row for name, row in scores["baselines"].items()}}
+    tasks = list(fine_tuned["criterion_success_by_task"])
+    groups = ["all tasks", *(task.replace("_", " ") for task in tasks)]
+    fig = go.Figure()
+    for index, (name, row) in enumerate(rows.items()):
+        by_task = row.get("criterion_success_by_task", {})
+        values = [row["criterion_success"], *(by_task.get(task, 0.0) for task in tasks)]
+        fig.add_trace(go.Bar(
+            x=groups, y=[100 * value for value in values], name=name,
+            marker={"color": SERIES_COLOURS[index % len(SERIES_COLOURS)]},
+            hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>",
+        ))
+    fig.update_layout(barmode="group", height=420, yaxis={"range": [0, 100]},
+                      legend={"orientation": "h", "y": -0.25})
+    return layout_defaults(fig, title=title, x_title="task", y_title="criterion met (%)")

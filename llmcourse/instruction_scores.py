@@ -1,0 +1,93 @@
+"""Scores of an instruction-tuned model next to baselines, in one table.
+
+A score means little alone: ROUGE-L 0.3 may be good or may be what repeating the question gets.
+So every set of responses is scored beside three baselines on the same test entries:
+
+- ``pretrained``: the model before fine-tuning, given the same prompts;
+- ``echo_instruction``: the instruction itself, as the response;
+- ``echo_input``: the entry's input, as the response (empty when it has none).
+
+Each gets ROUGE-L F1 and token F1 against the reference answers (``llmcourse.evaluation``) and,
+for entries that carry a ``task`` (the story instructions, ``llmcourse.story_instructions``),
+the share that meets its task's criterion, overall and per task. ``test-scores.json`` holds::
+
+    {"fine_tuned": {...}, "baselines": {"pretrained": {...}, "echo_instruction": {...},
+                                        "echo_input": {...}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llmcourse.evaluation import score_responses
+from llmcourse.instruction import RESPONSE_KEY
+from llmcourse.story_instructions import criterion_success
+
+ECHO_BASELINES = {"echo_instruction": "instruction", "echo_input": "input"}
+
+
+def response_scores(entries: Sequence[Mapping[str, Any]], response_key: str = RESPONSE_KEY
+                    ) -> dict[str, Any]:
+    """The scores of the responses under ``response_key``: ``rouge_l``, ``token_f1``,
+    ``exact_match`` (means in [0, 1]), ``count`` and, when every entry has a ``task``,
+    ``criterion_success`` (overall), ``criterion_success_by_task`` and ``count_by_task``;
+    ``criterion_success`` is None for entries without tasks (the book's data)."""
+    overlap = score_responses(entries, response_key)
+    scores: dict[str, Any] = {
+        "count": len(entries), "rouge_l": overlap.rouge_l, "token_f1": overlap.token_f1,
+        "exact_match": overlap.exact_match, "criterion_success": None,
+    }
+    if entries and all("task" in entry for entry in entries):
+        scores.update(criterion_success(entries, response_key).to_dict())
+    return scores
+
+
+def echo_responses(entries: Sequence[Mapping[str, Any]], field: str,
+                   response_key: str = RESPONSE_KEY) -> list[dict[str, Any]]:
+    """Copies of ``entries`` whose response is their own ``field`` ("instruction" or
+    "input")."""
+    return [{**entry, response_key: entry[field]} for entry in entries]
+
+
+def scores_with_baselines(
+    fine_tuned: Sequence[Mapping[str, Any]],
+    pretrained: Sequence[Mapping[str, Any]],
+    response_key: str = RESPONSE_KEY,
+) -> dict[str, Any]:
+    """The ``test-scores.json`` table: the fine-tuned model's ``response_scores`` and, under
+    ``baselines``, those of the pretrained model's responses to the same entries and of the two
+    echo baselines."""
+    if [entry["instruction"] for entry in fine_tuned] != [
+            entry["instruction"] for entry in pretrained]:
+        raise ValueError("the fine-tuned and pretrained responses must answer the same entries, "
+                         "in the same order")
+    baselines = {"pretrained": response_scores(pretrained, response_key)}
+    for name, field in ECHO_BASELINES.items():
+        baselines[name] = response_scores(echo_responses(fine_tuned, field, response_key),
+                                          response_key)
+    return {"fine_tuned": response_scores(fine_tuned, response_key), "baselines": baselines}
+
+
+def scores_table(scores: Mapping[str, Any]) -> str:
+    """``scores_with_baselines``' result as a text table: one row per model or baseline, the
+    criterion success (overall and per task, when there are tasks) and ROUGE-L."""
+    rows = {"fine-tuned": scores["fine_tuned"],
+            **{name.replace("_", " "): value for name, value in scores["baselines"].items()}}
+    tasks = list(scores["fine_tuned"].get("criterion_success_by_task", {}))
+    header = ["", "criterion", *tasks, "ROUGE-L"] if tasks else ["", "ROUGE-L", "token F1"]
+    lines = [header]
+    for name, row in rows.items():
+        if tasks:
+            by_task = row.get("criterion_success_by_task", {})
+            cells = [f"{row['criterion_success']:.1%}",
+                     *(f"{by_task.get(task, 0.0):.1%}" for task in tasks), f"{row['rouge_l']:.3f}"]
+        else:
+            cells = [f"{row['rouge_l']:.3f}", f"{row['token_f1']:.3f}"]
+        lines.append([name, *cells])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                  for column, (cell, width) in enumerate(zip(line, widths, strict=True)))
+        for line in lines
+    )
