@@ -290,3 +290,28 @@ def test_an_unknown_profile_or_data_name_is_a_one_line_error(
     assert error.count("\n") == 1
     assert finetune(base_checkpoint, tmp_path / "out", "--max-examples", "0") == 2
     assert capsys.readouterr().err == "error: --max-examples must be at least 1, got 0\n"
+
+
+def test_gpt2_profile_fine_tunes_a_hub_checkpoint_on_the_book_data_by_default(
+    data_mirror, tmp_path: Path, capsys, monkeypatch
+):
+    """The gpt2 profile's path: a GPT-2 checkpoint in the Hugging Face hub's layout (written by
+    transformers), the book's Alpaca entries and settings, chosen without --data."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hub = tmp_path / "hub-gpt2"
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=96)  # GPT-2's vocabulary
+    GPT2LMHeadModel(config).save_pretrained(hub)
+    monkeypatch.setenv("LLMCOURSE_PROFILE", "gpt2")
+    out = tmp_path / "tuned"
+    assert finetune(hub, out) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("data: book, the course's 1,100 entries split 85/5/10")
+    tuned = inst.load_instruction_model(out)
+    assert tuned.prompt_format.name == "alpaca"
+    assert (tuned.settings["data"], tuned.settings["lr"]) == ("book", 5e-5)  # the book's
+    scores = json.loads((out / inst.SCORES_FILE).read_text())
+    assert set(scores["baselines"]) == {"pretrained", "echo_instruction", "echo_input"}
+    assert scores["fine_tuned"]["criterion_success"] is None
+    assert 0.0 <= scores["fine_tuned"]["rouge_l"] <= 1.0
