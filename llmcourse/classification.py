@@ -170,6 +170,12 @@ def balanced_split(
     by_class: dict[int, list[Example]] = {}
     for row in rows:
         by_class.setdefault(row[1], []).append(row)
+    if len(by_class) < 2:
+        raise ClassifierError(
+            f"the data holds one class only ({class_counts(rows)}): a classifier needs examples "
+            "of both ham and spam; check the data file (lines 'ham<TAB>text' and "
+            "'spam<TAB>text')"
+        )
     smallest = min(len(members) for members in by_class.values())
     balanced = []
     for label in sorted(by_class):
@@ -180,6 +186,16 @@ def balanced_split(
     validation_end = train_end + int(len(balanced) * fractions[1])
     train, validation = balanced[:train_end], balanced[train_end:validation_end]
     return Split(train, validation, balanced[validation_end:])
+
+
+def class_counts(rows: Sequence[Example]) -> str:
+    """The number of examples of each class, in words: "40 ham, 0 spam"."""
+    counts = {label: 0 for label in LABEL_IDS.values()}
+    for _, label in rows:
+        counts[label] = counts.get(label, 0) + 1
+    names = {label: name for name, label in LABEL_IDS.items()}
+    return ", ".join(f"{count} {names.get(label, f'of class {label}')}"
+                     for label, count in sorted(counts.items()))
 
 
 class Tokenizer(Protocol):
@@ -255,6 +271,12 @@ def make_loaders(
     """Train, validation and test loaders as in the book: the training loader shuffles (with
     its own generator seeded by ``seed``) and drops a last incomplete batch; validation and test
     use the training set's ``max_length``."""
+    if len({label for _, label in split.train}) < 2:
+        raise ClassifierError(
+            f"the training part holds one class only ({class_counts(split.train)}): the "
+            "classifier would learn to give that answer whatever the text; use more examples "
+            "(--max-examples) or a split with both classes"
+        )
     train = SpamDataset(split.train, tokenizer, context_length=context_length)
     if len(train) < batch_size:
         raise ClassifierError(
@@ -752,6 +774,12 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
         )
     settings = _read_settings(settings_path)
     config = read_config(directory)
+    if settings["pad_id"] is not None and settings["pad_id"] >= config.vocab_size:
+        raise ClassifierCheckpointError(
+            f"{settings_path}: field 'pad_id' is {settings['pad_id']}, not a token id of the "
+            f"model's vocabulary of {config.vocab_size} (in {CONFIG_FILE}); save the "
+            "classifier again"
+        )
     with torch.device("meta"):
         model = GPT(config)
         replace_head(model, settings["num_classes"])
@@ -791,10 +819,47 @@ def _read_settings(path: Path) -> dict:
             f"{path} is not a classifier description written by save_classifier "
             f"(format {settings.get('format')!r}, missing {missing})"
         )
-    if len(settings["class_names"]) != settings["num_classes"]:
+    _check_setting(path, settings, "num_classes", _is_whole(settings["num_classes"])
+                   and settings["num_classes"] >= 2, "a whole number, at least 2")
+    names = settings["class_names"]
+    _check_setting(path, settings, "class_names", isinstance(names, list) and all(
+        isinstance(name, str) and name for name in names), "a list of non-empty strings")
+    if len(names) != settings["num_classes"]:
         raise ClassifierCheckpointError(
-            f"{path} names {len(settings['class_names'])} classes but says num_classes is "
-            f"{settings['num_classes']}"
+            f"{path} names {len(names)} classes but says num_classes is "
+            f"{settings['num_classes']}; save the classifier again"
         )
-    _check_read_position(settings["read_position"])
+    max_length = settings["max_length"]
+    _check_setting(path, settings, "max_length", max_length is None or (
+        _is_whole(max_length) and max_length >= 1), "null or a whole number, at least 1")
+    _check_setting(path, settings, "read_position", isinstance(
+        settings["read_position"], str) and settings["read_position"] in READ_POSITIONS,
+        f"one of {', '.join(map(repr, READ_POSITIONS))}")
+    pad_id = settings["pad_id"]
+    _check_setting(path, settings, "pad_id", pad_id is None or (_is_whole(pad_id) and pad_id >= 0),
+                   "null or a token id (a whole number, 0 or more)")
     return settings
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_setting(path: Path, settings: dict, name: str, valid: bool, expected: str) -> None:
+    """Raise ``ClassifierCheckpointError`` naming the field and the file unless ``valid``."""
+    if not valid:
+        value = settings[name]
+        raise ClassifierCheckpointError(
+            f"{path}: field {name!r} must be {expected}, got {json.dumps(value)} (a JSON "
+            f"{_json_type(value)}); the file was changed or damaged: save the classifier again"
+        )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)

@@ -46,6 +46,10 @@ class UnknownDataFileError(CourseError, LookupError):
     """A name that is not in the registry."""
 
 
+class CacheDirectoryError(CourseError, NotADirectoryError):
+    """The cache folder's path is a file, or lies inside one."""
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One published data file and how to obtain it byte for byte.
@@ -153,8 +157,23 @@ def get(name: str) -> DataFile:
 
 def cache_root() -> Path:
     """The course's cache folder (data files, trained models): ``$LLMCOURSE_CACHE_DIR`` or
-    ``~/.cache/llmcourse``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
+    ``~/.cache/llmcourse``. It need not exist yet, but a file in its place (or in place of one
+    of the folders above it) raises ``CacheDirectoryError``."""
+    from_environment = bool(os.environ.get(CACHE_ENV))
+    root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
+    blocking = next((path for path in (root, *root.parents) if path.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = "is a file" if blocking == root else f"lies inside {blocking}, which is a file"
+        remedy = (
+            f"point {CACHE_ENV} at a directory (or unset it to use {DEFAULT_CACHE_ROOT})"
+            if from_environment
+            else f"move that file away, or set {CACHE_ENV} to a directory"
+        )
+        source = f" (from ${CACHE_ENV})" if from_environment else ""
+        raise CacheDirectoryError(
+            f"the cache folder {root}{source} {where}, not a directory; {remedy}"
+        )
+    return root
 
 
 def cache_dir() -> Path:

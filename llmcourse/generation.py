@@ -8,6 +8,8 @@ one new token through the network; the result is the same, token for token.
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -94,10 +96,10 @@ class KVCache:
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide logits (..., V) by ``temperature`` > 0: below 1 sharpens the distribution, above 1
     flattens it. Temperature 0 (greedy decoding) is handled by ``sample_next_token``."""
-    if temperature <= 0:
+    if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
         raise GenerationError(
-            f"temperature must be positive to scale logits, got {temperature}; for greedy "
-            "decoding call sample_next_token(logits, temperature=0)"
+            f"temperature must be positive (and finite) to scale logits, got {temperature!r}; "
+            "for greedy decoding call sample_next_token(logits, temperature=0)"
         )
     return logits / temperature
 
@@ -393,14 +395,18 @@ def _check_generation(
             f"prompts must hold between 1 and {context_length} tokens (the model's context), "
             f"got {idx.size(1)}; keep only the last ones with idx[:, -{context_length}:]"
         )
-    if max_new_tokens < 0:
-        raise GenerationError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    if not _is_whole_number(max_new_tokens) or max_new_tokens < 0:
+        raise GenerationError(
+            f"max_new_tokens must be 0 or more (a whole number), got {max_new_tokens!r}"
+        )
     _check_sampling(temperature, top_k, top_p)
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise GenerationError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if not _is_number(temperature) or not (math.isfinite(temperature) and temperature >= 0):
+        raise GenerationError(
+            f"temperature must be 0 (greedy) or positive (and finite), got {temperature!r}"
+        )
     if top_k is not None:
         _check_top_k(top_k)
     if top_p is not None:
@@ -408,12 +414,30 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 
 
 def _check_top_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not _is_whole_number(k) or k < 1:
         raise GenerationError(f"top_k must be a whole number of tokens, at least 1; got {k!r}")
 
 
 def _check_top_p(p: float) -> None:
-    if not 0 < p <= 1:
+    if not _is_number(p) or not 0 < p <= 1:  # NaN fails the comparison too
         raise GenerationError(
-            f"top_p must be a probability in (0, 1], got {p}; 1 keeps every token"
+            f"top_p must be a probability in (0, 1], got {p!r}; 1 keeps every token"
         )
+
+
+def _is_whole_number(value: object) -> bool:
+    """An integer (a Python, NumPy or one-element tensor integer), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    """A real number: an int or a float, not a bool (a tensor of one number counts too)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex
+    return isinstance(value, int | float) and not isinstance(value, bool)

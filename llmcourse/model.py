@@ -24,6 +24,13 @@ class InputError(CourseError, ValueError):
     """The token ids or targets given to the model do not fit its configuration."""
 
 
+class GPTConfigError(CourseError, ValueError):
+    """A ``GPTConfig`` field has a value no model can be built with."""
+
+
+IGNORE_INDEX = -100  # targets with this value do not count in the loss
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The hyper-parameters that fix a GPT's shape.
@@ -46,14 +53,22 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise GPTConfigError(
+                    f"GPTConfig.{name} must be a positive integer, got {value!r}"
+                )
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise GPTConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd / n_head dimensions"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if (
+            not isinstance(self.dropout, int | float)
+            or isinstance(self.dropout, bool)
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            raise GPTConfigError(
+                f"GPTConfig.dropout must be a probability in [0, 1), got {self.dropout!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -253,6 +268,8 @@ class GPT(nn.Module):
         """
         if last_only and targets is not None:
             raise InputError("last_only=True gives no loss: the loss needs every position's logits")
+        if targets is not None:
+            self.check_targets(targets, idx)
         logits, _ = self._run(
             idx, kv_cache, return_weights=False, last_only=last_only, output_matrix=output_matrix
         )
@@ -314,6 +331,32 @@ class GPT(nn.Module):
                 "was the text encoded with a different tokenizer?"
             )
 
+    def check_targets(self, targets: torch.Tensor, idx: torch.Tensor) -> None:
+        """Raise ``InputError`` unless ``targets`` has the shape of the inputs ``idx`` and holds
+        token ids of the vocabulary or -100 (a target to ignore). Checked before the forward
+        pass: an id outside the vocabulary would otherwise fail deep inside the loss (an
+        IndexError on the CPU, a device-side assertion on a GPU)."""
+        if targets.shape != idx.shape:
+            raise InputError(
+                f"targets must have the shape of the inputs {tuple(idx.shape)}, "
+                f"got {tuple(targets.shape)}"
+            )
+        if targets.dtype != torch.int64:
+            raise InputError(
+                f"targets must be an int64 (long) tensor of token ids, got {targets.dtype}; "
+                "convert them with targets.long()"
+            )
+        vocab_size = self.config.vocab_size
+        invalid = (targets >= vocab_size) | ((targets < 0) & (targets != IGNORE_INDEX))
+        if targets.numel() and invalid.any():
+            bad = targets[invalid]
+            raise InputError(
+                f"targets must be token ids in [0, {vocab_size - 1}] or {IGNORE_INDEX} (ignored), "
+                f"got {int(bad[0])} ({bad.numel()} target(s) out of range, from {int(bad.min())} "
+                f"to {int(bad.max())}); check how the targets were made: were they encoded with "
+                "a different tokenizer, or padded with another value than -100?"
+            )
+
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of logits (B, T, V) against targets (B, T); -100 is ignored."""
@@ -322,7 +365,9 @@ class GPT(nn.Module):
                 f"targets must have the shape of the inputs {tuple(logits.shape[:2])}, "
                 f"got {tuple(targets.shape)}"
             )
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         """Number of distinct parameters (a tied matrix counts once).

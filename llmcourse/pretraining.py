@@ -40,7 +40,7 @@ from llmcourse.model import GPT, GPTConfig
 from llmcourse.token_cache import tokenized_corpus
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import check_vocab_fits
-from llmcourse.training import TrainingConfig, TrainingHistory, train
+from llmcourse.training import TrainingConfig, TrainingConfigError, TrainingHistory, train
 
 TRAINED_TOKENIZER = re.compile(r"bpe-(\d+)")
 # Bump when BPETokenizer.train would learn different merges, so cached tokenizers are not reused.
@@ -67,6 +67,29 @@ class PretrainingRun:
     val_fraction: float = 0.1
     max_characters: int | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(max_steps=100))
+
+    def __post_init__(self) -> None:
+        if not _is_whole_number(self.batch_size) or self.batch_size < 1:
+            raise TrainingConfigError(
+                f"batch_size must be a whole number of windows, at least 1; got "
+                f"{self.batch_size!r}"
+            )
+        if not isinstance(self.val_fraction, int | float) or not 0 < self.val_fraction < 1:
+            raise TrainingConfigError(
+                f"val_fraction must lie strictly between 0 and 1 (the share of the corpus held "
+                f"out for validation, such as 0.1), got {self.val_fraction!r}"
+            )
+        if self.max_characters is not None and (
+            not _is_whole_number(self.max_characters) or self.max_characters < 1
+        ):
+            raise TrainingConfigError(
+                f"max_characters must be None (the whole corpus) or a whole number of at least "
+                f"1, got {self.max_characters!r}"
+            )
+
+
+def _is_whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def corpus_path(corpus: str) -> Path:

@@ -28,11 +28,13 @@ import itertools
 import math
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +52,7 @@ from llmcourse.distributed import (
     wrap_model,
 )
 from llmcourse.errors import CourseError
-from llmcourse.model import GPT
+from llmcourse.model import GPT, IGNORE_INDEX, GPTConfig, count_parameters
 from llmcourse.schedules import warmup_cosine_scheduler
 from llmcourse.tokenizers.files import Tokenizer
 
@@ -63,6 +65,40 @@ class TrainingConfigError(CourseError, ValueError):
 
 class TrainingError(CourseError, RuntimeError):
     """The data or checkpoint given to the training loop cannot be used as asked."""
+
+
+class TrainingOutOfMemoryError(TrainingError):
+    """A training step needed more memory than the device could allocate."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another KeyboardInterrupt) stopped ``train``: how far the run got and which
+    of its steps the checkpoint on disk holds.
+
+    ``steps_done`` optimizer steps of ``total_steps`` were done; ``checkpoint_step`` is the step
+    of the run's last complete checkpoint in ``checkpoint_dir`` (None when the run wrote none,
+    or saves nowhere); ``checkpoint_every`` is the run's setting. Still a KeyboardInterrupt, so
+    code that catches those keeps working."""
+
+    def __init__(
+        self,
+        steps_done: int,
+        total_steps: int,
+        checkpoint_dir: str | os.PathLike[str] | None,
+        checkpoint_step: int | None,
+        checkpoint_every: int | None = None,
+    ):
+        self.steps_done = steps_done
+        self.total_steps = total_steps
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_step = checkpoint_step
+        self.checkpoint_every = checkpoint_every
+        if checkpoint_step is not None:
+            where = (f"the last checkpoint, of step {checkpoint_step}, is in {checkpoint_dir}; "
+                     f"continue with train(..., resume_from={str(checkpoint_dir)!r})")
+        else:
+            where = "no checkpoint of this run was written"
+        super().__init__(f"training interrupted after step {steps_done} of {total_steps}; {where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +129,11 @@ def evaluate_loss(
         batches = itertools.islice(loader, max_batches)
         with torch.no_grad(), _autocast(autocast_dtype, device):
             for inputs, targets in tqdm(batches, desc="evaluating", disable=not progress):
-                _, loss = model(inputs.to(device), targets.to(device))
+                targets = targets.to(device)
+                _, loss = model(inputs.to(device), targets)
                 losses.append(loss.item())
+                if math.isnan(losses[-1]):
+                    _check_has_targets(targets, "an evaluation batch")
     finally:
         model.train(was_training)
     if not losses:
@@ -127,6 +166,133 @@ def perplexity(loss: float | torch.Tensor) -> float:
         return math.exp(float(loss))
     except OverflowError:
         return math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+GIB = 1 << 30
+# Values that autograd keeps for the backward pass, per token and layer, in units of n_embd:
+# the inputs of both LayerNorms and their outputs (4), the query/key/value projection (3), the
+# attention output and its projection's input (2), the residual stream twice (2) and the MLP's
+# 4x-wide hidden layer before and after GELU (8): about 19.
+ACTIVATIONS_PER_LAYER = 19
+# Per token and vocabulary entry: the logits, their float32 copy for the loss, the log-softmax
+# and the logits' gradient.
+ACTIVATIONS_PER_VOCAB_ENTRY = 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A rough estimate of the memory, in bytes, one training step of a GPT holds: the weights,
+    their gradients, AdamW's two moments, and the activations kept for the backward pass."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        """The total and its parts in GiB, as words: "about 3.2 GiB (weights 0.5, ...)"."""
+        parts = ", ".join(
+            f"{name} {value / GIB:.1f}"
+            for name, value in (
+                ("weights", self.weights), ("gradients", self.gradients),
+                ("AdamW state", self.optimizer), ("activations", self.activations),
+            )
+        )
+        return f"about {self.total / GIB:.1f} GiB ({parts} GiB)"
+
+
+def estimate_training_memory(
+    config: GPTConfig,
+    batch_size: int,
+    sequence_length: int | None = None,
+    *,
+    parameters: int | None = None,
+    trainable: int | None = None,
+    bytes_per_value: int = 4,
+) -> MemoryEstimate:
+    """A rough estimate of the memory one training step of ``GPT(config)`` needs, for batches
+    of ``batch_size`` sequences of ``sequence_length`` tokens (default: the context length).
+
+    It is a back-of-the-envelope formula, not a measurement: float32 weights (4 bytes per
+    parameter), gradients of the trainable ones (4 bytes each), AdamW's two moments (8 bytes
+    per trainable parameter), and activations of ``bytes_per_value`` bytes each: about
+    ``ACTIVATIONS_PER_LAYER * n_embd`` values per token and layer plus
+    ``ACTIVATIONS_PER_VOCAB_ENTRY * vocab_size`` per token for the logits and the loss. The
+    allocator's overhead, temporary buffers and fragmentation come on top. ``parameters``
+    (default: ``count_parameters(config)``) and ``trainable`` (default: all of them) count a
+    model whose parameters differ from the plain GPT's, such as one with LoRA adapters.
+    """
+    sequence_length = config.context_length if sequence_length is None else sequence_length
+    if batch_size < 1 or sequence_length < 1:
+        raise TrainingConfigError(
+            f"batch_size and sequence_length must be >= 1, got {batch_size} and "
+            f"{sequence_length}"
+        )
+    parameters = count_parameters(config) if parameters is None else parameters
+    trainable = parameters if trainable is None else trainable
+    per_token = (config.n_layer * ACTIVATIONS_PER_LAYER * config.n_embd
+                 + ACTIVATIONS_PER_VOCAB_ENTRY * config.vocab_size)
+    return MemoryEstimate(
+        weights=4 * parameters,
+        gradients=4 * trainable,
+        optimizer=8 * trainable,
+        activations=batch_size * sequence_length * per_token * bytes_per_value,
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator's refusal: ``torch.OutOfMemoryError`` (a GPU's) or a
+    RuntimeError whose message says memory could not be allocated (the CPU's)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        words in message for words in (
+            "out of memory", "can't allocate memory", "cannot allocate memory",
+            "could not allocate", "failed to allocate",
+        )
+    )
+
+
+def _out_of_memory_error(model: nn.Module, batch: Batch, error: BaseException
+                         ) -> TrainingOutOfMemoryError:
+    """The error that replaces an allocator's: what the step needed, by estimate, and what
+    to lower."""
+    batch_size, sequence_length = batch[0].shape[:2]
+    shape = f"a batch of {batch_size} sequences of {sequence_length} tokens"
+    config = getattr(model, "config", None)
+    if isinstance(config, GPTConfig):
+        parameters = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        estimate = estimate_training_memory(
+            config, batch_size, sequence_length, parameters=parameters, trainable=trainable
+        )
+        need = f"{shape} needs {estimate.describe()}, by a rough estimate"
+    else:
+        need = f"{shape} needs more memory than there is"
+    device = model_device(model)
+    return TrainingOutOfMemoryError(
+        f"out of memory on {device} in a training step{_requested(str(error))}: {need}; "
+        "lower the batch size (--batch-size) or the context length (--context-length): the "
+        "activations grow with both"
+    )
+
+
+def _requested(message: str) -> str:
+    """" (it asked for 12.5 GiB more)" from an allocator's message, or "" if it says no size."""
+    found = re.search(r"tried to allocate (\d+) bytes", message, re.IGNORECASE)
+    if found:
+        return f" (it asked for {int(found[1]) / GIB:.1f} GiB more)"
+    found = re.search(r"tried to allocate ([\d.]+ ?[KMGT]i?B)", message, re.IGNORECASE)
+    return f" (it asked for {found[1]} more)" if found else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +708,11 @@ def train(
     the losses the uninterrupted run would have given. Returns the whole run's history.
     ``tokenizer``, the one that made the data, is saved with every checkpoint.
 
+    A KeyboardInterrupt (Ctrl-C) comes out as ``TrainingInterrupted``, which says which step the
+    last checkpoint holds. A step that runs out of memory raises ``TrainingOutOfMemoryError``
+    with an estimate of what the step needs (``estimate_training_memory``); a batch whose
+    targets are all ignored (-100) raises ``TrainingError`` instead of training on a NaN loss.
+
     In a process group set up by ``init_distributed`` it trains ``model`` (which may already be
     wrapped in DDP) with DistributedDataParallel; give it loaders from ``distributed_loader``.
     Callbacks run in every process: check ``is_main_process()`` in those that should act once.
@@ -567,6 +738,14 @@ def train(
         history = _resume(resume_from, model, optimizer, scheduler, stream, config, loaders)
     device = model_device(model)
     start = time.perf_counter() - history.elapsed_seconds
+    # The step the checkpoint on disk holds: the resumed one when this run saves where it
+    # resumed from; then each save that completes.
+    saved_step = (
+        len(history.steps)
+        if resume_from is not None and config.checkpoint_dir is not None
+        and _same_path(resume_from, config.checkpoint_dir)
+        else None
+    )
     bar = tqdm(
         total=total_steps,
         initial=len(history.steps),
@@ -574,24 +753,39 @@ def train(
         unit="step",
         disable=not (config.progress and context.is_main),
     )
-    with bar:
-        while len(history.steps) < total_steps:
-            epoch = stream.epoch
-            batch = stream.next_batch()
-            loss, lr = train_step(trained, optimizer, scheduler, batch, config, device)
-            loss = average_over_processes(loss)  # the global batch's loss
-            history.record_step(loss, lr, tokens=batch[0].numel() * context.world_size)
-            history.elapsed_seconds = time.perf_counter() - start
-            step = len(history.steps)
-            _notify(callbacks, "on_step", _step_state(history, total_steps, epoch))
-            if step % config.eval_every == 0 or step == total_steps:
-                record = _evaluate(model, loaders, config, history)
-                _notify(callbacks, "on_eval", record)
-            bar.update()
-            bar.set_postfix(_progress_summary(history))
-            if config.checkpoint_dir is not None and _checkpoint_due(config, step, total_steps):
-                _save_run(model, optimizer, scheduler, stream, history, config, loaders,
-                          tokenizer)
+    try:
+        with bar:
+            while len(history.steps) < total_steps:
+                epoch = stream.epoch
+                batch = stream.next_batch()
+                try:
+                    loss, lr = train_step(trained, optimizer, scheduler, batch, config, device)
+                except RuntimeError as error:  # torch.OutOfMemoryError is one
+                    if not is_out_of_memory(error):
+                        raise
+                    raise _out_of_memory_error(model, batch, error) from None
+                loss = average_over_processes(loss)  # the global batch's loss
+                history.record_step(loss, lr, tokens=batch[0].numel() * context.world_size)
+                history.elapsed_seconds = time.perf_counter() - start
+                step = len(history.steps)
+                _notify(callbacks, "on_step", _step_state(history, total_steps, epoch))
+                if step % config.eval_every == 0 or step == total_steps:
+                    record = _evaluate(model, loaders, config, history)
+                    _notify(callbacks, "on_eval", record)
+                bar.update()
+                bar.set_postfix(_progress_summary(history))
+                if config.checkpoint_dir is not None and _checkpoint_due(config, step,
+                                                                         total_steps):
+                    _save_run(model, optimizer, scheduler, stream, history, config, loaders,
+                              tokenizer)
+                    saved_step = step
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            len(history.steps), total_steps, config.checkpoint_dir, saved_step,
+            config.checkpoint_every,
+        ) from None
     _notify(callbacks, "on_end", history)
     return history
 
@@ -616,7 +810,26 @@ def train_step(
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     scheduler.step()
-    return loss.item(), lr
+    value = loss.item()  # waits for the device; the NaN check below adds no other wait
+    if math.isnan(value):
+        _check_has_targets(targets, "a training batch")
+    return value, lr
+
+
+def _check_has_targets(targets: torch.Tensor, what: str) -> None:
+    """Explain a NaN loss that comes from a batch whose targets are all ignored (-100): the
+    mean over no target is 0 / 0. Called only once the loss is NaN, so it costs nothing else."""
+    if not (targets != IGNORE_INDEX).any():
+        raise TrainingError(
+            f"{what} has no target to learn from: all its {targets.numel()} targets are "
+            f"{IGNORE_INDEX} (ignored), so its loss is 0 / 0 = NaN; every token is padding, or "
+            "prompt under prompt masking. Drop the examples that have no token to predict, or "
+            "make room for their answers (a longer maximum length, a shorter prompt)"
+        )
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -349,3 +349,49 @@ def test_classifier_checkpoint_errors(tmp_path: Path):
     (directory / "classifier.json").write_text('{"format": "something else"}')
     with pytest.raises(ClassifierCheckpointError, match="not a classifier description"):
         load_classifier(directory)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("max_length", "12", "null or a whole number, at least 1, got \"12\" (a JSON string)"),
+        ("max_length", 0, "null or a whole number, at least 1, got 0 (a JSON number)"),
+        ("read_position", ["last"], "one of 'last', 'last_real', got [\"last\"] (a JSON array)"),
+        ("read_position", "first", "one of 'last', 'last_real', got \"first\""),
+        ("num_classes", "2", "a whole number, at least 2, got \"2\" (a JSON string)"),
+        ("num_classes", True, "a whole number, at least 2, got true (a JSON boolean)"),
+        ("class_names", "ab", "a list of non-empty strings, got \"ab\" (a JSON string)"),
+        ("class_names", [1, 2], "a list of non-empty strings, got [1, 2] (a JSON array)"),
+        ("pad_id", -5, "null or a token id (a whole number, 0 or more), got -5"),
+        ("pad_id", 1.5, "null or a token id (a whole number, 0 or more), got 1.5"),
+    ],
+)
+def test_tampered_classifier_fields_name_the_field_and_the_file(tmp_path, field, value, expected):
+    directory = save_classifier(tmp_path / "clf", Classifier(tiny_classifier(), max_length=8))
+    path = directory / "classifier.json"
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, field: value}))
+    with pytest.raises(ClassifierCheckpointError) as raised:
+        load_classifier(directory)
+    assert str(raised.value).startswith(f"{path}: field {field!r} must be {expected}")
+    assert str(raised.value).endswith("save the classifier again")
+
+
+def test_a_padding_id_outside_the_vocabulary_is_refused(tmp_path):
+    directory = save_classifier(tmp_path / "clf", Classifier(tiny_classifier(), max_length=8))
+    path = directory / "classifier.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pad_id": 50257}))
+    with pytest.raises(ClassifierCheckpointError, match="'pad_id' is 50257, not a token id of the "
+                       "model's vocabulary of 50257"):
+        load_classifier(directory)
+
+
+def test_data_of_one_class_is_refused_with_the_counts():
+    only_ham = [(f"ham {i}", 0) for i in range(40)]
+    with pytest.raises(ClassifierError, match=r"the data holds one class only \(40 ham, 0 spam\)"):
+        balanced_split(only_ham)
+    one_class_training = Split(train=[("win", 1), ("prize", 1)], validation=[("hi", 0)],
+                               test=[("hi", 0)])
+    with pytest.raises(ClassifierError, match=r"the training part holds one class only "
+                       r"\(0 ham, 2 spam\)"):
+        make_loaders(one_class_training, gpt2_tokenizer(), batch_size=1)

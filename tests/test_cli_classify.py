@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from llmcourse.checkpoints import save_checkpoint
-from llmcourse.classification import load_classifier
+from llmcourse.classification import Classifier, load_classifier, replace_head, save_classifier
 from llmcourse.cli import main
 from llmcourse.model import GPT, GPTConfig
 
@@ -70,3 +71,66 @@ def test_errors_are_reported_without_a_traceback(data_mirror, base_checkpoint, t
     with pytest.raises(SystemExit):
         main(["finetune", "classify", "--base", str(base_checkpoint), "--out", "x",
               "--strategy", "everything"])
+
+
+def one_line_error(capsys) -> str:
+    """The message of a command that failed with a one-line error and printed nothing else."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    return captured.err.removeprefix("error: ").rstrip("\n")
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine without a CUDA or Apple GPU, whatever this one has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("action", ["classify", "instruct"])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (["--lr", "nan"], "--lr must be a positive number, got nan"),
+        (["--lr", "inf"], "--lr must be a positive number, got inf"),
+        (["--weight-decay", "-0.5"], "--weight-decay must be 0 or a positive number, got -0.5"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+        (["--device", "cuda"], "--device 'cuda' is not available: PyTorch finds no CUDA GPU on "
+                               "this machine (or was built without CUDA); use one of the devices "
+                               "available here: cpu"),
+        (["--device", "cuda:1"], "--device 'cuda:1' is not available"),
+        (["--device", "mps"], "--device 'mps' is not available: PyTorch finds no Apple GPU"),
+    ],
+)
+def test_finetune_options_fail_before_any_work(tmp_path, capsys, no_gpu, action, options,
+                                               message):
+    # a base model that does not exist: the options are refused before it is looked for
+    argv = ["finetune", action, "--base", str(tmp_path / "nowhere"), "--out",
+            str(tmp_path / "out"), *options]
+    assert main(argv) == 2
+    assert one_line_error(capsys).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_classify_checks_the_device_before_loading(tmp_path, capsys, no_gpu):
+    assert main(["classify", str(tmp_path / "nowhere"), "hello", "--device", "cuda"]) == 2
+    assert one_line_error(capsys).endswith("use one of the devices available here: cpu")
+
+
+def test_a_tampered_classifier_file_is_a_one_line_error(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    replace_head(model, 2)
+    save_classifier(tmp_path / "clf", Classifier(model, max_length=12))
+    settings_path = tmp_path / "clf" / "classifier.json"
+    settings = json.loads(settings_path.read_text())
+    settings_path.write_text(json.dumps({**settings, "max_length": "12"}))
+    assert main(["classify", str(tmp_path / "clf"), "hello"]) == 2
+    assert one_line_error(capsys) == (
+        f"{settings_path}: field 'max_length' must be null or a whole number, at least 1, got "
+        '"12" (a JSON string); the file was changed or damaged: save the classifier again'
+    )

@@ -107,6 +107,24 @@ def test_fetch_offline_without_mirror_fails_with_instructions(
     assert offline == [entry.url]
 
 
+def test_a_file_as_cache_folder_is_a_one_line_error(
+    tmp_path: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(datasets.MIRROR_ENV, raising=False)
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file))
+    assert main(["data", "fetch", "the-verdict"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"error: the cache folder {a_file} (from ${datasets.CACHE_ENV}) is a file, not a "
+        f"directory; point {datasets.CACHE_ENV} at a directory (or unset it to use "
+        "~/.cache/llmcourse)\n"
+    )
+    assert offline == []
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

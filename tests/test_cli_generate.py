@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmcourse.checkpoints import save_checkpoint
@@ -60,3 +61,50 @@ def test_missing_checkpoint_and_too_long_prompt_fail_clearly(tmp_path, capsys):
     save_checkpoint(tmp_path / "ckpt", tiny_model())
     assert main(["generate", str(tmp_path / "ckpt"), "word " * 40, "--no-stream"]) == 2
     assert "between 1 and 32 tokens" in capsys.readouterr().err
+
+
+def one_line_error(capsys) -> str:
+    """The message of a command that failed with a one-line error and printed nothing else
+    (not the prompt either)."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    return captured.err.removeprefix("error: ").rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["-t", "nan"], "--temperature must be 0 or a positive number, got nan"),
+        (["-t", "-1"], "--temperature must be 0 or a positive number, got -1.0"),
+        (["-t", "inf"], "--temperature must be 0 or a positive number, got inf"),
+        (["-k", "0"], "--top-k must be at least 1, got 0"),
+        (["-p", "0"], "--top-p must lie in (0, 1] (the probability mass to sample from; 1 keeps "
+                      "every token), got 0.0"),
+        (["-p", "1.5"], "--top-p must lie in (0, 1]"),
+        (["-n", "0"], "--max-new-tokens must be at least 1, got 0"),
+    ],
+)
+def test_bad_sampling_options_fail_before_loading_or_printing(tmp_path, capsys, options, message):
+    save_checkpoint(tmp_path / "ckpt", tiny_model())
+    assert main(["generate", str(tmp_path / "ckpt"), PROMPT, *options]) == 2
+    assert one_line_error(capsys).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["-t", "nan"], "--temperature must be 0 or a positive number, got nan"),
+        (["--device", "cuda"], "--device 'cuda' is not available: PyTorch finds no CUDA GPU on "
+                               "this machine (or was built without CUDA); use one of the devices "
+                               "available here: cpu"),
+        (["--device", "gpu"], "--device 'gpu' is not a device name; use one of the devices "
+                              "available here: cpu"),
+    ],
+)
+def test_chat_checks_its_options_before_loading(tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    # no checkpoint there: the options are refused before it is looked for
+    assert main(["chat", str(tmp_path / "nowhere"), *options]) == 2
+    assert one_line_error(capsys) == message

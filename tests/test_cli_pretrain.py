@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import shlex
+
 import pytest
 import torch
 
+from llmcourse import training
 from llmcourse.checkpoints import load_checkpoint, load_model
 from llmcourse.cli import main
 from llmcourse.errors import CourseError
@@ -79,3 +82,124 @@ def test_a_local_text_file_is_a_corpus(tmp_path):
     path.write_bytes(b"\xff\xfe bad")
     with pytest.raises(CourseError, match="not UTF-8"):
         read_corpus(str(path))
+
+
+def last_line(error: str) -> str:
+    """The message a command printed last on standard error, after any progress bar (which
+    ends its line before the message); no traceback may come with it."""
+    assert "Traceback" not in error and error.endswith("\n")
+    return error.rstrip("\n").split("\n")[-1]
+
+
+def one_line_error(capsys) -> str:
+    """The message of a command that failed with a one-line error and printed nothing else."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    message = last_line(captured.err)
+    assert message.startswith("error: ") and "\r" not in message, captured.err
+    return message.removeprefix("error: ")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--context-length", "0", "--context-length must be at least 1, got 0"),
+        ("--dropout", "1.5", r"--dropout must lie in [0, 1) (the probability of dropping an "
+                             "activation), got 1.5"),
+        ("--dropout", "nan", "--dropout must lie in [0, 1)"),
+        ("--val-fraction", "0", "--val-fraction must lie in (0, 1) (the share of the corpus "
+                                "held out for validation, such as 0.1), got 0.0"),
+        ("--val-fraction", "1.5", "--val-fraction must lie in (0, 1)"),
+        ("--max-characters", "-10", "--max-characters must be at least 1, got -10"),
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--lr", "nan", "--lr must be a positive number, got nan"),
+        ("--weight-decay", "-0.1", "--weight-decay must be 0 or a positive number, got -0.1"),
+        ("--checkpoint-every", "0", "--checkpoint-every must be at least 1, got 0"),
+    ],
+)
+def test_out_of_range_options_fail_before_any_work(tmp_path, capsys, option, value, message):
+    out = tmp_path / "out"
+    # a corpus that does not exist: the options are refused before it is looked for
+    argv = ["pretrain", str(tmp_path / "missing.txt"), "--out", str(out), "--steps", "1",
+            option, value]
+    assert main(argv) == 2
+    assert one_line_error(capsys).startswith(message)
+    assert not out.exists()
+
+
+def test_pretraining_run_checks_its_fields():
+    with pytest.raises(CourseError, match="val_fraction must lie strictly between 0 and 1"):
+        PretrainingRun("the-verdict", TINY, val_fraction=1.0)
+    with pytest.raises(CourseError, match="max_characters must be None .* got -10"):
+        PretrainingRun("the-verdict", TINY, max_characters=-10)
+    with pytest.raises(CourseError, match="batch_size must be a whole number"):
+        PretrainingRun("the-verdict", TINY, batch_size=0)
+
+
+TINY_ARGV = ["--preset", "course-tiny", "--context-length", "16", "--batch-size", "2",
+             "--max-characters", "3000", "--eval-every", "100", "--eval-batches", "1"]
+
+
+def test_running_out_of_memory_is_a_one_line_error_with_an_estimate(
+    data_mirror, tmp_path, capsys, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 "
+                                     "has a total capacity of 79.10 GiB of which 1.2 GiB is free.")
+
+    monkeypatch.setattr(training, "train_step", refuse)
+    argv = ["pretrain", "the-verdict", "--out", str(tmp_path / "out"), "--steps", "2", *TINY_ARGV]
+    assert main(argv) == 2
+    message = one_line_error(capsys)
+    assert message.startswith("out of memory on cpu in a training step (it asked for 20.00 GiB "
+                              "more): a batch of 2 sequences of 16 tokens needs about ")
+    assert "AdamW state" in message and "by a rough estimate" in message
+    assert message.endswith("lower the batch size (--batch-size) or the context length "
+                            "(--context-length): the activations grow with both")
+
+
+class InterruptAt:
+    """A stand-in for ``train_step`` that presses Ctrl-C at the given call."""
+
+    def __init__(self, call: int):
+        self.call, self.calls = call, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        return REAL_TRAIN_STEP(*args, **kwargs)
+
+
+REAL_TRAIN_STEP = training.train_step
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(
+    data_mirror, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "4", "--checkpoint-every",
+            "2", *TINY_ARGV]
+    monkeypatch.setattr(training, "train_step", InterruptAt(4))
+    assert main(argv) == 130
+    error = last_line(capsys.readouterr().err)
+    assert error.startswith(f"interrupted after step 3 of 4; the last checkpoint, of step 2, is "
+                            f"in {out}. Continue the run with: llmcourse pretrain the-verdict ")
+    command = shlex.split(error.split("Continue the run with: ")[1])
+    assert command == ["llmcourse", *argv, "--resume"]
+    monkeypatch.setattr(training, "train_step", REAL_TRAIN_STEP)
+    assert main(command[1:]) == 0  # the printed command continues the run to its end
+    assert "step 4: train loss" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(
+    data_mirror, tmp_path, capsys, monkeypatch
+):
+    argv = ["pretrain", "the-verdict", "--out", str(tmp_path / "out"), "--steps", "3", *TINY_ARGV]
+    monkeypatch.setattr(training, "train_step", InterruptAt(2))
+    assert main(argv) == 130
+    error = last_line(capsys.readouterr().err)
+    assert error.startswith("interrupted after step 1 of 3, before the run's first checkpoint "
+                            "(this run saves only after its last step; add --checkpoint-every N "
+                            "to save every N steps); nothing to resume. Start again with: ")
+    assert shlex.split(error.split("Start again with: ")[1]) == ["llmcourse", *argv]

@@ -151,6 +151,27 @@ def test_cache_dir_follows_the_environment(cache: Path, monkeypatch: pytest.Monk
     assert datasets.cache_dir() == Path("/home/learner/.cache/llmcourse/data")
 
 
+def test_a_file_as_cache_folder_says_to_point_the_variable_at_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file))
+    with pytest.raises(datasets.CacheDirectoryError) as raised:
+        datasets.cache_dir()
+    assert isinstance(raised.value, CourseError) and isinstance(raised.value, NotADirectoryError)
+    assert str(raised.value) == (
+        f"the cache folder {a_file} (from ${datasets.CACHE_ENV}) is a file, not a directory; "
+        f"point {datasets.CACHE_ENV} at a directory (or unset it to use ~/.cache/llmcourse)"
+    )
+    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file / "inside"))
+    with pytest.raises(datasets.CacheDirectoryError, match=f"lies inside {a_file}, which is a "
+                       "file, not a directory"):
+        datasets.cache_path("the-verdict")
+    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "not" / "yet" / "made"))
+    assert datasets.cache_root() == tmp_path / "not" / "yet" / "made"  # created when needed
+
+
 def test_sha256_of_is_remembered_until_the_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -377,6 +377,39 @@ def test_bad_generation_arguments_are_rejected():
         generate(model, prompts, 3, temperature=1.0, top_k=0)
 
 
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"temperature": float("nan")}, "temperature must be 0 .greedy. or positive .and finite."),
+        ({"temperature": float("inf")}, "temperature must be 0 .greedy. or positive .and finite."),
+        ({"temperature": -0.5}, "temperature must be 0 .greedy. or positive .and finite."),
+        ({"temperature": "hot"}, "temperature must be 0 .greedy. or positive .and finite."),
+        ({"temperature": 1.0, "top_k": 0}, "top_k must be a whole number of tokens, at least 1"),
+        ({"temperature": 1.0, "top_k": 2.5}, "top_k must be a whole number"),
+        ({"temperature": 1.0, "top_p": 0.0}, r"top_p must be a probability in \(0, 1\]"),
+        ({"temperature": 1.0, "top_p": 1.5}, r"top_p must be a probability in \(0, 1\]"),
+        ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must be a probability"),
+    ],
+)
+@pytest.mark.parametrize("function", [generate, stream_generate])
+def test_sampling_arguments_are_checked_before_generating(function, options, match):
+    with pytest.raises(GenerationError, match=match) as error:
+        function(random_gpt(), random_prompts(1, 3), 3, **options)
+    assert isinstance(error.value, CourseError)
+
+
+def test_bad_numbers_of_new_tokens_and_temperatures_are_rejected_everywhere():
+    model, prompts = random_gpt(), random_prompts(1, 3)
+    for count in (-1, 2.5, True):
+        with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more .a whole"):
+            generate(model, prompts, count)
+    logits = torch.zeros(1, 97)
+    with pytest.raises(GenerationError, match="temperature"):
+        sample_next_token(logits, temperature=float("nan"))
+    with pytest.raises(GenerationError, match="temperature must be positive .and finite."):
+        apply_temperature(logits, float("inf"))
+
+
 def test_generation_runs_in_eval_mode_and_restores_training_mode():
     model = random_gpt(replace(CONFIG, dropout=0.5))
     prompts = random_prompts(2, 5)

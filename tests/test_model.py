@@ -11,6 +11,7 @@ from llmcourse.model import (
     PRESETS,
     CausalSelfAttention,
     GPTConfig,
+    GPTConfigError,
     InputError,
     causal_mask,
     count_parameters,
@@ -194,3 +195,32 @@ def test_residual_projection_init_is_scaled():
     std = model.transformer.h[0].attn.c_proj.weight.std().item()
     assert std == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"context_length": 0}, "context_length must be a positive integer"),
+        ({"dropout": 1.5}, r"dropout must be a probability in \[0, 1\), got 1.5"),
+        ({"dropout": float("nan")}, "dropout must be a probability"),
+        ({"dropout": "0.1"}, "dropout must be a probability"),
+    ],
+)
+def test_config_errors_are_course_errors_and_value_errors(fields, match):
+    with pytest.raises(GPTConfigError, match=match) as error:
+        GPTConfig(**fields)
+    assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
+
+
+@pytest.mark.parametrize("bad", [97, 50256, -1, -101])
+def test_targets_outside_the_vocabulary_are_rejected(tiny_model, bad):
+    ids = torch.tensor([[1, 2, 3]])
+    targets = torch.tensor([[2, bad, -100]])
+    with pytest.raises(InputError, match=rf"in \[0, 96\] or -100 \(ignored\), got {bad} "):
+        tiny_model(ids, targets)
+
+
+def test_targets_must_be_long_integers(tiny_model):
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(InputError, match="int64"):
+        tiny_model(ids, ids.float())

@@ -353,6 +353,27 @@ def test_decode_rejects_unknown_ids(small_bpe: BPETokenizer) -> None:
         small_bpe.decode([-1])
 
 
+
+@pytest.mark.parametrize("ids", [[65, -1], [300], [10**20]])
+def test_the_tiktoken_export_refuses_ids_outside_the_vocabulary(
+    small_bpe: BPETokenizer, ids: list[int]
+) -> None:
+    """tiktoken alone raises OverflowError or KeyError; the export names the id and the range."""
+    encoding = small_bpe.to_tiktoken()
+    bad = ids[-1]
+    message = f"token id {bad} is not in the vocabulary; valid ids are 0..299"
+    for decode in (encoding.decode, encoding.decode_bytes, encoding.decode_tokens_bytes,
+                   encoding.decode_with_offsets):
+        with pytest.raises(TokenizerError, match=re.escape(message)) as raised:
+            decode(ids)
+        assert isinstance(raised.value, CourseError)
+    with pytest.raises(TokenizerError, match=re.escape(message)):
+        encoding.decode_single_token_bytes(bad)
+    with pytest.raises(TokenizerError, match=re.escape("token ids must be integers, got 1.5")):
+        encoding.decode([1.5])
+    assert encoding.decode([72, 105]) == "Hi"  # valid ids decode as before
+
+
 # --- Special tokens -------------------------------------------------------------------------
 
 

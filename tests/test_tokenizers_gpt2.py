@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse.datasets import DataUnavailableError, fetch
-from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, BPETokenizer, gpt2_tokenizer
+from llmcourse.tokenizers import (
+    GPT2_EOT_ID,
+    GPT2_VOCAB_SIZE,
+    BPETokenizer,
+    TokenizerError,
+    gpt2_tokenizer,
+)
 from llmcourse.tokenizers.bpe import MissingTokenizerFileError, TokenizerFileError
 
 LINES_PER_CORPUS = 300
@@ -239,3 +245,13 @@ def test_missing_gpt2_files(tmp_path: Path) -> None:
         BPETokenizer.from_gpt2_files(tmp_path / "missing.json", vocab_path)
     with pytest.raises(MissingTokenizerFileError, match="fetch\\('gpt2-vocab'\\)"):
         BPETokenizer.from_gpt2_files(encoder_path, tmp_path / "missing.bpe")
+
+
+@pytest.mark.parametrize("bad", [-1, GPT2_VOCAB_SIZE])
+def test_decoding_an_id_outside_the_vocabulary_names_it(
+    encoding: tiktoken.Encoding, bad: int
+) -> None:
+    with pytest.raises(TokenizerError, match=re.escape(
+        f"token id {bad} is not in the vocabulary; valid ids are 0..50256"
+    )):
+        encoding.decode([15496, bad])

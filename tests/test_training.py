@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from llmcourse import training
 from llmcourse.checkpoints import save_checkpoint
 from llmcourse.data import SlidingWindowDataset, create_dataloader
 from llmcourse.errors import CourseError
-from llmcourse.model import GPT, GPTConfig
+from llmcourse.model import GPT, PRESETS, GPTConfig, count_parameters
 from llmcourse.schedules import warmup_cosine_lr, warmup_cosine_scheduler
 from llmcourse.training import (
     EvalRecord,
@@ -25,6 +26,9 @@ from llmcourse.training import (
     TrainingConfigError,
     TrainingError,
     TrainingHistory,
+    TrainingInterrupted,
+    TrainingOutOfMemoryError,
+    estimate_training_memory,
     evaluate_loss,
     fused_adamw_unsupported_reason,
     make_optimizer,
@@ -426,3 +430,85 @@ def test_callbacks_receive_every_event_in_order() -> None:
     assert all(s.total_steps == 5 for s in steps)
     assert [payload for kind, payload in recorder.events if kind == "eval"] == history.evals
     assert recorder.events[-1][1] is history
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors a user can fix
+
+
+def test_training_memory_estimate_adds_weights_gradients_adamw_and_activations() -> None:
+    config = PRESETS["gpt2-small"]
+    parameters = count_parameters(config)
+    estimate = estimate_training_memory(config, batch_size=8, sequence_length=1024)
+    assert (estimate.weights, estimate.gradients, estimate.optimizer) == (
+        4 * parameters, 4 * parameters, 8 * parameters
+    )
+    per_token = 12 * 19 * 768 + 4 * 50257  # 19 x n_embd per layer, 4 per vocabulary entry
+    assert estimate.activations == 8 * 1024 * per_token * 4
+    assert estimate.total == 16 * parameters + estimate.activations
+    # activations grow with the batch and the context, the rest does not
+    twice = estimate_training_memory(config, batch_size=16, sequence_length=1024)
+    assert twice.activations == 2 * estimate.activations and twice.weights == estimate.weights
+    assert estimate_training_memory(config, 8).activations == estimate.activations  # full context
+    frozen = estimate_training_memory(config, 8, parameters=parameters, trainable=1000)
+    assert (frozen.gradients, frozen.optimizer) == (4000, 8000)
+    assert estimate.describe().startswith(f"about {estimate.total / 2**30:.1f} GiB (weights 0.5, ")
+    with pytest.raises(TrainingConfigError, match="batch_size"):
+        estimate_training_memory(config, 0)
+
+
+def test_an_allocation_failure_in_a_step_says_what_the_run_needs(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 107374182400 bytes. Error "
+                           "code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(training, "train_step", refuse)
+    with pytest.raises(TrainingOutOfMemoryError) as raised:
+        train(make_model(), *make_loaders(), quick_config())
+    message = str(raised.value)
+    assert isinstance(raised.value, CourseError) and "\n" not in message
+    assert "out of memory on cpu in a training step (it asked for 100.0 GiB more)" in message
+    assert f"a batch of {BATCH} sequences of {CONTEXT} tokens needs about " in message
+    assert "by a rough estimate" in message
+    assert "lower the batch size (--batch-size) or the context length (--context-length)" in message
+
+    def other_failure(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(training, "train_step", other_failure)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        train(make_model(), *make_loaders(), quick_config())
+
+
+def ignored_targets_loader() -> DataLoader:
+    inputs = torch.randint(0, 64, (4, CONTEXT), generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(inputs, torch.full_like(inputs, -100)), batch_size=2)
+
+
+def test_a_batch_without_any_target_is_explained_not_trained_on_as_nan() -> None:
+    with pytest.raises(TrainingError, match="a training batch has no target to learn from: all "
+                       "its 32 targets are -100") as raised:
+        train(make_model(), ignored_targets_loader(), None, quick_config(max_steps=2))
+    assert "prompt under prompt masking" in str(raised.value)
+    with pytest.raises(TrainingError, match="an evaluation batch has no target to learn from"):
+        evaluate_loss(make_model(), ignored_targets_loader())
+
+
+def test_an_interrupted_run_says_which_step_its_checkpoint_holds(tmp_path: Path) -> None:
+    class StopAt:
+        def on_step(self, state: StepState) -> None:
+            if state.step == 5:
+                raise KeyboardInterrupt
+
+    config = quick_config(checkpoint_every=2, checkpoint_dir=tmp_path / "run", eval_every=100)
+    with pytest.raises(TrainingInterrupted) as raised:
+        train(make_model(), *make_loaders(), config, callbacks=[StopAt()])
+    interrupt = raised.value
+    assert isinstance(interrupt, KeyboardInterrupt)
+    assert (interrupt.steps_done, interrupt.total_steps, interrupt.checkpoint_step) == (5, 12, 4)
+    assert str(interrupt).startswith("training interrupted after step 5 of 12; the last "
+                                     f"checkpoint, of step 4, is in {tmp_path / 'run'}")
+    without = quick_config(eval_every=100)
+    with pytest.raises(TrainingInterrupted, match="no checkpoint of this run was written"):
+        train(make_model(), *make_loaders(), without, callbacks=[StopAt()])

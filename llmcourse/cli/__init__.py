@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``llmcourse`` console script; returns the exit status."""
+    """Entry point of the ``llmcourse`` console script; returns the exit status.
+
+    The handlers see the arguments as given in ``args.command_line`` (to print a command to
+    run next). A KeyboardInterrupt's message, when it has one, says what was saved and how to
+    continue."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = argv
     try:
         return args.handler(args) or 0
     except CourseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(str(interrupt) or "interrupted", file=sys.stderr)
         return 130

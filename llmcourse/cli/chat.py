@@ -11,8 +11,8 @@ import tiktoken
 import torch
 
 from llmcourse import instruction as inst
+from llmcourse.cli import options
 from llmcourse.cli.generate import add_sampling_arguments
-from llmcourse.errors import CourseError
 from llmcourse.generation import decode_stream, stream_generate
 from llmcourse.model import GPT
 from llmcourse.pretrained import load_model_and_tokenizer
@@ -42,8 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 0:
-        raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    options.sampling(args)  # before the model is loaded
+    options.device(args.device)
     model, tokenizer, prompt_format = load_chat_model(args.checkpoint, args.format, args.device)
     end_id = end_of_text_id(tokenizer)
     generator = None

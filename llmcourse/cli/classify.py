@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llmcourse.classification import load_classifier
+from llmcourse.cli import options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options.device(args.device)
     classifier = load_classifier(args.checkpoint, device=args.device)
     for text in args.texts:
         label, probability = classifier.classify(text)

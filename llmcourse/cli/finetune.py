@@ -13,6 +13,7 @@ import torch
 
 from llmcourse import classification as cls
 from llmcourse import instruction as inst
+from llmcourse.cli import options
 from llmcourse.errors import CourseError
 from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
@@ -52,6 +53,17 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int) -> No
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...")
 
 
+def _check_common_arguments(args: argparse.Namespace) -> None:
+    """Refuse out-of-range values of the options ``_add_common_arguments`` adds (and of the
+    evaluation and data options both actions have), naming the option, before any work."""
+    for option in ("--epochs", "--batch-size", "--eval-every", "--eval-batches",
+                   "--max-examples"):
+        options.at_least(option, getattr(args, option[2:].replace("-", "_")))
+    options.positive_number("--lr", args.lr)
+    options.non_negative_number("--weight-decay", args.weight_decay)
+    options.device(args.device)
+
+
 def _register_classify(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
         "classify",
@@ -79,6 +91,9 @@ def _register_classify(actions: argparse._SubParsersAction) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    _check_common_arguments(args)
+    options.at_least("--rank", args.rank)
+    options.positive_number("--alpha", args.alpha)
     cls.check_save_destination(args.out)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
@@ -175,9 +190,10 @@ def _register_instruct(actions: argparse._SubParsersAction) -> None:
 
 def run_instruct(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    _check_common_arguments(args)
+    options.at_least("--max-new-tokens", args.max_new_tokens)
+    options.at_least("--max-length", args.max_length)
     inst.check_save_destination(out)
-    if args.max_examples is not None and args.max_examples < 1:
-        raise CourseError(f"--max-examples must be at least 1, got {args.max_examples}")
     data = args.data if args.data is not None else current_profile().instruction_data
     # Every --data but stories is read and checked now, before the model is loaded.
     loaded = None if data == "stories" else _load_instruction_split(data)

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.cli import options
 from llmcourse.generation import generate_text
 from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.tokenizers.files import end_of_text_id
@@ -47,8 +47,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 0:
-        raise CourseError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    options.sampling(args)  # before the model is loaded and the prompt printed
     model, tokenizer = load_model_and_tokenizer(args.model)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     stream = None if args.no_stream else _print_piece

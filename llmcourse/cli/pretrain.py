@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from dataclasses import replace
 
 import torch
 
-from llmcourse.distributed import cleanup, init_distributed
+from llmcourse.cli import options
+from llmcourse.distributed import DistributedContext, cleanup, init_distributed
 from llmcourse.model import PRESETS, GPTConfig
 from llmcourse.pretraining import PretrainingRun, pretrain, run_tokenizer
-from llmcourse.training import TrainingConfig
+from llmcourse.training import TrainingConfig, TrainingInterrupted
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -57,7 +60,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option values out of range, naming the option, before any work is done."""
+    options.at_least("--context-length", args.context_length)
+    options.between("--dropout", args.dropout, 0, 1, include_low=True,
+                    meaning=" (the probability of dropping an activation)")
+    for option in ("--steps", "--epochs", "--batch-size", "--eval-every", "--eval-batches",
+                   "--checkpoint-every", "--max-characters"):
+        options.at_least(option, getattr(args, option[2:].replace("-", "_")))
+    options.at_least("--warmup-steps", args.warmup_steps, 0)
+    options.positive_number("--lr", args.lr)
+    options.non_negative_number("--weight-decay", args.weight_decay)
+    options.positive_number("--grad-clip", args.grad_clip)
+    options.between("--val-fraction", args.val_fraction, 0, 1,
+                    meaning=" (the share of the corpus held out for validation, such as 0.1)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_options(args)
     overrides = {"dropout": args.dropout}
     if args.context_length is not None:
         overrides["context_length"] = args.context_length
@@ -89,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     context = init_distributed()
     try:
         _, history = pretrain(spec, args.out, resume=args.resume)
+    except TrainingInterrupted as interrupt:
+        if not context.is_main:
+            raise KeyboardInterrupt from None
+        raise KeyboardInterrupt(interrupted_message(interrupt, args, context)) from None
     finally:
         cleanup()
     if not context.is_main:
@@ -101,3 +125,27 @@ def run(args: argparse.Namespace) -> int:
         f"({history.tokens_per_second:,.0f} tokens/s); checkpoint: {args.out}"
     )
     return 0
+
+
+def interrupted_message(
+    interrupt: TrainingInterrupted, args: argparse.Namespace, context: DistributedContext
+) -> str:
+    """Where the interrupted run's last checkpoint is, and the command that continues it (or,
+    without a checkpoint, the one that starts it again)."""
+    command_line = list(getattr(args, "command_line", sys.argv[1:]))
+    launcher = ["llmcourse"]
+    if context.world_size > 1:
+        launcher = ["torchrun", f"--nproc_per_node={context.world_size}", "-m", "llmcourse"]
+    progress = f"interrupted after step {interrupt.steps_done} of {interrupt.total_steps}"
+    if interrupt.checkpoint_step is None:
+        if args.checkpoint_every is None:
+            when = ("this run saves only after its last step; add --checkpoint-every N to save "
+                    "every N steps")
+        else:
+            when = f"the first comes after step {args.checkpoint_every}"
+        return (f"{progress}, before the run's first checkpoint ({when}); nothing to resume. "
+                f"Start again with: {shlex.join([*launcher, *command_line])}")
+    if not args.resume:
+        command_line.append("--resume")
+    return (f"{progress}; the last checkpoint, of step {interrupt.checkpoint_step}, is in "
+            f"{args.out}. Continue the run with: {shlex.join([*launcher, *command_line])}")

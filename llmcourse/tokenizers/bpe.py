@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+import operator
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import pairwise
@@ -72,6 +73,50 @@ class TokenizerFileError(TokenizerError):
 
 class MissingTokenizerFileError(CourseError, FileNotFoundError):
     """A tokenizer file that does not exist."""
+
+
+class CheckedEncoding(tiktoken.Encoding):
+    """A ``tiktoken.Encoding`` whose decoding refuses an id outside the vocabulary with a
+    ``TokenizerError`` that names the id and the valid range, where tiktoken raises an
+    OverflowError (a negative id) or a KeyError (an id too large). The ids are looked at only
+    once tiktoken has failed, so decoding valid ids costs what it costs in tiktoken.
+
+    ``gpt2_tokenizer()`` and ``BPETokenizer.to_tiktoken()`` make these."""
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        try:
+            return super().decode_bytes(tokens)
+        except (OverflowError, KeyError, TypeError):
+            problem = invalid_token_id(tokens, self.n_vocab)
+            if problem is None:
+                raise
+        raise TokenizerError(problem)
+
+    def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
+        return self.decode_bytes(tokens).decode("utf-8", errors=errors)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        try:
+            return super().decode_single_token_bytes(token)
+        except (OverflowError, KeyError, TypeError):
+            problem = invalid_token_id([token], self.n_vocab)
+            if problem is None:
+                raise
+        raise TokenizerError(problem)
+
+
+def invalid_token_id(tokens: Iterable[object], vocab_size: int) -> str | None:
+    """What is wrong with the first id of ``tokens`` that is not an integer in
+    [0, ``vocab_size``), as a message; None when every id is one."""
+    for token in tokens:
+        try:
+            value = operator.index(token)
+        except TypeError:
+            return f"token ids must be integers, got {token!r} ({type(token).__name__})"
+        if not 0 <= value < vocab_size:
+            return (f"token id {value} is not in the vocabulary; valid ids are "
+                    f"0..{vocab_size - 1}")
+    return None
 
 
 def pre_split(text: str) -> list[str]:
@@ -336,7 +381,7 @@ class BPETokenizer:
         Like ``encode``, its ``encode`` refuses special tokens unless they are allowed.
         """
         if name not in self._tiktoken_encodings:
-            self._tiktoken_encodings[name] = tiktoken.Encoding(
+            self._tiktoken_encodings[name] = CheckedEncoding(
                 name=name,
                 pat_str=r50k_pat_str,
                 mergeable_ranks=self._mergeable_ranks(),

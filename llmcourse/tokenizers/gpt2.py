@@ -15,6 +15,7 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from llmcourse import datasets
+from llmcourse.tokenizers.bpe import CheckedEncoding
 
 GPT2_EOT_ID = 50256  # id of <|endoftext|>, the last id
 GPT2_VOCAB_SIZE = 50257  # 256 bytes + 50,000 merges + <|endoftext|>
@@ -33,7 +34,7 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         vocab_bpe_hash=vocab_bpe.sha256,
         encoder_json_hash=encoder_json.sha256,
     )
-    return tiktoken.Encoding(
+    return CheckedEncoding(
         name="gpt2",
         pat_str=r50k_pat_str,
         mergeable_ranks=mergeable_ranks,
