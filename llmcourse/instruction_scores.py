@@ -52,27 +52,33 @@ def echo_responses(entries: Sequence[Mapping[str, Any]], field: str,
 
 def scores_with_baselines(
     fine_tuned: Sequence[Mapping[str, Any]],
-    pretrained: Sequence[Mapping[str, Any]],
+    pretrained: Sequence[Mapping[str, Any]] | None = None,
     response_key: str = RESPONSE_KEY,
+    **other_models: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """The ``test-scores.json`` table: the fine-tuned model's ``response_scores`` and, under
-    ``baselines``, those of the pretrained model's responses to the same entries and of the two
-    echo baselines."""
-    if [entry["instruction"] for entry in fine_tuned] != [
-            entry["instruction"] for entry in pretrained]:
-        raise ValueError("the fine-tuned and pretrained responses must answer the same entries, "
-                         "in the same order")
-    baselines = {"pretrained": response_scores(pretrained, response_key)}
+    ``baselines``, those of other models' responses to the same entries (``pretrained``, and
+    any named in ``other_models``, such as ``instruction_tuned`` for a preference-tuned model)
+    and of the two echo baselines."""
+    models = ({"pretrained": pretrained} if pretrained is not None else {}) | other_models
+    baselines = {}
+    for name, responses in models.items():
+        if [entry["instruction"] for entry in fine_tuned] != [
+                entry["instruction"] for entry in responses]:
+            raise ValueError(f"the fine-tuned and {name} responses must answer the same "
+                             "entries, in the same order")
+        baselines[name] = response_scores(responses, response_key)
     for name, field in ECHO_BASELINES.items():
         baselines[name] = response_scores(echo_responses(fine_tuned, field, response_key),
                                           response_key)
     return {"fine_tuned": response_scores(fine_tuned, response_key), "baselines": baselines}
 
 
-def scores_table(scores: Mapping[str, Any]) -> str:
-    """``scores_with_baselines``' result as a text table: one row per model or baseline, the
-    criterion success (overall and per task, when there are tasks) and ROUGE-L."""
-    rows = {"fine-tuned": scores["fine_tuned"],
+def scores_table(scores: Mapping[str, Any], model_name: str = "fine-tuned") -> str:
+    """``scores_with_baselines``' result as a text table: one row per model or baseline (the
+    scored model's row named ``model_name``), the criterion success (overall and per task, when
+    there are tasks) and ROUGE-L."""
+    rows = {model_name: scores["fine_tuned"],
             **{name.replace("_", " "): value for name, value in scores["baselines"].items()}}
     tasks = list(scores["fine_tuned"].get("criterion_success_by_task", {}))
     header = ["", "criterion", *tasks, "ROUGE-L"] if tasks else ["", "ROUGE-L", "token F1"]

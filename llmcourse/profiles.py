@@ -58,6 +58,7 @@ class Profile:
     instruction_epochs: int  # section 7.3 (instruction following) fine-tuning epochs
     instruction_examples: int | None  # training examples used in 7.3 (None: all)
     instruction_data: str  # default `finetune instruct --data`: "stories" (TinyStories) or "book"
+    preference_instructions: int  # section 7.4: training instructions sampled for DPO pairs
     seed: int  # seed of every random number generator in a run
 
 
@@ -85,6 +86,7 @@ PROFILES: dict[str, Profile] = {
             instruction_epochs=1,
             instruction_examples=64,
             instruction_data="stories",
+            preference_instructions=16,
             seed=123,
         ),
         Profile(
@@ -108,6 +110,7 @@ PROFILES: dict[str, Profile] = {
             instruction_epochs=1,
             instruction_examples=None,
             instruction_data="stories",
+            preference_instructions=600,
             seed=123,
         ),
         Profile(
@@ -131,6 +134,7 @@ PROFILES: dict[str, Profile] = {
             instruction_epochs=2,
             instruction_examples=None,
             instruction_data="book",
+            preference_instructions=600,
             seed=123,
         ),
     )

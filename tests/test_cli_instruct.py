@@ -315,3 +315,43 @@ def test_gpt2_profile_fine_tunes_a_hub_checkpoint_on_the_book_data_by_default(
     assert set(scores["baselines"]) == {"pretrained", "echo_instruction", "echo_input"}
     assert scores["fine_tuned"]["criterion_success"] is None
     assert 0.0 <= scores["fine_tuned"]["rouge_l"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune prefer: DPO from an instruction-tuned directory
+
+
+def test_finetune_prefer_trains_with_dpo_and_scores_against_the_instruction_tuned_model(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys
+):
+    tuned = tmp_path / "tuned"
+    assert finetune(base_checkpoint, tuned, "--data", "stories", "--max-examples", "8") == 0
+    preferred = tmp_path / "preferred"
+    assert main(["finetune", "prefer", "--base", str(tuned), "--out", str(preferred),
+                 "--instructions", "12", "--samples", "2", "--batch-size", "2",
+                 "--max-examples", "3", "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "sampling 2 answers to each of 12 story instructions" in printed
+    assert re.search(r"^\d+ DPO steps; reward margin of the last steps -?[\d.]+$", printed, re.M)
+    model = inst.load_instruction_model(preferred)
+    assert (model.settings["beta"], model.settings["lr"], model.settings["data"]) == (
+        0.5, 5e-5, "stories")
+    scores = json.loads((preferred / inst.SCORES_FILE).read_text())
+    assert list(scores["baselines"]) == ["instruction_tuned", "echo_instruction", "echo_input"]
+    for row in (scores["fine_tuned"], *scores["baselines"].values()):
+        assert row["count"] == 3 and row["criterion_success"] is not None
+    responses = inst.load_responses(preferred / inst.RESPONSES_FILE)
+    assert all(response["task"] in TASKS for response in responses)
+
+
+def test_finetune_prefer_needs_an_instruction_tuned_directory_and_valid_options(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys
+):
+    out = str(tmp_path / "out")
+    assert main(["finetune", "prefer", "--base", str(base_checkpoint), "--out", out]) == 2
+    assert "is not an instruction-tuned model" in capsys.readouterr().err
+    for option, value in (("--beta", "0"), ("--samples", "0"), ("--lr", "nan")):
+        assert main(["finetune", "prefer", "--base", str(base_checkpoint), "--out", out,
+                     option, value]) == 2
+        message = capsys.readouterr().err
+        assert option in message and message.count("\n") == 1

@@ -118,3 +118,12 @@ def test_scores_table_of_book_entries():
     assert rows[0].split() == ["fine-tuned", "0.333", "0.333"]
     assert [row.split()[0] for row in rows] == ["fine-tuned", "pretrained", "echo", "echo"]
     assert "%" not in table
+
+
+def test_other_models_are_named_baselines_beside_the_echoes():
+    scores = scores_with_baselines(PRETRAINED, instruction_tuned=FINE_TUNED)
+    assert list(scores["baselines"]) == ["instruction_tuned", "echo_instruction", "echo_input"]
+    assert scores["baselines"]["instruction_tuned"] == response_scores(FINE_TUNED)
+    assert scores_table(scores, model_name="after DPO").splitlines()[1].startswith("after DPO")
+    with pytest.raises(ValueError, match="instruction_tuned"):
+        scores_with_baselines(FINE_TUNED, instruction_tuned=FINE_TUNED[::-1])

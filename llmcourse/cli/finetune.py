@@ -1,10 +1,11 @@
 """``llmcourse finetune ACTION``: adapt a pretrained GPT to a task; ``classify`` is the spam
-filter of section 7.2, ``instruct`` the instruction following of section 7.3. Each action is one
-``_register_*`` function below."""
+filter of section 7.2, ``instruct`` the instruction following of section 7.3, ``prefer`` the
+preference tuning (DPO) of section 7.4. Each action is one ``_register_*`` function below."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from llmcourse import classification as cls
 from llmcourse import instruction as inst
+from llmcourse import preference as pref
 from llmcourse.cli import options
 from llmcourse.errors import CourseError
 from llmcourse.instruction_scores import scores_table, scores_with_baselines
@@ -38,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="finetune_action", required=True, metavar="ACTION")
     _register_classify(actions)
     _register_instruct(actions)
+    _register_prefer(actions)
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int) -> None:
@@ -58,7 +61,7 @@ def _check_common_arguments(args: argparse.Namespace) -> None:
     evaluation and data options both actions have), naming the option, before any work."""
     for option in ("--epochs", "--batch-size", "--eval-every", "--eval-batches",
                    "--max-examples"):
-        options.at_least(option, getattr(args, option[2:].replace("-", "_")))
+        options.at_least(option, getattr(args, option[2:].replace("-", "_"), None))
     options.positive_number("--lr", args.lr)
     options.non_negative_number("--weight-decay", args.weight_decay)
     options.device(args.device)
@@ -237,6 +240,87 @@ def run_instruct(args: argparse.Namespace) -> int:
     if split.test:
         responses = _test_responses(model, tokenizer, split.test, args)
         _save_test_answers(responses, pretrained_responses, out)
+    return 0
+
+
+def _register_prefer(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "prefer",
+        help="preference-tune an instruction-tuned model with DPO on its own answers",
+        description="Starting from a directory of `llmcourse finetune instruct`, sample "
+        "--samples answers to each of --instructions story instructions, keep a preference "
+        "pair where one answer meets the task's criterion and another does not (the reference "
+        "answer is chosen when none does), and train with DPO against a frozen copy of the "
+        f"model. Saves the model in --out like `finetune instruct` ({inst.MODEL_DIR}/ and "
+        f"{inst.INSTRUCTION_FILE}), answers the story test instructions into "
+        f"{inst.RESPONSES_FILE}, and scores them in {inst.SCORES_FILE} beside the "
+        "instruction-tuned model's answers (baseline instruction_tuned) and the two echo "
+        "baselines.",
+    )
+    _add_common_arguments(parser, epochs=1)
+    parser.set_defaults(lr=5e-5, weight_decay=0.0, handler=run_prefer)
+    parser.add_argument("--instructions", type=int, default=None, metavar="N",
+                        help="training instructions to sample answers for (default: the run "
+                        "profile's, 600 in the cpu profile)")
+    parser.add_argument("--samples", type=int, default=4, help="answers sampled per instruction")
+    parser.add_argument("--beta", type=float, default=0.5,
+                        help="DPO's beta: how far the model may move from the reference")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                        help="longest sampled or test answer, in tokens")
+    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
+                        help="use at most N test instructions (quick runs)")
+
+
+def run_prefer(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    _check_common_arguments(args)
+    options.at_least("--samples", args.samples)
+    options.at_least("--instructions", args.instructions)
+    options.at_least("--max-new-tokens", args.max_new_tokens)
+    options.positive_number("--beta", args.beta)
+    inst.check_save_destination(out)
+    tuned = inst.load_instruction_model(args.base, device=args.device)
+    model, fmt, tokenizer = tuned.model, tuned.prompt_format, tuned.tokenizer
+    if tokenizer is None:
+        raise CourseError(f"{args.base} holds no tokenizer file; fine-tune it again with "
+                          "`llmcourse finetune instruct`")
+    context = model.config.context_length
+    split = load_story_instructions(STORY_CORPUS, fits=lambda entry: len(
+        inst.encode_entry(tokenizer, entry, fmt).ids) + 1 <= context)
+    test = split.test[:args.max_examples]
+    count = args.instructions or current_profile().preference_instructions
+    instructions = pref.subsample(split.train, count, seed=args.seed)
+    print(f"sampling {args.samples} answers to each of {len(instructions)} story instructions")
+    pairs = pref.build_preference_pairs(
+        model, tokenizer, instructions, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        prompt_format=fmt, seed=args.seed)
+    print(f"{len(pairs)} preference pairs ({sum(p.chosen_is_reference for p in pairs)} with the "
+          "reference answer as the chosen one)")
+    before = inst.generate_responses(model, tokenizer, test, args.max_new_tokens,
+                                     prompt_format=fmt)
+    loader = pref.pair_loader(pairs, tokenizer, batch_size=args.batch_size, max_length=context,
+                              prompt_format=fmt, seed=args.seed)
+    _, metrics = pref.train_dpo(
+        model, copy.deepcopy(model), loader, beta=args.beta, epochs=args.epochs,
+        learning_rate=args.lr, weight_decay=args.weight_decay, eval_every=len(loader),
+        eval_batches=1, seed=args.seed)
+    margins = metrics.values["reward_margin"]
+    print(f"{len(metrics.steps)} DPO steps; reward margin of the last steps "
+          f"{sum(margins[-10:]) / len(margins[-10:]):.3f}")
+    settings = {name: getattr(args, name) for name in (
+        "base", "epochs", "lr", "weight_decay", "batch_size", "seed", "samples", "beta")}
+    inst.save_instruction_model(out, model, fmt, {**settings, "data": "stories",
+                                                  "preference_pairs": len(pairs)},
+                                tokenizer=tokenizer)
+    print(f"saved the model to {out}")
+    after = inst.generate_responses(model, tokenizer, test, args.max_new_tokens,
+                                    prompt_format=fmt)
+    inst.save_responses(out / inst.RESPONSES_FILE, after)
+    scores = scores_with_baselines(after, instruction_tuned=before)
+    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    print(f"test set: {len(after)} responses, scored beside the instruction-tuned model's (in "
+          f"{out / inst.SCORES_FILE}):")
+    print(scores_table(scores, model_name="after DPO"))
     return 0
 
 

@@ -225,17 +225,19 @@ def criterion_success_figure(
     scores: Mapping[str, object],
     *,
     title: str = "Share of test instructions whose task criterion is met",
+    model_name: str = "fine-tuned",
 ) -> go.Figure:
     """Grouped bars: for each task (and "all tasks"), the criterion success of the fine-tuned
     model and of each baseline of ``scores``, the table ``llmcourse.instruction_scores.
-    scores_with_baselines`` makes for entries with tasks."""
+    scores_with_baselines`` makes for entries with tasks (the scored model named
+    ``model_name``)."""
     fine_tuned = scores["fine_tuned"]
     if not isinstance(fine_tuned, Mapping) or fine_tuned.get("criterion_success") is None:
         raise InstructionFigureError(
             "these scores have no task criteria (entries without a 'task', like the book's "
             "data): there is nothing to draw; compare ROUGE-L instead"
         )
-    rows = {"fine-tuned": fine_tuned,
+    rows = {model_name: fine_tuned,
             **{name.replace("_", " "): row for name, row in scores["baselines"].items()}}
     tasks = list(fine_tuned["criterion_success_by_task"])
     groups = ["all tasks", *(task.replace("_", " ") for task in tasks)]
