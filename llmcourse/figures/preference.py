@@ -39,9 +39,8 @@ def dpo_training_figure(metrics: DPOMetrics, *, window: int = 10,
     if not metrics.steps:
         raise PreferenceFigureError("there are no DPO steps to draw: train for at least one step")
     values = metrics.values
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "reward margin (beta x log-ratio, chosen - rejected)",
-        "policy log-probability of the answers (nats)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+                        subplot_titles=("reward margin", "log-probability of the answers"))
     steps = metrics.steps
     fig.add_trace(go.Scatter(x=steps, y=_smoothed(values["reward_margin"], window),
                              name="reward margin", line={"color": MARGIN_COLOUR}), row=1, col=1)
@@ -52,7 +51,9 @@ def dpo_training_figure(metrics: DPOMetrics, *, window: int = 10,
                               ("rejected answers", "rejected_log_prob", REJECTED_COLOUR)):
         fig.add_trace(go.Scatter(x=steps, y=_smoothed(values[key], window), name=name,
                                  line={"color": colour}), row=1, col=2)
-    fig.update_layout(height=400, legend={"orientation": "h", "y": -0.25})
+    for subplot_title in fig.layout.annotations:  # above the run profile's label
+        subplot_title.y += 0.08
+    fig.update_layout(height=440, margin={"t": 120}, legend={"orientation": "h", "y": -0.25})
     layout_defaults(fig, title=title, x_title="optimizer step", y_title=None)
     fig.update_yaxes(title_text="margin, and share of pairs", row=1, col=1)
     fig.update_yaxes(title_text="log-probability (nats)", row=1, col=2)
