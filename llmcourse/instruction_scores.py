@@ -75,23 +75,25 @@ def scores_with_baselines(
 
 
 def scores_table(scores: Mapping[str, Any], model_name: str = "fine-tuned") -> str:
-    """``scores_with_baselines``' result as a text table: one row per model or baseline (the
-    scored model's row named ``model_name``), the criterion success (overall and per task, when
-    there are tasks) and ROUGE-L."""
-    rows = {model_name: scores["fine_tuned"],
-            **{name.replace("_", " "): value for name, value in scores["baselines"].items()}}
+    """``scores_with_baselines``' result as a text table with one column per model or baseline
+    (the scored model's named ``model_name``) and one row per score: the criterion success,
+    overall and per task (indented), when there are tasks, then ROUGE-L (and token F1 for
+    entries without tasks). Narrow enough for a book page with any number of tasks."""
+    columns = {model_name: scores["fine_tuned"],
+               **{name.replace("_", " "): row for name, row in scores["baselines"].items()}}
     tasks = list(scores["fine_tuned"].get("criterion_success_by_task", {}))
-    header = ["", "criterion", *tasks, "ROUGE-L"] if tasks else ["", "ROUGE-L", "token F1"]
-    lines = [header]
-    for name, row in rows.items():
-        if tasks:
-            by_task = row.get("criterion_success_by_task", {})
-            cells = [f"{row['criterion_success']:.1%}",
-                     *(f"{by_task.get(task, 0.0):.1%}" for task in tasks), f"{row['rouge_l']:.3f}"]
-        else:
-            cells = [f"{row['rouge_l']:.3f}", f"{row['token_f1']:.3f}"]
-        lines.append([name, *cells])
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    lines = [["", *columns]]
+    if tasks:
+        lines.append(["criterion met", *(f"{row['criterion_success']:.1%}"
+                                         for row in columns.values())])
+        for task in tasks:
+            lines.append([f"  {task}", *(
+                f"{row.get('criterion_success_by_task', {}).get(task, 0.0):.1%}"
+                for row in columns.values())])
+    lines.append(["ROUGE-L", *(f"{row['rouge_l']:.3f}" for row in columns.values())])
+    if not tasks:
+        lines.append(["token F1", *(f"{row['token_f1']:.3f}" for row in columns.values())])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
                   for column, (cell, width) in enumerate(zip(line, widths, strict=True)))
