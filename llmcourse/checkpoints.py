@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +128,13 @@ def load_checkpoint(
 
 
 def load_model(path_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> GPT:
-    """The model of a checkpoint, in evaluation mode (dropout off), ready for generation."""
+    """The model of a checkpoint, in evaluation mode, ready for generation or fine-tuning.
+
+    Its dropout is 0, whatever the checkpoint trained with: dropout belongs to a training run,
+    so fine-tuning starts without it, as from OpenAI's weights (``load_checkpoint`` keeps it, to
+    resume the run that saved it)."""
     directory = _checkpoint_directory(path_dir)
-    model = _model_for_loading(read_config(directory))
+    model = _model_for_loading(replace(read_config(directory), dropout=0.0))
     load_weights(model, directory / WEIGHTS_FILE)
     return model.to(device).eval()
 

@@ -125,7 +125,7 @@ def load_instruction_data(path: str | os.PathLike[str] | None = None) -> list[En
     story instructions of ``llmcourse.story_instructions`` do).
     """
     path = Path(path) if path is not None else datasets.fetch("instruction-data", quiet=True)
-    return validate_entries(_read_json(path), ENTRY_FIELDS, source=str(path))
+    return validate_entries(read_json(path), ENTRY_FIELDS, source=str(path))
 
 
 def load_responses(
@@ -133,17 +133,18 @@ def load_responses(
 ) -> list[dict[str, str]]:
     """Entries with responses, as written by ``save_responses``, checked like the data."""
     path = Path(path)
-    return validate_entries(_read_json(path), (*ENTRY_FIELDS, response_key), source=str(path))
+    return validate_entries(read_json(path), (*ENTRY_FIELDS, response_key), source=str(path))
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
+    """The JSON value in the file at ``path``; a clear error when it is missing or not JSON."""
     if not path.is_file():
         raise InstructionFileNotFoundError(f"no file at {path}; give the path of a JSON file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InstructionDataError(
-            f"{path} is not valid UTF-8 JSON ({error}); fix the file or fetch it again"
+            f"{path} is not valid UTF-8 JSON ({error}); fix or replace the file"
         ) from None
 
 
@@ -357,6 +358,18 @@ def encode_entry(
     prompt = encode_text(tokenizer, get_prompt_format(prompt_format).prompt(entry))
     response = encode_text(tokenizer, entry["output"])
     return TokenizedEntry(prompt + _header_ids(tokenizer, prompt_format) + response, len(prompt))
+
+
+def fits_context(
+    tokenizer: Tokenizer, max_length: int, prompt_format: str | PromptFormat = "alpaca"
+) -> Callable[[Mapping[str, str]], bool]:
+    """A test of whether an entry trains whole: its prompt, response and end token take at most
+    ``max_length`` tokens (for ``Split.filtered`` or ``load_story_instructions(fits=...)``)."""
+
+    def fits(entry: Mapping[str, str]) -> bool:
+        return len(encode_entry(tokenizer, entry, prompt_format).ids) + 1 <= max_length
+
+    return fits
 
 
 def generation_prompt(

@@ -216,11 +216,17 @@ def pair_loader(pairs: Sequence[PreferencePair], tokenizer: Tokenizer, *, batch_
                       generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn)
 
 
+# What DPOMetrics records after every step: the mean reward margin (chosen minus rejected, in
+# nats times beta), the fraction of pairs whose margin is positive, and the policy's mean
+# summed log-probability of the chosen and of the rejected responses.
+METRICS = ("reward_margin", "reward_accuracy", "chosen_log_prob", "rejected_log_prob")
+
+
 class DPOObjective(nn.Module):
     """The policy and a frozen reference; ``forward(inputs, targets)`` of a ``collate_pairs``
     batch returns ``(None, loss)``, the DPO loss, as ``llmcourse.training.train`` expects of a
     model. The reference never trains: its parameters need no gradient and it stays in eval
-    mode. ``last`` holds the latest batch's metrics."""
+    mode. ``last`` holds the latest batch's ``METRICS`` as one tensor."""
 
     def __init__(self, policy: GPT, reference: GPT, beta: float = 0.1) -> None:
         super().__init__()
@@ -229,7 +235,7 @@ class DPOObjective(nn.Module):
         self.policy, self.reference, self.beta = policy, reference, beta
         self.reference.requires_grad_(False)
         self.reference.eval()
-        self.last: dict[str, float] = {}
+        self.last: torch.Tensor | None = None  # the latest batch's METRICS, in that order
 
     def train(self, mode: bool = True) -> DPOObjective:
         self.policy.train(mode)
@@ -243,13 +249,12 @@ class DPOObjective(nn.Module):
             reference = response_log_probs(self.reference, inputs, targets)
         out = dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:],
                        self.beta)
-        margin = out.chosen_rewards - out.rejected_rewards
-        self.last = {
-            "reward_margin": margin.mean().item(),
-            "reward_accuracy": (margin > 0).float().mean().item(),
-            "chosen_log_prob": policy[:pairs].detach().mean().item(),
-            "rejected_log_prob": policy[pairs:].detach().mean().item(),
-        }
+        margin = (out.chosen_rewards - out.rejected_rewards).detach()
+        # kept on the model's device: DPOMetrics reads all four with one transfer per step
+        self.last = torch.stack([
+            margin.mean(), (margin > 0).float().mean(),
+            policy[:pairs].detach().mean(), policy[pairs:].detach().mean(),
+        ])
         return None, out.loss
 
 
@@ -262,8 +267,10 @@ class DPOMetrics:
     values: dict[str, list[float]] = field(default_factory=dict)
 
     def on_step(self, state: StepState) -> None:
+        if self.objective.last is None:
+            return
         self.steps.append(state.step)
-        for name, value in self.objective.last.items():
+        for name, value in zip(METRICS, self.objective.last.tolist(), strict=True):
             self.values.setdefault(name, []).append(value)
 
 

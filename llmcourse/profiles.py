@@ -47,6 +47,7 @@ class Profile:
     pretrain_steps: int  # optimizer steps of the chapter-6 pretraining run
     pretrain_learning_rate: float  # its peak learning rate (linear warmup, cosine decay to 10%)
     pretrain_warmup_steps: int  # its warmup steps
+    pretrain_dropout: float  # its dropout (the model trains on a small corpus for many epochs)
     batch_size: int  # sequences per optimizer step
     context_length: int  # tokens per training sequence (at most the model's context length)
     eval_batches: int  # batches averaged for each train/validation loss estimate
@@ -75,6 +76,7 @@ PROFILES: dict[str, Profile] = {
             pretrain_steps=30,
             pretrain_learning_rate=3e-3,
             pretrain_warmup_steps=3,
+            pretrain_dropout=0.0,
             batch_size=4,
             context_length=64,
             eval_batches=2,
@@ -96,9 +98,10 @@ PROFILES: dict[str, Profile] = {
             course_tokenizer="bpe-4096",
             pretraining_corpus="tinystories-2mib",
             corpus_characters=None,
-            pretrain_steps=9300,
+            pretrain_steps=7600,
             pretrain_learning_rate=2e-3,
             pretrain_warmup_steps=200,
+            pretrain_dropout=0.1,
             batch_size=4,
             context_length=128,
             eval_batches=10,
@@ -123,6 +126,7 @@ PROFILES: dict[str, Profile] = {
             pretrain_steps=3000,
             pretrain_learning_rate=6e-4,
             pretrain_warmup_steps=100,
+            pretrain_dropout=0.0,
             batch_size=8,
             context_length=1024,
             eval_batches=10,

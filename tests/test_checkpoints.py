@@ -125,6 +125,15 @@ def test_model_only_checkpoint_for_inference(tmp_path: Path) -> None:
         assert torch.equal(inference_model(ids), model.eval()(ids))
 
 
+def test_loading_for_use_drops_the_training_runs_dropout(tmp_path: Path) -> None:
+    """load_model gives a model without dropout (fine-tuning starts from none); load_checkpoint
+    keeps the saved dropout, so resuming continues the same run."""
+    save_checkpoint(tmp_path / "final", make_model())
+    assert load_model(tmp_path / "final").config.dropout == 0.0
+    assert load_model(tmp_path / "final").train().transformer.drop.p == 0.0
+    assert load_checkpoint(tmp_path / "final").model.config.dropout == TINY.dropout
+
+
 def test_saving_again_replaces_the_checkpoint(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "run", make_model(seed=0))
     newer = make_model(seed=1)

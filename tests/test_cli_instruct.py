@@ -243,7 +243,7 @@ def test_the_default_data_is_the_profiles(
         (None, "--data must be stories, book or the path of a JSON file of instruction entries; "
          "there is no file at {data}"),
         ("{", "{data} is not valid UTF-8 JSON (Expecting property name enclosed in double "
-         "quotes: line 1 column 2 (char 1)); fix the file"),
+         "quotes: line 1 column 2 (char 1)); fix or replace the file"),
         ('{"train": [], "test": []}', "{data} holds an object with the keys 'train', 'test'; a "
          "split is an object with exactly the lists \"train\", \"validation\" and \"test\""),
         ('{"train": [], "validation": [], "test": []}',

@@ -97,7 +97,7 @@ def test_recipe_takes_every_value_from_the_profile_table() -> None:
     assert run.tokenizer == cpu.course_tokenizer
     vocab_size = 50257 if cpu.course_tokenizer == "gpt2" else int(cpu.course_tokenizer[4:])
     assert run.model == GPTConfig.preset(cpu.model_preset, context_length=cpu.context_length,
-                                         vocab_size=vocab_size)
+                                         vocab_size=vocab_size, dropout=cpu.pretrain_dropout)
     assert (run.corpus, run.max_characters, run.batch_size) == (
         cpu.pretraining_corpus, cpu.corpus_characters, cpu.batch_size)
     training = run.training

@@ -265,6 +265,20 @@ def test_literal_end_tokens_in_entries_are_text_and_long_prompts_keep_their_end(
     assert inst.generation_prompt(tokenizer, entry, context_length=5) == prompt[-5:]
 
 
+@pytest.mark.parametrize("prompt_format", ["alpaca", "phi3"])
+def test_fits_context_counts_the_prompt_answer_and_end_token(prompt_format):
+    tokenizer = gpt2_tokenizer()
+    length = len(inst.encode_entry(tokenizer, WITH_INPUT, prompt_format).ids) + 1
+    assert inst.fits_context(tokenizer, length, prompt_format)(WITH_INPUT)
+    assert not inst.fits_context(tokenizer, length - 1, prompt_format)(WITH_INPUT)
+    short = {"instruction": "Say yes.", "input": "", "output": "Yes."}
+    split = inst.Split([WITH_INPUT, short], [], [WITH_INPUT])
+    shorter = len(inst.encode_entry(tokenizer, short, prompt_format).ids) + 1
+    assert shorter < length
+    kept = split.filtered(inst.fits_context(tokenizer, shorter, prompt_format))
+    assert kept.train == [short] and kept.test == []
+
+
 def test_loaders_batch_as_the_book(data_mirror):
     data = inst.load_instruction_data()
     split = inst.Split(data[:10], data[10:13], [])

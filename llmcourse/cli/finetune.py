@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -203,10 +202,8 @@ def run_instruct(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
     max_length = _instruct_max_length(args.max_length, model.config.context_length)
     if loaded is None:
-        def fits(entry: Mapping[str, str]) -> bool:
-            return len(inst.encode_entry(tokenizer, entry, args.format).ids) + 1 <= max_length
-
-        stories = load_story_instructions(STORY_CORPUS, fits=fits)
+        stories = load_story_instructions(
+            STORY_CORPUS, fits=inst.fits_context(tokenizer, max_length, args.format))
         if not stories.train:
             raise CourseError(
                 f"no story instruction fits {max_length} tokens with {args.format} prompts; "
@@ -285,8 +282,7 @@ def run_prefer(args: argparse.Namespace) -> int:
         raise CourseError(f"{args.base} holds no tokenizer file; fine-tune it again with "
                           "`llmcourse finetune instruct`")
     context = model.config.context_length
-    split = load_story_instructions(STORY_CORPUS, fits=lambda entry: len(
-        inst.encode_entry(tokenizer, entry, fmt).ids) + 1 <= context)
+    split = load_story_instructions(STORY_CORPUS, fits=inst.fits_context(tokenizer, context, fmt))
     test = split.test[:args.max_examples]
     count = args.instructions or current_profile().preference_instructions
     instructions = pref.subsample(split.train, count, seed=args.seed)
@@ -338,12 +334,7 @@ def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
             f"--data must be {', '.join(INSTRUCTION_DATA)} or the path of a JSON file of "
             f"instruction entries; there is no file at {data}"
         )
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise inst.InstructionDataError(
-            f"{path} is not valid UTF-8 JSON ({error}); fix the file"
-        ) from None
+    value = inst.read_json(path)
     if isinstance(value, dict):
         if sorted(value) != sorted(SPLIT_PARTS):
             keys = ", ".join(repr(key) for key in value) or "none"
