@@ -60,16 +60,20 @@ from llmcourse.errors import CourseError
 STRICT_ENV = "LLMCOURSE_STRICT_EXERCISES"
 RESULTS_FILE_ENV = "LLMCOURSE_GRADE_RESULTS"  # where ``check`` appends its results for a grader
 DEFAULT_TIME_LIMIT = 30.0  # seconds a checker may run before its answer counts as "timeout"
-STATUSES = ("passed", "failed", "error", "timeout", "not attempted")
+STATUSES = ("passed", "failed", "error", "timeout", "not attempted", "missing")
 FAILING_STATUSES = ("failed", "error", "timeout")
 
-_SYMBOLS = {"passed": "✓", "failed": "✗", "error": "✗", "timeout": "✗", "not attempted": "○"}
+_SYMBOLS = {
+    "passed": "✓", "failed": "✗", "error": "✗", "timeout": "✗", "not attempted": "○",
+    "missing": "○",
+}
 _BOX_COLOURS = {  # status: (border, background)
     "passed": ("#1e7e34", "#e6f4ea"),
     "failed": ("#c62828", "#fdecea"),
     "error": ("#c62828", "#fdecea"),
     "timeout": ("#c62828", "#fdecea"),
     "not attempted": ("#5f6368", "#f1f3f4"),
+    "missing": ("#5f6368", "#f1f3f4"),
 }
 _ID_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 _CHAPTER_MODULE = re.compile(r"ch\d\d_\w+")
@@ -291,7 +295,7 @@ def run_cases(
     - a reference that raises an exception (say ``ValueError``) means the answer must raise
       that type too;
     - an answer that returns ``None`` where the reference returns a value fails with
-      "did you forget `return`?";
+      "did you forget `return`?" (unless the reference returns None for another case);
     - an argument the answer changed in place (compared with a pristine copy, tensors and
       containers element by element) fails, naming the argument; parameters named in
       ``may_change`` are exempt (a model a training step updates);
@@ -303,23 +307,31 @@ def run_cases(
     compare = compare or expect_equal
     mistakes = list(mistakes)
     names = _parameter_names(reference)
+    prepared = []
     for item in cases:
         case = item if isinstance(item, Case) else Case(_as_arguments(item[1]), item[0])
         arguments = _as_arguments(case.args)
-        description = case.description or describe_arguments(names, arguments)
-        case_hint = case.hint or hint
-        _progress().enter(description, case_hint)
-        pristine = copy.deepcopy(arguments)
         try:
             expected, expected_error = reference(*copy.deepcopy(arguments)), None
         except Exception as error:  # the exercise asks for this error on this input
             expected, expected_error = None, error
+        prepared.append((case, arguments, expected, expected_error))
+    # Where the reference itself returns None for some input, None is an answer, not a
+    # forgotten return, and it is compared like any other value.
+    none_is_an_answer = any(
+        expected is None and error is None for _, _, expected, error in prepared
+    )
+    for case, arguments, expected, expected_error in prepared:
+        description = case.description or describe_arguments(names, arguments)
+        case_hint = case.hint or hint
+        _progress().enter(description, case_hint)
+        pristine = copy.deepcopy(arguments)
         answer_arguments = copy.deepcopy(arguments)
         if expected_error is not None:
             _expect_error(answer, answer_arguments, expected_error, description, case_hint)
             continue
         got = _call(answer, answer_arguments, description)
-        if got is None and expected is not None:
+        if got is None and expected is not None and not none_is_an_answer:
             raise Mismatch(
                 description, expected, got, RETURNED_NONE_HINT,
                 detail=f"returned None but expected {describe(expected)}",
@@ -643,9 +655,10 @@ def describe(value: object) -> str:
 class ExerciseResult:
     """The outcome of one ``check``.
 
-    ``status`` is one of ``STATUSES``; ``message`` is a sentence starting with it ("failed for
-    x = -3: expected 9, got -9"); ``cases`` counts the cases reached; ``details`` holds the
-    traceback of an error; ``exception`` is the learner's exception for status "error".
+    ``status`` is one of ``STATUSES`` ("missing" only in a grader's scorecard, for an exercise
+    never checked); ``message`` is a sentence starting with it ("failed for x = -3: expected 9,
+    got -9"); ``cases`` counts the cases reached; ``details`` holds the traceback of an error;
+    ``exception`` is the learner's exception for status "error".
     """
 
     exercise_id: str
@@ -740,8 +753,8 @@ class Scorecard:
 
     def succeeded(self, *, require_all: bool = False) -> bool:
         """No exercise failed, errored or timed out, and no cell raised; with ``require_all``,
-        every exercise was also attempted."""
-        failing = FAILING_STATUSES + (("not attempted",) if require_all else ())
+        every exercise was also attempted and none is missing."""
+        failing = FAILING_STATUSES + (("not attempted", "missing") if require_all else ())
         return not self.cell_errors and not any(self.count(status) for status in failing)
 
     def totals(self) -> str:
