@@ -325,7 +325,9 @@ def test_merge_pair_rejects_changing_the_input() -> None:
         ids[:] = reference_merge_pair(ids, pair, new_id)
         return ids
 
-    assert_rejected("ch01.merge_pair", in_place, "leave ids unchanged")
+    assert_rejected(
+        "ch01.merge_pair", in_place, "your function changed its argument `ids` in place"
+    )
 
 
 # --- ch01.apply_merges --------------------------------------------------------------------------

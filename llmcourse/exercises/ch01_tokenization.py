@@ -400,7 +400,7 @@ def _random_alphabet(rng: random.Random) -> list[int]:
 def _expect_type_then_value(got: Any, expected: Any, *, case: str) -> None:
     """``expect_equal``, with a hint about the type when the answer returns another type (a
     list for a tuple...)."""
-    if expected is not None and not isinstance(got, type(expected)):
+    if None not in (got, expected) and not isinstance(got, type(expected)):
         raise Mismatch(
             case, expected, got,
             f"return a {type(expected).__name__}, as the exercise asks",

@@ -254,8 +254,22 @@ MASKING_MISTAKES: list[Mistake] = [  # mistakes of a masked softmax, also made i
     ),
 ]
 
+EXTREME_SCORES = torch.tensor([[1000.0, -5.0, 0.0], [999.0, 1000.0, 0.0], [-1000.0, 0.0, 1000.0]])
+
+
+def _unstabilised_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    exponentials = scores.exp() * mask
+    return exponentials / exponentials.sum(dim=-1, keepdim=True)
+
+
 SOFTMAX_MISTAKES: list[Mistake] = [
     *MASKING_MISTAKES,
+    Mistake(
+        "unstabilised softmax",
+        _unstabilised_softmax,
+        "exp of a large score overflows to inf (and inf / inf is nan): subtract each row's "
+        "largest score before exp, or use torch.softmax, which does",
+    ),
     Mistake(
         "mask is ignored",
         lambda scores, mask: torch.softmax(scores, dim=-1),
@@ -292,6 +306,8 @@ def _masked_softmax_cases() -> list[LabelledArgs]:
              [True, True, False, False, True]]))),
         ("float64 scores (2, 5, 5) with the causal mask",
          (randn(generator, 2, 5, 5).double(), causal_mask(5, 0))),
+        (f"extreme scores {EXTREME_SCORES.tolist()} with the causal mask of 3 tokens "
+         "(exp(1000) overflows)", (EXTREME_SCORES, causal_mask(3, 0))),
     ]
     for _ in range(6):
         n_queries, n_keys = randint(generator, 1, 7), randint(generator, 1, 7)

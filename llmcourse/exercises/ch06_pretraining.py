@@ -66,6 +66,15 @@ SOFTMAX_DIMENSION_HINT = (
 )
 CROSS_ENTROPY_MISTAKES = (
     Mistake(
+        "unstabilised_softmax",
+        lambda logits, targets: -(
+            (logits.exp() / logits.exp().sum(dim=-1, keepdim=True)).log()
+            .gather(-1, targets.unsqueeze(-1)).mean()
+        ),
+        "exp of a large logit overflows to inf (and inf / inf is nan): use torch.log_softmax, "
+        "which subtracts each row's largest logit first",
+    ),
+    Mistake(
         "missing_log",
         lambda logits, targets: -_target_probabilities(logits, targets).mean(),
         "the loss is the mean of -log(probability of the target): take the log of the "
@@ -125,6 +134,10 @@ def _cross_entropy_cases() -> list[LabelledArgs]:
          (torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]],
                         [[0.0, -2.0, 1.0, 1.0], [3.0, 3.0, -3.0, 0.0]]]),
           torch.tensor([[3, 0], [1, 2]]))),
+        ("extreme logits (1, 2, 3) = [[[1000., 0., -1000.], [-1000., 1000., 999.]]], targets "
+         "[[0, 2]] (exp(1000) overflows)",
+         (torch.tensor([[[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 999.0]]]),
+          torch.tensor([[0, 2]]))),
     ]
     for batch, length, vocabulary, dtype in (
         (2, 3, 5, torch.float32), (3, 7, 50, torch.float32), (1, 16, 257, torch.float32),

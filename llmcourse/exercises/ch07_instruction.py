@@ -547,6 +547,8 @@ def _extract_cases() -> list[LabelledArgs]:
         f"{prompt}\n\n### Response:\nThe capital of Italy is Rome.",
         "### Response:\nRome.<|endoftext|>### Instruction:\nName a river.",
         "Rome.<|endoftext|>### Response:\nParis.",
+        "### Response:\nRome.<|endoftext|>Paris.<|endoftext|>",
+        "### Response:\nRome.<|endoftext|><|endoftext|><|endoftext|>",
         "### Response:\nRome.\n\n### Response:\nRome again.",
         "### Response: Rome.",
         "",
