@@ -240,6 +240,9 @@ FIRST_SOFTMAX = "4x4 scores with the causal mask of 4 tokens"
          lambda scores, mask: reference_masked_softmax(
              scores, torch.ones_like(scores).tril().bool()),
          "2 new queries after 3 cached keys", "use the `mask` argument"),
+        ("unstabilised_softmax",
+         lambda scores, mask: (scores.exp() * mask) / (scores.exp() * mask).sum(-1, keepdim=True),
+         "extreme scores", "subtract each row's largest score before exp"),
     ],
 )
 def test_masked_softmax_rejects(mistake, answer, failing_case, hint):

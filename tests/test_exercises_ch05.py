@@ -335,6 +335,17 @@ def test_block_forward_rejects(answer, hint):
     assert hint in result.hint
 
 
+def test_block_forward_rejects_adding_into_the_callers_x():
+    def adds_in_place(x, ln_1, attention, ln_2, mlp):
+        x += attention(ln_1(x))
+        x += mlp(ln_2(x))
+        return x
+
+    result = run("ch05.block_forward", adds_in_place)
+    assert result.status == "failed"
+    assert result.hint == "your function changed its argument `x` in place; work on a copy"
+
+
 def test_block_forward_reports_a_tuple_result():
     def returns_weights_too(x, ln_1, attention, ln_2, mlp):
         return reference_block_forward(x, ln_1, attention, ln_2, mlp), None

@@ -235,6 +235,22 @@ def test_pad_batch_accepts_right_answers():
     assert result.cases == 8
 
 
+def test_pad_batch_rejects_padding_the_callers_lists_in_place():
+    def pads_in_place(sequences, pad_id, max_length=None):
+        if max_length is not None:
+            sequences = [ids[:max_length] for ids in sequences]
+        longest = max(len(ids) for ids in sequences)
+        for ids in sequences:
+            ids.extend([pad_id] * (longest - len(ids)))
+        return torch.tensor(sequences)
+
+    result = run("ch07.pad_batch", pads_in_place)
+    assert result.status == "failed"
+    assert result.hint == (
+        "your function changed its argument `sequences` in place; work on a copy"
+    )
+
+
 def test_pad_batch_rejects_left_padding():
     def left(sequences, pad_id, max_length=None):
         longest = max(len(ids) for ids in sequences)

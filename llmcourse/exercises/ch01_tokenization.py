@@ -295,7 +295,10 @@ def check_merge_pair(answer: Callable[[list[int], Pair, int], list[int]]) -> Non
         ),
         (
             MULTI_DIGIT_HINT,
-            [([1, 12, 1, 2], (1, 2)), ([11, 2, 1, 12, 1, 2], (1, 2)), ([256, 56, 2], (56, 2))],
+            [
+                ([1, 12, 1, 2], (1, 2)), ([1, 21, 2], (1, 2)), ([11, 2, 1, 12, 1, 2], (1, 2)),
+                ([256, 56, 2], (56, 2)),
+            ],
         ),
     ]
     rng = random.Random(4)
@@ -358,6 +361,7 @@ def check_apply_merges(answer: Callable[[list[int], list[Merge]], list[int]]) ->
             MULTI_DIGIT_HINT,
             [
                 ([1, 12, 1, 2], [((1, 2), 256)]),
+                ([3, 1, 21, 2], [((1, 2), 256)]),
                 ([256, 56, 2, 3], [((56, 2), 300), ((300, 3), 301)]),
             ],
         ),
