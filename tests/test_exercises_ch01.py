@@ -452,7 +452,7 @@ def merge_pair_on_text(ids: list[int], pair: tuple[int, int], new_id: int) -> li
 
 def most_frequent_pair_on_digits(ids: list[int]) -> tuple[int, int] | None:
     digits = "".join(map(str, ids))
-    counts = Counter(zip(digits, digits[1:]))
+    counts = Counter(zip(digits, digits[1:], strict=False))
     if not counts:
         return None
     pair = min(counts, key=lambda pair: (-counts[pair], pair))
