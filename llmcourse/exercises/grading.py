@@ -27,6 +27,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -42,6 +43,7 @@ from llmcourse.errors import CourseError
 from llmcourse.exercises.core import (
     RESULTS_FILE_ENV,
     STRICT_ENV,
+    Exercise,
     ExerciseResult,
     Scorecard,
     list_exercises,
@@ -229,8 +231,8 @@ def collect_results(
 
 
 def chapter_exercises(
-    notebook: nbformat.NotebookNode, checked: object, path: Path | None = None
-) -> list:
+    notebook: nbformat.NotebookNode, checked: Iterable[str], path: Path | None = None
+) -> list[Exercise]:
     """The registered exercises of every chapter module the notebook belongs to.
 
     A module belongs to it when it registered an exercise that was ``checked`` or that a

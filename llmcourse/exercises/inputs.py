@@ -21,7 +21,9 @@ def randint(generator: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
-def randn(generator: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32):
+def randn(
+    generator: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A tensor of ``shape`` with standard normal values."""
     return torch.randn(*shape, generator=generator, dtype=dtype)
 
