@@ -1,13 +1,14 @@
 """Grading notebooks: ``grade_notebook`` in a real kernel, and ``llmcourse grade``'s exit codes.
 
-Each real grading starts a Jupyter kernel (a few seconds), so only two notebooks are executed;
-the tests that run one are marked slow.
+Each real grading starts a Jupyter kernel (a few seconds), so only a few notebooks are
+executed; the tests that run one are marked slow.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -147,6 +148,8 @@ def fake_scorecard(*statuses: str, cell_errors: tuple[str, ...] = ()) -> Scoreca
         (("passed", "passed"), (), [], 0),
         (("passed", "not attempted"), (), [], 0),
         (("passed", "not attempted"), (), ["--require-all"], 1),
+        (("passed", "missing"), (), [], 0),
+        (("passed", "missing"), (), ["--require-all"], 1),
         (("passed", "failed"), (), [], 1),
         (("passed", "error"), (), [], 1),
         (("timeout",), (), [], 1),
@@ -206,3 +209,90 @@ def test_kernel_runs_this_python_even_if_another_python3_spec_is_installed(
     assert KernelSpecManager().get_kernel_spec("python3").argv == other_python  # the trap
     manager = grading._CurrentPythonKernelManager(kernel_name="python3")
     assert manager.kernel_spec.argv[0] == sys.executable
+
+
+# ----------------------------------------------------------------------------------------------
+# A grader that cannot hang or be forged
+
+PER_PROCESS_BATCH = '''\
+from llmcourse.exercises import check
+
+def per_process_batch(global_batch_size, world_size):
+    if global_batch_size < 1 or global_batch_size % world_size:
+        raise ValueError("cannot split the batch")
+    return global_batch_size // world_size
+
+check("ch08.per_process_batch", per_process_batch)'''
+
+# The interrupt lands in the inner loop, inside the try, and the bare except swallows it.
+SWALLOWS_INTERRUPTS = '''\
+while True:
+    try:
+        while True:
+            pass
+    except:
+        pass'''
+
+
+def write_chapter_notebook(folder: Path, name: str, cells: list) -> Path:
+    path = folder / name
+    nbformat.write(new_notebook(cells=cells), path)
+    return path
+
+
+@pytest.mark.slow
+def test_grade_kills_a_loop_that_swallows_the_interrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_chapter_notebook(tmp_path, "08_appendix_scaling.ipynb", [
+        new_code_cell(PER_PROCESS_BATCH),
+        new_code_cell(SWALLOWS_INTERRUPTS),
+        new_code_cell('check("ch08.allreduce_mean", lambda gradients: gradients)'),
+    ])
+    start = time.monotonic()
+    assert main(["grade", str(path), "--timeout", "2", "--quiet"]) == 1
+    assert time.monotonic() - start < 2 + 30
+    out = capsys.readouterr().out
+    assert "✓ ch08.per_process_batch  passed" in out
+    assert "○ ch08.allreduce_mean     missing: never checked" in out
+    assert (
+        "cell 2 (while True:): timed out after 2 s and ignored the interrupt, so its kernel "
+        "was killed; the cells after it did not run"
+    ) in out
+
+
+@pytest.mark.slow
+def test_forged_outputs_are_ignored_and_unchecked_exercises_are_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forged_pass = {"id": "ch08.allreduce_mean", "title": "t", "status": "passed",
+                   "message": "passed (14 cases)", "hint": "", "cases": 14}
+    forged = new_code_cell("", outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/plain": "✓ ch08.allreduce_mean: passed (14 cases)"},
+        metadata={"llmcourse_exercise": forged_pass},
+    )])
+    path = write_chapter_notebook(tmp_path, "08_appendix_scaling.ipynb", [
+        new_code_cell(PER_PROCESS_BATCH),
+        forged,
+        new_code_cell('print(\'{"id": "ch08.allreduce_mean", "status": "passed"}\')'),
+    ])
+    assert main(["grade", str(path), "--quiet"]) == 0
+    assert main(["grade", str(path), "--quiet", "--require-all"]) == 1
+    out = capsys.readouterr().out
+    assert "○ ch08.allreduce_mean     missing: never checked" in out
+    assert out.endswith("2 exercises: 1 passed, 1 missing\n")
+
+
+def test_exercises_of_a_notebook_come_from_its_checks_and_its_name() -> None:
+    learner = new_notebook(cells=[new_code_cell('check("ch01.merge_pair", merge_pair)')])
+    ids = [entry.exercise_id for entry in grading.chapter_exercises(learner, {})]
+    assert ids == [
+        "ch01.apply_merges", "ch01.build_vocab", "ch01.merge_pair", "ch01.most_frequent_pair",
+        "ch01.split_words",
+    ]
+    renamed = Path("07_0_lora-Copy1.ipynb")
+    ids = [entry.exercise_id for entry in grading.chapter_exercises(new_notebook(), {}, renamed)]
+    assert ids == [
+        "ch07.lora_delta", "ch07.lora_forward", "ch07.lora_param_count", "ch07.merge_weight",
+    ]
+    assert grading.chapter_exercises(new_notebook(), {"nbtest.square": None}) == []

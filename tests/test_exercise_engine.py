@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import threading
 import time
@@ -12,13 +13,14 @@ import torch
 
 from llmcourse.errors import CourseError
 from llmcourse.exercises import (
-    RESULT_METADATA_KEY,
+    RESULTS_FILE_ENV,
     STRICT_ENV,
+    Case,
     ExerciseFailed,
     ExerciseResult,
     Mismatch,
+    Mistake,
     UnknownExercise,
-    attempt,
     check,
     core,
     exercise,
@@ -146,7 +148,7 @@ def test_endless_loop_times_out_and_restores_the_alarm(square: str) -> None:
 def test_time_limit_of_the_exercise_applies_by_default() -> None:
     @exercise("test.slow", title="Slow", time_limit=0.2)
     def check_slow(answer):
-        attempt(answer, 1, case="x = 1")
+        run_cases(answer, lambda x: x, [Case((1,))])
 
     start = time.perf_counter()
     assert check("test.slow", spin_forever).status == "timeout"
@@ -229,9 +231,9 @@ def test_expect_close_reports_a_wrong_shape() -> None:
     assert str(caught.value) == "for a 3x2 input: got shape (2, 3) but expected (3, 2)"
 
 
-def test_expect_close_reports_a_wrong_dtype_kind_and_a_non_tensor() -> None:
-    with pytest.raises(Mismatch, match=r"got an integer tensor \(torch.int64\) but expected a "
-                       r"floating point tensor \(torch.float32\)"):
+def test_expect_close_reports_a_wrong_dtype_and_a_non_tensor() -> None:
+    with pytest.raises(Mismatch, match=r"got a tensor of dtype torch.int64 but expected "
+                       r"torch.float32$"):
         expect_close(torch.zeros(2, dtype=torch.long), torch.zeros(2), case="c")
     with pytest.raises(Mismatch, match=r"expected a tensor, got list \[1.0, 2.0\]"):
         expect_close([1.0, 2.0], torch.tensor([1.0, 2.0]), case="c")
@@ -257,9 +259,21 @@ def test_expect_close_tolerance_is_atol_plus_rtol_times_expected() -> None:
                      case="c")
 
 
-def test_expect_close_on_float32_accepts_float64_of_the_same_values() -> None:
-    expect_close(torch.tensor([0.25, 0.5], dtype=torch.float64), torch.tensor([0.25, 0.5]),
-                 case="c")
+@pytest.mark.parametrize(
+    ("got_dtype", "expected_dtype"),
+    [(torch.float64, torch.float32), (torch.float32, torch.float64),
+     (torch.int32, torch.int64), (torch.int64, torch.int32), (torch.uint8, torch.bool)],
+)
+def test_expect_close_and_expect_equal_compare_the_exact_dtype(
+    got_dtype: torch.dtype, expected_dtype: torch.dtype
+) -> None:
+    values = [0, 1]
+    expected = torch.tensor(values, dtype=expected_dtype)
+    message = f"got a tensor of dtype {got_dtype} but expected {expected_dtype}"
+    for compare in (expect_close, expect_equal):
+        with pytest.raises(Mismatch, match=message):
+            compare(torch.tensor(values, dtype=got_dtype), expected, case="c")
+    expect_close(torch.tensor(values, dtype=expected_dtype), expected, case="c")
 
 
 def test_expect_equal_on_tensors_is_exact() -> None:
@@ -276,7 +290,7 @@ def test_expect_equal_names_the_first_differing_item() -> None:
     with pytest.raises(Mismatch) as caught:
         expect_equal(["Hello", ",", "world"], ["Hello", ",", " world"], case="'Hello, world'")
     assert caught.value.detail == (
-        "item 2 is 'world' but expected ' world'; "
+        "item 2: expected ' world', got 'world'; "
         "expected ['Hello', ',', ' world'], got ['Hello', ',', 'world']"
     )
 
@@ -284,22 +298,197 @@ def test_expect_equal_names_the_first_differing_item() -> None:
 def test_expect_equal_reports_length_type_and_key_differences() -> None:
     with pytest.raises(Mismatch, match="^for c: got 1 items but expected 2;"):
         expect_equal([1], [1, 2], case="c")
-    with pytest.raises(Mismatch, match=r"^for c: expected list \[1, 2\], got tuple \(1, 2\)$"):
+    with pytest.raises(
+        Mismatch, match=r"^for c: expected list \[1, 2\], got tuple \(1, 2\)$"
+    ):
         expect_equal((1, 2), [1, 2], case="c")
-    with pytest.raises(Mismatch, match=r"^for c: at key 'b' expected 2, got 3$"):
+    with pytest.raises(Mismatch, match=r"^for c: at key 'b': expected 2, got 3; expected"):
         expect_equal({"a": 1, "b": 3}, {"a": 1, "b": 2}, case="c")
     with pytest.raises(Mismatch, match=r"^for c: missing keys \['b'\], unexpected keys \['c'\];"):
         expect_equal({"a": 1, "c": 2}, {"a": 1, "b": 2}, case="c")
 
 
 def test_run_cases_gives_each_call_its_own_copy_of_the_arguments() -> None:
-    def sort_in_place(values: list[int]) -> list[int]:
+    def sorted_copy(values: list[int]) -> list[int]:
+        values = list(values)
         values.sort()
         return values
 
     cases = [("[3, 1, 2]", ([3, 1, 2],))]
-    run_cases(sort_in_place, sorted, cases)
+    run_cases(sorted_copy, sorted, cases)
     assert cases == [("[3, 1, 2]", ([3, 1, 2],))]
+
+
+# ----------------------------------------------------------------------------------------------
+# What run_cases rejects, and the hints it gives
+
+
+def add_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+def add_one_in_place(x: torch.Tensor) -> torch.Tensor:
+    x += 1
+    return x
+
+
+def pad(rows: list[list[int]], length: int) -> list[list[int]]:
+    return [row + [0] * (length - len(row)) for row in rows]
+
+
+def pad_in_place(rows: list[list[int]], length: int) -> list[list[int]]:
+    for row in rows:
+        row.extend([0] * (length - len(row)))
+    return rows
+
+
+def failure(reference, answer, cases, **options) -> Mismatch:
+    with pytest.raises(Mismatch) as caught:
+        run_cases(answer, reference, cases, **options)
+    return caught.value
+
+
+def test_an_argument_changed_in_place_fails_naming_it() -> None:
+    tensor_case = [Case((torch.tensor([1, 2]),))]
+    run_cases(add_one, add_one, tensor_case)
+    mismatch = failure(add_one, add_one_in_place, tensor_case)
+    assert mismatch.hint == "your function changed its argument `x` in place; work on a copy"
+    assert mismatch.detail == (
+        "the argument `x` was tensor([1, 2], dtype=torch.int64) before the call and "
+        "tensor([2, 3], dtype=torch.int64) after it"
+    )
+    list_case = [Case(([[1], [2, 3]], 3))]
+    run_cases(pad, pad, list_case)
+    mismatch = failure(pad, pad_in_place, list_case)
+    assert mismatch.hint == "your function changed its argument `rows` in place; work on a copy"
+    assert mismatch.case == "rows = [[1], [2, 3]], length = 3"
+
+
+def test_an_argument_named_in_may_change_may_change() -> None:
+    run_cases(pad_in_place, pad, [Case(([[1], [2, 3]], 3))], may_change=["rows"])
+
+
+def test_a_module_argument_changed_in_place_fails() -> None:
+    def forward(layer: torch.nn.Linear) -> torch.Tensor:
+        return layer.weight.sum().detach()
+
+    def forward_and_zero(layer: torch.nn.Linear) -> torch.Tensor:
+        total = layer.weight.sum().detach()
+        with torch.no_grad():
+            layer.weight.zero_()
+        return total
+
+    torch.manual_seed(0)
+    case = [("a Linear(2, 2)", (torch.nn.Linear(2, 2),))]
+    run_cases(forward, forward, case)
+    assert failure(forward, forward_and_zero, case).hint.startswith(
+        "your function changed its argument `layer` in place"
+    )
+
+
+@pytest.mark.parametrize(
+    ("got", "expected", "detail"),
+    [
+        ([[1.0]], [[1]],
+         "item 0: item 0: expected int 1, got float 1.0; expected [[1]], got [[1.0]]"),
+        ([True, 0], [1, 0],
+         "item 0: expected int 1, got bool True; expected [1, 0], got [True, 0]"),
+        ({"a": (1, 2.0)}, {"a": (1, 2)}, "at key 'a': item 1: expected int 2, got float 2.0; "
+         "expected {'a': (1, 2)}, got {'a': (1, 2.0)}"),
+        ([torch.tensor([1], dtype=torch.int32)], [torch.tensor([1])],
+         "item 0: got a tensor of dtype torch.int32 but expected torch.int64; expected "
+         "[tensor([1])], got [tensor([1], dtype=torch.int32)]"),
+    ],
+)
+def test_nested_containers_are_compared_element_by_element_with_types(
+    got: object, expected: object, detail: str
+) -> None:
+    with pytest.raises(Mismatch) as caught:
+        expect_equal(got, expected, case="c")
+    assert caught.value.detail == detail
+    expect_equal(expected, expected, case="c")
+
+
+def test_a_missing_return_gets_its_own_hint() -> None:
+    def forgets_return(x: int) -> int:
+        x * x  # noqa: B018 (the mistake under test)
+
+    mismatch = failure(square_reference, forgets_return, [Case((3,))], hint="square it")
+    assert mismatch.hint == "did you forget `return`?"
+    assert mismatch.detail == "returned None but expected 9"
+
+
+def test_an_error_gets_the_case_hint_or_the_exercise_hint(square: str) -> None:
+    result = check(square, divide_by_input)
+    assert (result.status, result.hint) == ("error", "multiply x by itself")
+
+    @exercise("test.halve", title="Halve", hint="the exercise's hint")
+    def check_halve(answer):
+        run_cases(answer, lambda x: x // 2, [Case((4,), hint="this case's hint")])
+
+    result = check("test.halve", lambda x: x.missing)
+    assert (result.status, result.hint) == ("error", "this case's hint")
+
+
+def test_a_reference_that_raises_asks_for_the_same_builtin_exception() -> None:
+    class NegativeError(CourseError, ValueError):
+        pass
+
+    def root(x: int) -> int:
+        if x < 0:
+            raise NegativeError(f"x must be >= 0, got {x}")
+        return int(x**0.5)
+
+    def checks_with_value_error(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return int(x**0.5)
+
+    cases = [Case((4,)), Case((-1,), hint="refuse negative numbers")]
+    run_cases(checks_with_value_error, root, cases)
+    mismatch = failure(root, lambda x: int(abs(x) ** 0.5), cases)
+    assert (mismatch.hint, mismatch.detail) == (
+        "refuse negative numbers",
+        "expected a ValueError (x must be >= 0, got -1), but it returned 1",
+    )
+    mismatch = failure(root, lambda x: [][x], [Case((-1,))])
+    assert mismatch.detail == (
+        "expected a ValueError (x must be >= 0, got -1), but it raised IndexError: "
+        "list index out of range"
+    )
+
+
+def test_a_recognised_mistake_gives_its_hint_before_the_case_hint() -> None:
+    mistakes = [
+        Mistake("cube", lambda x: x**3, "square, do not cube"),
+        Mistake("double", lambda x: 2 * x, "multiply x by x, not by 2"),
+    ]
+    cases = [Case((3,), hint="the case's hint")]
+    assert failure(square_reference, lambda x: x + x, cases, mistakes=mistakes).hint == (
+        "multiply x by x, not by 2"
+    )
+    assert failure(square_reference, lambda x: x - 1, cases, mistakes=mistakes).hint == (
+        "the case's hint"
+    )
+
+
+def test_case_descriptions_are_generated_from_the_reference_parameters() -> None:
+    mismatch = failure(pad, lambda rows, length: rows, [Case(([[1]], 2))])
+    assert mismatch.case == "rows = [[1]], length = 2"
+    assert failure(pad, lambda rows, length: rows, [("one row", ([[1]], 2))]).case == "one row"
+
+
+def test_check_appends_its_result_for_a_grader(
+    square: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv(RESULTS_FILE_ENV, str(results))
+    check(square, square_reference)
+    check(square, not_attempted)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(record["id"], record["status"]) for record in records] == [
+        ("test.square", "passed"), ("test.square", "not attempted"),
+    ]
 
 
 def test_unknown_id_suggests_close_ids(square: str) -> None:
@@ -392,7 +581,7 @@ def test_html_box_is_coloured_and_escaped() -> None:
     assert "a &amp; b" in box
 
 
-def test_in_jupyter_the_result_is_shown_once_per_cell_with_its_record(
+def test_in_jupyter_the_result_is_shown_once_per_cell(
     square: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class FakeShell:
@@ -407,7 +596,7 @@ def test_in_jupyter_the_result_is_shown_once_per_cell_with_its_record(
     data, options = shown[0]
     assert data["text/plain"] == "✓ test.square: passed (3 cases)"
     assert "#e6f4ea" in data["text/html"]
-    assert options["metadata"] == {RESULT_METADATA_KEY: result.to_record()}
+    assert options == {"raw": True}  # no result in the metadata: graders read it elsewhere
 
     result._ipython_display_()  # the cell's value: already shown in this cell
     assert len(shown) == 1

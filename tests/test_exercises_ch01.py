@@ -325,7 +325,9 @@ def test_merge_pair_rejects_changing_the_input() -> None:
         ids[:] = reference_merge_pair(ids, pair, new_id)
         return ids
 
-    assert_rejected("ch01.merge_pair", in_place, "leave ids unchanged")
+    assert_rejected(
+        "ch01.merge_pair", in_place, "your function changed its argument `ids` in place"
+    )
 
 
 # --- ch01.apply_merges --------------------------------------------------------------------------
@@ -380,6 +382,99 @@ def test_apply_merges_rejects_first_occurrence_only() -> None:
         return ids
 
     assert_rejected("ch01.apply_merges", first_occurrence_only, "every occurrence")
+
+
+# --- Answers written differently from the references, and text-based shortcuts ----------------
+
+
+def split_words_with_findall(text: str) -> list[str]:
+    return re.findall(r"""--|[,.:;?_!"()']|[^\s,.:;?_!"()']+?(?=--|[\s,.:;?_!"()']|$)""", text)
+
+
+def build_vocab_with_a_loop(tokens: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token in sorted(set(tokens)):
+        if token not in (END_OF_TEXT, UNKNOWN):
+            vocab[token] = len(vocab)
+    vocab[END_OF_TEXT] = len(vocab)
+    vocab[UNKNOWN] = len(vocab)
+    return vocab
+
+
+def most_frequent_pair_with_a_dict(ids: list[int]) -> tuple[int, int] | None:
+    counts: dict[tuple[int, int], int] = {}
+    for i in range(len(ids) - 1):
+        pair = (ids[i], ids[i + 1])
+        counts[pair] = counts.get(pair, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return sorted(pair for pair, count in counts.items() if count == best)[0]
+
+
+def merge_pair_with_a_while_loop(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+
+
+def apply_merges_with_a_dict(ids: list[int], merges: list) -> list[int]:
+    for pair, new_id in dict(merges).items():
+        ids = merge_pair_with_a_while_loop(ids, pair, new_id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "answer"),
+    [
+        ("ch01.split_words", split_words_with_findall),
+        ("ch01.build_vocab", build_vocab_with_a_loop),
+        ("ch01.most_frequent_pair", most_frequent_pair_with_a_dict),
+        ("ch01.merge_pair", merge_pair_with_a_while_loop),
+        ("ch01.apply_merges", apply_merges_with_a_dict),
+    ],
+)
+def test_answers_written_differently_pass(exercise_id: str, answer: object) -> None:
+    status, message = run_check(exercise_id, answer)
+    assert status == "passed", message
+
+
+def merge_pair_on_text(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    text = " ".join(map(str, ids)).replace(f"{pair[0]} {pair[1]}", str(new_id))
+    return [int(token) for token in text.split()]
+
+
+def most_frequent_pair_on_digits(ids: list[int]) -> tuple[int, int] | None:
+    digits = "".join(map(str, ids))
+    counts = Counter(zip(digits, digits[1:], strict=False))
+    if not counts:
+        return None
+    pair = min(counts, key=lambda pair: (-counts[pair], pair))
+    return int(pair[0]), int(pair[1])
+
+
+def apply_merges_on_text(ids: list[int], merges: list) -> list[int]:
+    for pair, new_id in merges:
+        ids = merge_pair_on_text(ids, pair, new_id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "answer"),
+    [
+        ("ch01.merge_pair", merge_pair_on_text),
+        ("ch01.most_frequent_pair", most_frequent_pair_on_digits),
+        ("ch01.apply_merges", apply_merges_on_text),
+    ],
+)
+def test_text_based_shortcuts_fail_on_multi_digit_ids(exercise_id: str, answer: object) -> None:
+    assert_rejected(exercise_id, answer, "12 is not 1 followed by 2")
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_next_token_pairs_rejects_target_not_shifted():
     result = run("ch02.next_token_pairs", target_not_shifted)
     assert result.status == "failed"
     assert "the book's example" in result.message
-    assert "item 0 is ([290], 290) but expected ([290], 4920)" in result.message
+    assert "item 0: item 1: expected 4920, got 290" in result.message
     assert "the target is the token right after it" in result.hint
 
 
@@ -108,7 +108,7 @@ def test_next_token_pairs_rejects_an_empty_first_context():
 
     result = run("ch02.next_token_pairs", starts_with_empty_context)
     assert result.status == "failed"
-    assert "item 0 is ([], 290)" in result.message
+    assert "item 0: item 0: got 0 items but expected 1" in result.message
     assert "for i = 1, 2, ..., context_size" in result.hint
 
 
@@ -316,9 +316,9 @@ def short_batch_padded_to_full(num_tokens, max_length, stride, batch_size, drop_
     [
         (keeps_short_batch, "drop_last=True (the book)", "got 161 items but expected 160"),
         (drops_short_batch, "drop_last=False (the book)", "got 160 items but expected 161"),
-        (transposed_shapes, "drop_last=True (the book)", "item 0 is (4, 8) but expected (8, 4)"),
+        (transposed_shapes, "drop_last=True (the book)", "item 0: item 0: expected 8, got 4"),
         (short_batch_padded_to_full, "drop_last=False (the book)",
-         "item 160 is (8, 4) but expected (6, 4)"),
+         "item 160: item 0: expected 6, got 8"),
     ],
 )
 def test_batch_shapes_rejects(answer, failing_case, detail):

@@ -116,9 +116,7 @@ def test_one_hot_lookup_rejects_an_integer_result():
 
     result = run("ch03.one_hot_lookup", integer_product)
     assert result.status == "failed"
-    assert "got an integer tensor (torch.int64) but expected a floating point tensor" in (
-        result.message
-    )
+    assert "got a tensor of dtype torch.int64 but expected torch.float32" in result.message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +163,7 @@ def float_positions(token_ids, start=0):
          "at index (0, 1) expected 1, got 0"),
         (ignores_start, "start=5", "at index (0, 0) expected 5, got 0"),
         (one_row_only, "2 sequences of 3 tokens, start=0", "got shape (3,) but expected (2, 3)"),
-        (float_positions, "start=0", "got a floating point tensor (torch.float32)"),
+        (float_positions, "start=0", "got a tensor of dtype torch.float32"),
     ],
 )
 def test_positional_ids_rejects(answer, failing_case, detail):

@@ -177,10 +177,10 @@ def bool_ones(size):
         ("diagonal_left_out", lambda n: bool_ones(n).tril(diagonal=-1),
          "at index (0, 0) expected True, got False", "the diagonal is missing"),
         ("float_mask", lambda n: torch.ones(n, n).tril(),
-         "got a floating point tensor (torch.float32) but expected a bool tensor",
+         "got a tensor of dtype torch.float32 but expected torch.bool",
          "return a bool tensor"),
         ("additive_mask", lambda n: torch.zeros(n, n).masked_fill(~bool_ones(n).tril(), -math.inf),
-         "expected a bool tensor", "this is the additive form"),
+         "but expected torch.bool", "this is the additive form"),
     ],
 )
 def test_causal_mask_rejects(mistake, answer, detail, hint):
@@ -213,7 +213,7 @@ def test_masked_softmax_accepts_right_answers():
     for answer in answers:
         result = run("ch04.masked_softmax", answer)
         assert result.status == "passed", result.summary
-        assert result.cases == 12
+        assert result.cases == 13
 
 
 FIRST_SOFTMAX = "4x4 scores with the causal mask of 4 tokens"
@@ -240,6 +240,9 @@ FIRST_SOFTMAX = "4x4 scores with the causal mask of 4 tokens"
          lambda scores, mask: reference_masked_softmax(
              scores, torch.ones_like(scores).tril().bool()),
          "2 new queries after 3 cached keys", "use the `mask` argument"),
+        ("unstabilised_softmax",
+         lambda scores, mask: (scores.exp() * mask) / (scores.exp() * mask).sum(-1, keepdim=True),
+         "extreme scores", "subtract each row's largest score before exp"),
     ],
 )
 def test_masked_softmax_rejects(mistake, answer, failing_case, hint):

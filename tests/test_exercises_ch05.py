@@ -269,9 +269,10 @@ def test_gelu_rejects_a_tanh_that_overflows():
     assert "got nan" in result.message
 
 
-def test_gelu_accepts_a_float32_result_for_a_float64_input():
+def test_gelu_rejects_a_float32_result_for_a_float64_input():
     result = run("ch05.gelu_tanh", lambda x: learner_gelu(x.float()))
-    assert result.status == "passed"  # float32 rounding stays within the tolerance
+    assert result.status == "failed"
+    assert "got a tensor of dtype torch.float32 but expected torch.float64" in result.message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +333,17 @@ def test_block_forward_rejects(answer, hint):
         result.message
     )
     assert hint in result.hint
+
+
+def test_block_forward_rejects_adding_into_the_callers_x():
+    def adds_in_place(x, ln_1, attention, ln_2, mlp):
+        x += attention(ln_1(x))
+        x += mlp(ln_2(x))
+        return x
+
+    result = run("ch05.block_forward", adds_in_place)
+    assert result.status == "failed"
+    assert result.hint == "your function changed its argument `x` in place; work on a copy"
 
 
 def test_block_forward_reports_a_tuple_result():
@@ -430,7 +442,7 @@ def test_greedy_next_token_accepts_right_answers():
         ("flattened_argmax", lambda logits: logits[:, -1].argmax(),
          "got shape () but expected (1,)", "keep the last position's logits"),
         ("float_ids", lambda logits: logits[:, -1].argmax(-1).float(),
-         "got a floating point tensor", ""),
+         "got a tensor of dtype torch.float32", ""),
     ],
 )
 def test_greedy_next_token_rejects(mistake, answer, detail, hint):

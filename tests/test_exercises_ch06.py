@@ -107,6 +107,7 @@ def mistake(mistakes, name):
         ("softmax_over_positions", ["last dimension"]),
         ("softmax_over_batch", ["last dimension"]),
         ("log2", ["natural logarithm"]),
+        ("unstabilised_softmax", ["extreme logits", "torch.log_softmax"]),
     ],
 )
 def test_cross_entropy_rejects_typical_mistakes(name, words):

@@ -179,7 +179,7 @@ def test_last_real_positions_rejects_float_positions():
         lambda ids, pad_id: reference_last_real_positions(ids, pad_id).float(),
     )
     assert result.status == "failed"
-    assert "expected an integer tensor" in result.message
+    assert "but expected torch.int64" in result.message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +233,22 @@ def test_pad_batch_accepts_right_answers():
         result = run("ch07.pad_batch", answer)
         assert result.status == "passed", result.message
     assert result.cases == 8
+
+
+def test_pad_batch_rejects_padding_the_callers_lists_in_place():
+    def pads_in_place(sequences, pad_id, max_length=None):
+        if max_length is not None:
+            sequences = [ids[:max_length] for ids in sequences]
+        longest = max(len(ids) for ids in sequences)
+        for ids in sequences:
+            ids.extend([pad_id] * (longest - len(ids)))
+        return torch.tensor(sequences)
+
+    result = run("ch07.pad_batch", pads_in_place)
+    assert result.status == "failed"
+    assert result.hint == (
+        "your function changed its argument `sequences` in place; work on a copy"
+    )
 
 
 def test_pad_batch_rejects_left_padding():
@@ -302,7 +318,7 @@ def test_confusion_matrix_rejects_the_transpose():
     result = run("ch07.confusion_matrix", transposed)
     assert result.status == "failed"
     assert "labels=[0, 0, 0, 1, 1], predictions=[0, 1, 1, 0, 1]" in result.message
-    assert "item 0 is [1, 1] but expected [1, 2]" in result.message
+    assert "item 0: item 1: expected 2, got 1" in result.message
     assert "rows are the TRUE classes" in result.hint
 
 

@@ -150,7 +150,7 @@ def test_format_alpaca_rejects_wrong_separators():
         "ch07.format_alpaca", lambda entry: reference_format_alpaca(entry).replace("\n\n", "\n")
     )
     assert result.status == "failed"
-    assert "character 106 is '#' but expected '\\n'" in result.message
+    assert "character 106: expected '\\n', got '#'" in result.message
     assert "separated by a blank line" in result.hint
 
 
@@ -166,7 +166,7 @@ def test_format_phi3_accepts_a_right_answer():
 def test_format_phi3_rejects_the_alpaca_format():
     result = run("ch07.format_phi3", reference_format_alpaca)
     assert result.status == "failed"
-    assert "character 0 is 'B' but expected '<'" in result.message
+    assert "character 0: expected '<', got 'B'" in result.message
 
 
 def test_prompt_formats_end_where_the_package_adds_the_response_header():
@@ -266,15 +266,21 @@ def test_mask_prompt_accepts_right_answers():
             masked[row, : max(length - 1, 0)] = ignore_index
         return masked
 
+    for answer in (reference_mask_prompt, with_a_loop):
+        result = run("ch07.mask_prompt", answer)
+        assert result.status == "passed", result.message
+    assert result.cases == 9
+
+
+def test_mask_prompt_rejects_a_mask_written_into_the_callers_targets():
     def in_place(targets, prompt_lengths, ignore_index=-100):
         for row, length in enumerate(prompt_lengths):
             targets[row, : length - 1] = ignore_index
         return targets
 
-    for answer in (reference_mask_prompt, with_a_loop, in_place):
-        result = run("ch07.mask_prompt", answer)
-        assert result.status == "passed", result.message
-    assert result.cases == 9
+    result = run("ch07.mask_prompt", in_place)
+    assert result.status == "failed"
+    assert result.hint == "your function changed its argument `targets` in place; work on a copy"
 
 
 def test_mask_prompt_rejects_both_off_by_ones():
@@ -320,7 +326,7 @@ def test_extract_response_accepts_right_answers():
     for answer in (reference_extract_response, with_partition, with_a_regex):
         result = run("ch07.extract_response", answer)
         assert result.status == "passed", result.message
-    assert result.cases == 10
+    assert result.cases == 12
 
 
 def test_extract_response_rejects_keeping_the_marker_and_not_stripping():

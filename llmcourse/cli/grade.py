@@ -13,20 +13,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "grade",
         help="run a notebook and print the scorecard of its exercises",
         description="Runs NOTEBOOK from top to bottom in a fresh kernel (in the notebook's "
-        "folder, non-strict checks, $LLMCOURSE_PROFILE inherited) and prints each exercise's "
-        "result and the cells that raised. The notebook file is not changed. Exit status: 0 "
-        "when nothing failed, 1 when an exercise failed, errored or timed out or a cell "
-        "raised (or, with --require-all, an exercise was not attempted), 2 for bad input.",
+        "folder, non-strict checks, $LLMCOURSE_PROFILE inherited) and prints the result of "
+        "every exercise of its chapter, as the checks reported it while they ran (an exercise "
+        "never checked is 'missing'), and the cells that raised. The notebook file is not "
+        "changed. Exit status: 0 when nothing failed, 1 when an exercise failed, errored or "
+        "timed out or a cell raised (or, with --require-all, an exercise was not attempted or "
+        "is missing), 2 for bad input.",
     )
     parser.add_argument("notebook", metavar="NOTEBOOK", help="path of the .ipynb file")
     parser.add_argument(
         "--timeout", type=int, metavar="S",
-        help="seconds one cell may run before it is interrupted and counts as raising "
-        "(default: 600)",
+        help="seconds one cell may run before it is interrupted and counts as raising; a cell "
+        "that ignores the interrupt has its kernel killed 10 s later (default: 600)",
     )
     parser.add_argument(
         "--require-all", action="store_true",
-        help="count an exercise that was not attempted as a failure",
+        help="count an exercise that was not attempted or is missing as a failure",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=grade)

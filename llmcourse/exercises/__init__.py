@@ -10,13 +10,13 @@ In a chapter notebook::
     check("ch01.word_split", word_split)
 
 Checkers live in ``llmcourse/exercises/chNN_<topic>.py`` modules, found and imported on first
-use; each registers itself with ``@exercise`` and compares with ``run_cases``, ``expect_equal``
-and ``expect_close`` (see ``llmcourse.exercises.core``).
+use; each registers itself with ``@exercise`` and runs ``run_cases`` on its ``Case``s (see
+``llmcourse.exercises.core``, and ``README.md`` beside it for how to add an exercise).
 """
 
 from llmcourse.exercises.core import (
     DEFAULT_TIME_LIMIT,
-    RESULT_METADATA_KEY,
+    RESULTS_FILE_ENV,
     STATUSES,
     STRICT_ENV,
     Case,
@@ -24,11 +24,11 @@ from llmcourse.exercises.core import (
     Exercise,
     ExerciseFailed,
     ExerciseResult,
+    LabelledArgs,
     Mismatch,
     Mistake,
     Scorecard,
     UnknownExercise,
-    attempt,
     check,
     describe,
     exercise,
@@ -38,25 +38,24 @@ from llmcourse.exercises.core import (
     list_exercises,
     reset_scorecard,
     run_cases,
-    run_cases_with_diagnosis,
     scorecard,
 )
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",
-    "RESULT_METADATA_KEY",
+    "RESULTS_FILE_ENV",
     "STATUSES",
     "STRICT_ENV",
     "Case",
     "Compare",
     "Exercise",
+    "LabelledArgs",
     "ExerciseFailed",
     "ExerciseResult",
     "Mismatch",
     "Mistake",
     "Scorecard",
     "UnknownExercise",
-    "attempt",
     "check",
     "describe",
     "exercise",
@@ -66,6 +65,5 @@ __all__ = [
     "list_exercises",
     "reset_scorecard",
     "run_cases",
-    "run_cases_with_diagnosis",
     "scorecard",
 ]

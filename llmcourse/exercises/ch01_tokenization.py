@@ -12,14 +12,21 @@ grouped by the mistake they reveal (each group with its own hint), then on seede
 
 from __future__ import annotations
 
-import copy
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from llmcourse.exercises.core import Mismatch, attempt, describe, exercise, expect_equal
+from llmcourse.exercises.core import (
+    Case,
+    Mismatch,
+    Mistake,
+    describe,
+    exercise,
+    expect_equal,
+    run_cases,
+)
 from llmcourse.tokenizers.bpe import merge_pair as package_merge_pair
 from llmcourse.tokenizers.word import END_OF_TEXT, UNKNOWN
 from llmcourse.tokenizers.word import split as package_split
@@ -28,6 +35,10 @@ Pair = tuple[int, int]
 Merge = tuple[Pair, int]  # ((left id, right id), merged id), as in BPETokenizer.merges
 SPECIAL_TOKENS = (END_OF_TEXT, UNKNOWN)
 N_RANDOM_CASES = 40
+MULTI_DIGIT_HINT = (
+    "ids can have several digits (12 is not 1 followed by 2): compare the ids as numbers, "
+    "position by position, not as text"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,16 +112,14 @@ def check_split_words(answer: Callable[[str], list[str]]) -> None:
         ),
         ("punctuation with no words is still split into tokens", ["...", "?!", "a"]),
     ]
-    for hint, texts in groups:
-        cases = [(f"text = {describe(text)}", (text,)) for text in texts]
-        _run_with_type_check(answer, reference_split_words, cases, hint=hint)
     rng = random.Random(1)
     pieces = _WORDS + _SEPARATORS
     random_texts = [
         "".join(rng.choices(pieces, k=rng.randint(1, 12))) for _ in range(N_RANDOM_CASES)
     ]
-    cases = [(f"text = {describe(text)}", (text,)) for text in random_texts]
-    _run_with_type_check(answer, reference_split_words, cases)
+    cases = [Case((text,), hint=hint) for hint, texts in groups for text in texts]
+    cases += [Case((text,)) for text in random_texts]
+    run_cases(answer, reference_split_words, cases, _expect_type_then_value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,14 +142,35 @@ def check_build_vocab(answer: Callable[[list[str]], dict[str, int]]) -> None:
     rng = random.Random(2)
     vocabulary = [*_WORDS, *_SEPARATORS[4:], END_OF_TEXT, UNKNOWN]
     cases += [rng.choices(vocabulary, k=rng.randint(0, 25)) for _ in range(N_RANDOM_CASES)]
-    for tokens in cases:
-        case = f"tokens = {describe(tokens)}"
-        expected = reference_build_vocab(list(tokens))
-        got = attempt(answer, list(tokens), case=case)
-        _expect_vocab(got, expected, tokens, case=case)
+    run_cases(
+        answer, reference_build_vocab, [Case((tokens,)) for tokens in cases], _expect_vocab,
+        mistakes=VOCAB_MISTAKES,
+    )
 
 
-def _expect_vocab(got: Any, expected: dict[str, int], tokens: list[str], *, case: str) -> None:
+VOCAB_MISTAKES = (
+    Mistake(
+        "special tokens numbered twice",
+        lambda tokens: {
+            token: token_id
+            for token_id, token in enumerate([*sorted(set(tokens)), *SPECIAL_TOKENS])
+        },
+        "a special token that is already in tokens must not be numbered twice: leave it out "
+        "of the ordinary tokens, it gets its id at the end",
+    ),
+    Mistake(
+        "every occurrence numbered",
+        lambda tokens: {
+            token: token_id
+            for token_id, token in enumerate([*sorted(tokens), *SPECIAL_TOKENS])
+        },
+        "number each distinct token once (use set(tokens)), so that the ids are 0, 1, ..., "
+        "len(vocab) - 1 with no gaps",
+    ),
+)
+
+
+def _expect_vocab(got: Any, expected: dict[str, int], *, case: str) -> None:
     """Compare two vocabularies, with a hint for the most likely reason they differ."""
     if not isinstance(got, dict):
         raise Mismatch(case, expected, got, "return a dict that maps each token to its id")
@@ -162,16 +192,8 @@ def _expect_vocab(got: Any, expected: dict[str, int], tokens: list[str], *, case
     if not all(isinstance(token_id, int) for token_id in got.values()):
         raise Mismatch(case, expected, got, "the ids must be integers: 0, 1, 2, ...")
     if sorted(got.values()) != list(range(len(expected))):
-        if any(token in SPECIAL_TOKENS for token in tokens):
-            hint = (
-                "a special token that is already in tokens must not be numbered twice: leave it "
-                "out of the ordinary tokens, it gets its id at the end"
-            )
-        else:
-            hint = "number each distinct token once (use set(tokens)), so that the ids are 0, 1, "
-            hint += "..., len(vocab) - 1 with no gaps"
         raise Mismatch(
-            case, expected, got, hint,
+            case, expected, got,
             detail=f"the ids are {describe(sorted(got.values()))}, not 0..{len(expected) - 1}",
         )
     order = sorted(got, key=got.__getitem__)
@@ -227,16 +249,15 @@ def check_most_frequent_pair(answer: Callable[[list[int]], Pair | None]) -> None
             "the list does not wrap around: (ids[-1], ids[0]) is not a pair",
             [[1, 2, 1, 9, 1], [0, 5, 6, 0]],
         ),
+        (MULTI_DIGIT_HINT, [[1, 12, 1, 2, 12, 1], [256, 25, 6, 25, 6, 256, 25]]),
     ]
-    for hint, id_lists in groups:
-        cases = [(f"ids = {describe(ids)}", (ids,)) for ids in id_lists]
-        _run_with_type_check(answer, reference_most_frequent_pair, cases, hint=hint)
     rng = random.Random(3)
     random_lists = [
-        rng.choices(range(rng.randint(1, 5)), k=rng.randint(0, 20)) for _ in range(N_RANDOM_CASES)
+        rng.choices(_random_alphabet(rng), k=rng.randint(0, 20)) for _ in range(N_RANDOM_CASES)
     ]
-    cases = [(f"ids = {describe(ids)}", (ids,)) for ids in random_lists]
-    _run_with_type_check(answer, reference_most_frequent_pair, cases)
+    cases = [Case((ids,), hint=hint) for hint, id_lists in groups for ids in id_lists]
+    cases += [Case((ids,)) for ids in random_lists]
+    run_cases(answer, reference_most_frequent_pair, cases, _expect_type_then_value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +270,6 @@ def check_most_frequent_pair(answer: Callable[[list[int]], Pair | None]) -> None
     hint="walk through ids with an index: on a match append new_id and skip 2, else copy 1",
 )
 def check_merge_pair(answer: Callable[[list[int], Pair, int], list[int]]) -> None:
-    _check_input_unchanged(answer)
     groups = [
         (
             "replace the two ids of an occurrence by the single new_id, then move on past both",
@@ -273,45 +293,32 @@ def check_merge_pair(answer: Callable[[list[int], Pair, int], list[int]]) -> Non
             "when the pair does not occur, return the ids unchanged (as a new list)",
             [([], (1, 2)), ([1], (1, 2)), ([2, 1], (1, 2)), ([1, 3, 2], (1, 2))],
         ),
+        (
+            MULTI_DIGIT_HINT,
+            [
+                ([1, 12, 1, 2], (1, 2)), ([1, 21, 2], (1, 2)), ([11, 2, 1, 12, 1, 2], (1, 2)),
+                ([256, 56, 2], (56, 2)),
+            ],
+        ),
     ]
-    for hint, examples in groups:
-        cases = [_merge_case(ids, pair, new_id=9) for ids, pair in examples]
-        _run_with_type_check(
-            answer, reference_merge_pair, cases, hint=hint, diagnose=_nothing_merged
-        )
     rng = random.Random(4)
-    cases = []
+    cases = [Case((ids, pair, 9), hint=hint) for hint, examples in groups for ids, pair in examples]
     for _ in range(N_RANDOM_CASES):
-        ids = rng.choices(range(3), k=rng.randint(0, 15))
-        cases.append(_merge_case(ids, (rng.randrange(3), rng.randrange(3)), new_id=3))
-    _run_with_type_check(answer, reference_merge_pair, cases, diagnose=_nothing_merged)
+        alphabet = _random_alphabet(rng)
+        ids = rng.choices(alphabet, k=rng.randint(0, 15))
+        pair = (rng.choice(alphabet), rng.choice(alphabet))
+        cases.append(Case((ids, pair, max(alphabet) + 1)))
+    run_cases(
+        answer, reference_merge_pair, cases, _expect_type_then_value, mistakes=[NOTHING_MERGED]
+    )
 
 
-def _nothing_merged(got: Any, expected: list[int], arguments: tuple[Any, ...]) -> str:
-    """A hint for an answer that merged nothing where it should have merged."""
-    ids = arguments[0]
-    if got == ids and expected != ids:
-        return (
-            "nothing was merged: compare the pair as a tuple, tuple(ids[i:i + 2]) == pair "
-            "(a list slice never equals a tuple)"
-        )
-    return ""
-
-
-def _merge_case(ids: list[int], pair: Pair, new_id: int) -> tuple[str, tuple[Any, ...]]:
-    return f"ids = {ids}, pair = {pair}, new_id = {new_id}", (ids, pair, new_id)
-
-
-def _check_input_unchanged(answer: Callable[[list[int], Pair, int], list[int]]) -> None:
-    ids = [1, 2, 3, 1, 2]
-    case = f"ids = {ids}, pair = (1, 2), new_id = 9"
-    attempt(answer, ids, (1, 2), 9, case=case)
-    if ids != [1, 2, 3, 1, 2]:
-        raise Mismatch(
-            case, [1, 2, 3, 1, 2], ids,
-            "leave ids unchanged: build and return a new list",
-            detail=f"the function changed its input ids to {describe(ids)}",
-        )
+NOTHING_MERGED = Mistake(
+    "nothing merged",
+    lambda ids, pair, new_id: list(ids),
+    "nothing was merged: compare the pair as a tuple, tuple(ids[i:i + 2]) == pair (a list "
+    "slice never equals a tuple)",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,21 +357,24 @@ def check_apply_merges(answer: Callable[[list[int], list[Merge]], list[int]]) ->
                 ([1, 2, 2, 3], [((1, 2), 9), ((2, 3), 10), ((9, 10), 11)]),
             ],
         ),
+        (
+            MULTI_DIGIT_HINT,
+            [
+                ([1, 12, 1, 2], [((1, 2), 256)]),
+                ([3, 1, 21, 2], [((1, 2), 256)]),
+                ([256, 56, 2, 3], [((56, 2), 300), ((300, 3), 301)]),
+            ],
+        ),
     ]
-    for hint, examples in groups:
-        cases = [_apply_case(ids, merges) for ids, merges in examples]
-        _run_with_type_check(answer, reference_apply_merges, cases, hint=hint)
     rng = random.Random(5)
-    cases = []
+    cases = [
+        Case((ids, merges), hint=hint) for hint, examples in groups for ids, merges in examples
+    ]
     for _ in range(N_RANDOM_CASES):
-        alphabet = range(rng.randint(2, 4))
-        merges = _learn_merges(rng.choices(alphabet, k=30), len(alphabet), rng.randint(1, 6))
-        cases.append(_apply_case(rng.choices(alphabet, k=rng.randint(0, 16)), merges))
-    _run_with_type_check(answer, reference_apply_merges, cases)
-
-
-def _apply_case(ids: list[int], merges: list[Merge]) -> tuple[str, tuple[Any, ...]]:
-    return f"ids = {ids}, merges = {merges}", (ids, merges)
+        alphabet = _random_alphabet(rng)
+        merges = _learn_merges(rng.choices(alphabet, k=30), max(alphabet) + 1, rng.randint(1, 6))
+        cases.append(Case((rng.choices(alphabet, k=rng.randint(0, 16)), merges)))
+    run_cases(answer, reference_apply_merges, cases, _expect_type_then_value)
 
 
 def _learn_merges(ids: list[int], first_new_id: int, n_merges: int) -> list[Merge]:
@@ -383,29 +393,22 @@ def _learn_merges(ids: list[int], first_new_id: int, n_merges: int) -> list[Merg
 # Shared
 
 
-def _run_with_type_check(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: list[tuple[str, tuple[Any, ...]]],
-    *,
-    hint: str = "",
-    diagnose: Callable[[Any, Any, tuple[Any, ...]], str] | None = None,
-) -> None:
-    """Like ``run_cases``, with two more specific hints.
+def _random_alphabet(rng: random.Random) -> list[int]:
+    """2 to 4 distinct ids: small ones (0, 1, ...) or multi-digit ones around 256, where a
+    merge learned by byte-pair encoding gets its id."""
+    size = rng.randint(2, 4)
+    first = rng.choice([0, 250])
+    return list(range(first, first + size))
 
-    A result of the wrong type (a list for a tuple...) gets a hint about the type rather than
-    the group's ``hint``; ``diagnose(got, expected, arguments)``, when given, may return a hint
-    that replaces the group's for a wrong result.
-    """
-    for case, arguments in cases:
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=case)
-        if got is not None and expected is not None and not isinstance(got, type(expected)):
-            raise Mismatch(
-                case, expected, got,
-                f"return a {type(expected).__name__}, as the exercise asks",
-                detail=f"expected {type(expected).__name__} {describe(expected)}, got "
-                f"{type(got).__name__} {describe(got)}",
-            )
-        specific_hint = diagnose(got, expected, arguments) if diagnose else ""
-        expect_equal(got, expected, case=case, hint=specific_hint or hint)
+
+def _expect_type_then_value(got: Any, expected: Any, *, case: str) -> None:
+    """``expect_equal``, with a hint about the type when the answer returns another type (a
+    list for a tuple...)."""
+    if None not in (got, expected) and not isinstance(got, type(expected)):
+        raise Mismatch(
+            case, expected, got,
+            f"return a {type(expected).__name__}, as the exercise asks",
+            detail=f"expected {type(expected).__name__} {describe(expected)}, got "
+            f"{type(got).__name__} {describe(got)}",
+        )
+    expect_equal(got, expected, case=case)

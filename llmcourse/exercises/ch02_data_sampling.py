@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal, run_cases
+from llmcourse.exercises.inputs import randint, random_ids
 
 Pair = tuple[list[int], int]
 
@@ -55,15 +56,6 @@ def reference_batch_shapes(
 
 # ----------------------------------------------------------------------------------------------
 # Random inputs
-
-
-def _random_ids(generator: torch.Generator, length: int, vocab_size: int = 50257) -> list[int]:
-    return torch.randint(0, vocab_size, (length,), generator=generator).tolist()
-
-
-def _random_int(generator: torch.Generator, low: int, high: int) -> int:
-    """A random integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,8 +111,8 @@ def check_next_token_pairs(answer: object) -> None:
         ("token_ids=[], context_size=2 (no ids at all)", ([], 2)),
     ]
     for _ in range(10):
-        ids = _random_ids(generator, _random_int(generator, 2, 30))
-        context_size = _random_int(generator, 1, 12)
+        ids = random_ids(generator, (randint(generator, 2, 30),)).tolist()
+        context_size = randint(generator, 1, 12)
         cases.append((f"token_ids={describe(ids)} ({len(ids)} ids), context_size={context_size}",
                       (ids, context_size)))
     run_cases(answer, reference_next_token_pairs, cases, _expect_pairs)
@@ -171,9 +163,9 @@ def check_input_target_windows(answer: object) -> None:
         ("token_ids=[7, 3], max_length=1, stride=1", ([7, 3], 1, 1)),
     ]
     for _ in range(10):
-        max_length = _random_int(generator, 1, 8)
-        stride = _random_int(generator, 1, 10)
-        ids = _random_ids(generator, _random_int(generator, max_length + 1, 60))
+        max_length = randint(generator, 1, 8)
+        stride = randint(generator, 1, 10)
+        ids = random_ids(generator, (randint(generator, max_length + 1, 60),)).tolist()
         cases.append((
             f"token_ids={describe(ids)} ({len(ids)} ids), max_length={max_length}, "
             f"stride={stride}",
@@ -267,9 +259,9 @@ def check_batch_shapes(answer: object) -> None:
     generator = torch.Generator().manual_seed(4)
     for _ in range(20):
         arguments = (
-            _random_int(generator, 1, 200), _random_int(generator, 1, 16),
-            _random_int(generator, 1, 16), _random_int(generator, 1, 10),
-            bool(_random_int(generator, 0, 1)),
+            randint(generator, 1, 200), randint(generator, 1, 16),
+            randint(generator, 1, 16), randint(generator, 1, 10),
+            bool(randint(generator, 0, 1)),
         )
         description = ", ".join(
             f"{name}={value}" for name, value in zip(_BATCH_ARGUMENTS, arguments, strict=True)

@@ -11,6 +11,7 @@ import functools
 import torch
 
 from llmcourse.exercises.core import exercise, expect_close, expect_equal, run_cases
+from llmcourse.exercises.inputs import randint, random_ids, shape_text
 
 expect_float = functools.partial(expect_close, atol=1e-6, rtol=1e-6)
 
@@ -51,20 +52,6 @@ def _counting_weight(rows: int, columns: int, first: int = 0) -> torch.Tensor:
     return row_starts + torch.arange(columns, dtype=torch.float32)
 
 
-def _random_ids(
-    generator: torch.Generator, shape: tuple[int, ...], vocab_size: int
-) -> torch.Tensor:
-    return torch.randint(0, vocab_size, shape, generator=generator)
-
-
-def _random_size(generator: torch.Generator, low: int, high: int) -> int:
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "x".join(str(size) for size in tensor.shape)
-
-
 # ----------------------------------------------------------------------------------------------
 # ch03.one_hot_lookup
 
@@ -92,10 +79,10 @@ def check_one_hot_lookup(answer: object) -> None:
         ("token_ids=tensor([4]), a float64 6x4 weight", (torch.tensor([4]), wide.double())),
     ]
     for _ in range(6):
-        vocab_size, dim = _random_size(generator, 2, 40), _random_size(generator, 1, 8)
-        shape = (_random_size(generator, 1, 4), _random_size(generator, 1, 6))
+        vocab_size, dim = randint(generator, 2, 40), randint(generator, 1, 8)
+        shape = (randint(generator, 1, 4), randint(generator, 1, 6))
         weight = torch.randn(vocab_size, dim, generator=generator)
-        token_ids = _random_ids(generator, shape, vocab_size)
+        token_ids = random_ids(generator, shape, vocab_size)
         cases.append((
             f"token_ids of shape {shape}, a random {vocab_size}x{dim} weight",
             (token_ids, weight),
@@ -125,11 +112,11 @@ def check_positional_ids(answer: object) -> None:
         ("one sequence of 1 token, start=12", (torch.tensor([[3]]), 12)),
     ]
     for _ in range(6):
-        shape = (_random_size(generator, 1, 5), _random_size(generator, 1, 9))
-        start = _random_size(generator, 0, 20)
+        shape = (randint(generator, 1, 5), randint(generator, 1, 9))
+        start = randint(generator, 0, 20)
         cases.append((
             f"a batch of shape {shape}, start={start}",
-            (_random_ids(generator, shape, 50257), start),
+            (random_ids(generator, shape, 50257), start),
         ))
     run_cases(answer, reference_positional_ids, cases, expect_equal)
 
@@ -162,15 +149,15 @@ def check_input_embeddings(answer: object) -> None:
           position_weight)),
     ]
     for _ in range(6):
-        vocab_size, dim = _random_size(generator, 2, 60), _random_size(generator, 1, 8)
-        context_length = _random_size(generator, 1, 10)
-        shape = (_random_size(generator, 1, 4), _random_size(generator, 1, context_length))
+        vocab_size, dim = randint(generator, 2, 60), randint(generator, 1, 8)
+        context_length = randint(generator, 1, 10)
+        shape = (randint(generator, 1, 4), randint(generator, 1, context_length))
         token_weight = torch.randn(vocab_size, dim, generator=generator)
         position_weight = torch.randn(context_length, dim, generator=generator)
         cases.append((
-            f"token_ids of shape {shape}, a random {_shape(token_weight)} token weight, "
-            f"a {_shape(position_weight)} position weight",
-            (_random_ids(generator, shape, vocab_size), token_weight, position_weight),
+            f"token_ids of shape {shape}, a random {shape_text(token_weight)} token weight, "
+            f"a {shape_text(position_weight)} position weight",
+            (random_ids(generator, shape, vocab_size), token_weight, position_weight),
         ))
     run_cases(answer, reference_input_embeddings, cases, expect_float)
 

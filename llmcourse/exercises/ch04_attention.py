@@ -10,18 +10,18 @@ them gives exactly what the learner's function gave, the hint names that mistake
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
-from llmcourse.exercises.core import Mismatch, attempt, exercise, expect_close
+from llmcourse.exercises.core import LabelledArgs, Mistake, exercise, expect_close, run_cases
+from llmcourse.exercises.inputs import randint, randn, random_mask, seeded, shape_text
 from llmcourse.model import causal_mask
 
 ATOL, RTOL = 1e-5, 1e-4
-Mistake = tuple[str, Callable[..., torch.Tensor]]  # (what went wrong and what to do, wrong answer)
-Case = tuple[str, tuple]
+expect_tensor = functools.partial(expect_close, atol=ATOL, rtol=RTOL)
 
 # ----------------------------------------------------------------------------------------------
 # References
@@ -72,82 +72,6 @@ def reference_scaled_dot_product_attention(
 
 
 # ----------------------------------------------------------------------------------------------
-# Running cases and recognising mistakes
-
-
-def _matches(got: object, wrong: torch.Tensor) -> bool:
-    """Whether ``got`` is the tensor ``wrong`` (same shape, same kind of dtype, same values)."""
-    if not isinstance(got, torch.Tensor) or got.shape != wrong.shape:
-        return False
-    if got.dtype.is_floating_point != wrong.dtype.is_floating_point:
-        return False
-    if (got.dtype == torch.bool) != (wrong.dtype == torch.bool):
-        return False
-    return torch.allclose(
-        got.detach().double(), wrong.detach().double(), atol=ATOL, rtol=RTOL, equal_nan=True
-    )
-
-
-def _diagnose(got: object, args: tuple, mistakes: Sequence[Mistake]) -> str:
-    """The explanation of the first typical mistake that gives exactly ``got``; "" if none."""
-    for explanation, wrong_answer in mistakes:
-        try:
-            wrong = wrong_answer(*copy.deepcopy(args))
-        except (RuntimeError, ValueError, IndexError, TypeError):  # it cannot run on this input
-            continue
-        if _matches(got, wrong):
-            return explanation
-    return ""
-
-
-def _run_diagnosed_cases(
-    answer: Callable[..., object],
-    reference: Callable[..., torch.Tensor],
-    cases: Sequence[Case],
-    mistakes: Sequence[Mistake],
-) -> None:
-    """Compare ``answer`` with ``reference`` on every case (``expect_close``); at the first
-    difference, raise ``Mismatch`` with the hint of the mistake that explains it, if any."""
-    for description, args in cases:
-        expected = reference(*copy.deepcopy(args))
-        got = attempt(answer, *copy.deepcopy(args), case=description)
-        try:
-            expect_close(got, expected, atol=ATOL, rtol=RTOL, case=description)
-        except Mismatch as mismatch:
-            diagnosis = _diagnose(got, args, mistakes)
-            if not diagnosis:
-                raise
-            raise Mismatch(
-                description, expected, got, diagnosis, detail=mismatch.detail
-            ) from None
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _size(generator: torch.Generator, low: int, high: int) -> int:
-    """A random integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-
-def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator)
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "(" + ", ".join(str(size) for size in tensor.shape) + ")"
-
-
-def _random_mask(generator: torch.Generator, n_queries: int, n_keys: int) -> torch.Tensor:
-    """A (T, S) bool mask, about half True, with at least one True in every row."""
-    mask = torch.rand(n_queries, n_keys, generator=generator) < 0.5
-    allowed = torch.randint(0, n_keys, (n_queries,), generator=generator)
-    mask[torch.arange(n_queries), allowed] = True
-    return mask
-
-
-# ----------------------------------------------------------------------------------------------
 # ch04.attention_scores
 
 
@@ -156,48 +80,65 @@ def _scores_without_scale(queries: torch.Tensor, keys: torch.Tensor) -> torch.Te
 
 
 SCORE_MISTAKES: list[Mistake] = [
-    ("the scores are not scaled: divide queries @ keys^T by sqrt(d), d = queries.shape[-1], "
-     "the head size", _scores_without_scale),
-    ("the scores are divided by d: divide by the square root of d (math.sqrt(d) or d ** 0.5)",
-     lambda q, k: _scores_without_scale(q, k) / q.size(-1)),
-    ("the scores are multiplied by sqrt(d): divide by it instead",
-     lambda q, k: _scores_without_scale(q, k) * math.sqrt(q.size(-1))),
-    ("the scores are divided by the square root of the number of keys: d is the size of the "
-     "last dimension of queries and keys (the head size), not the number of tokens",
-     lambda q, k: _scores_without_scale(q, k) / math.sqrt(k.size(-2))),
-    ("rows and columns are swapped: row i must hold query i's scores against every key, "
-     "queries @ keys.transpose(-2, -1), not keys @ queries^T",
-     lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.size(-1))),
+    Mistake(
+        "scores are not scaled",
+        _scores_without_scale,
+        "the scores are not scaled: divide queries @ keys^T by sqrt(d), d = "
+        "queries.shape[-1], the head size",
+    ),
+    Mistake(
+        "scores are divided by d",
+        lambda q, k: _scores_without_scale(q, k) / q.size(-1),
+        "the scores are divided by d: divide by the square root of d (math.sqrt(d) or d ** "
+        "0.5)",
+    ),
+    Mistake(
+        "scores are multiplied by sqrt(d)",
+        lambda q, k: _scores_without_scale(q, k) * math.sqrt(q.size(-1)),
+        "the scores are multiplied by sqrt(d): divide by it instead",
+    ),
+    Mistake(
+        "scores are divided by the square root of the number of keys",
+        lambda q, k: _scores_without_scale(q, k) / math.sqrt(k.size(-2)),
+        "the scores are divided by the square root of the number of keys: d is the size of "
+        "the last dimension of queries and keys (the head size), not the number of tokens",
+    ),
+    Mistake(
+        "rows and columns are swapped",
+        lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.size(-1)),
+        "rows and columns are swapped: row i must hold query i's scores against every key, "
+        "queries @ keys.transpose(-2, -1), not keys @ queries^T",
+    ),
 ]
 
 
-def _score_cases() -> list[Case]:
-    generator = _generator(41)
+def _score_cases() -> list[LabelledArgs]:
+    generator = seeded(41)
     queries = torch.tensor([[1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 1.0, 3.0], [2.0, 2.0, 0.0, 1.0]])
     keys = torch.tensor([
         [1.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 1.0], [3.0, 0.0, 1.0, 2.0],
         [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 2.0, 0.0],
     ])
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("queries of shape (3, 4) and keys of shape (5, 4): 3 queries, 5 keys, d = 4",
          (queries, keys)),
         ("queries and keys of shape (2, 6, 8) (a batch of 2, 6 tokens, d = 8)",
-         (_randn(generator, 2, 6, 8), _randn(generator, 2, 6, 8))),
+         (randn(generator, 2, 6, 8), randn(generator, 2, 6, 8))),
         ("queries (2, 3, 5, 16) and keys (2, 3, 7, 16): batch 2, 3 heads, 5 queries, 7 keys",
-         (_randn(generator, 2, 3, 5, 16), _randn(generator, 2, 3, 7, 16))),
+         (randn(generator, 2, 3, 5, 16), randn(generator, 2, 3, 7, 16))),
         ("a single token: queries and keys of shape (1, 1, 1, 4)",
-         (_randn(generator, 1, 1, 1, 4), _randn(generator, 1, 1, 1, 4))),
+         (randn(generator, 1, 1, 1, 4), randn(generator, 1, 1, 1, 4))),
         ("one new query against 9 cached keys: queries (1, 2, 1, 8), keys (1, 2, 9, 8)",
-         (_randn(generator, 1, 2, 1, 8), _randn(generator, 1, 2, 9, 8))),
+         (randn(generator, 1, 2, 1, 8), randn(generator, 1, 2, 9, 8))),
         ("float64 queries and keys of shape (4, 3)",
-         (_randn(generator, 4, 3).double(), _randn(generator, 4, 3).double())),
+         (randn(generator, 4, 3).double(), randn(generator, 4, 3).double())),
     ]
     for _ in range(6):
-        batch, heads = _size(generator, 1, 3), _size(generator, 1, 4)
-        n_queries, n_keys, head_size = (_size(generator, 1, 9) for _ in range(3))
-        queries = _randn(generator, batch, heads, n_queries, head_size)
-        keys = _randn(generator, batch, heads, n_keys, head_size)
-        cases.append((f"random queries {_shape(queries)} and keys {_shape(keys)}",
+        batch, heads = randint(generator, 1, 3), randint(generator, 1, 4)
+        n_queries, n_keys, head_size = (randint(generator, 1, 9) for _ in range(3))
+        queries = randn(generator, batch, heads, n_queries, head_size)
+        keys = randn(generator, batch, heads, n_keys, head_size)
+        cases.append((f"random queries {shape_text(queries)} and keys {shape_text(keys)}",
                       (queries, keys)))
     return cases
 
@@ -210,7 +151,9 @@ def _score_cases() -> list[Case]:
     "transpose(-2, -1) (not .T) keeps any batch and head dimensions in front",
 )
 def check_attention_scores(answer: object) -> None:
-    _run_diagnosed_cases(answer, reference_attention_scores, _score_cases(), SCORE_MISTAKES)
+    run_cases(
+        answer, reference_attention_scores, _score_cases(), expect_tensor, mistakes=SCORE_MISTAKES,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,21 +165,36 @@ def _ones(size: int) -> torch.Tensor:
 
 
 MASK_MISTAKES: list[Mistake] = [
-    ("the mask is inverted: it is True where a token must NOT look. This exercise wants True "
-     "where attention is allowed (key j <= query i), the lower triangle: torch.tril",
-     lambda size: _ones(size).triu(diagonal=1)),
-    ("the mask lets tokens see the future: row i (the query) may see columns j <= i only, the "
-     "lower triangle torch.tril, not the upper one torch.triu",
-     lambda size: _ones(size).triu()),
-    ("the diagonal is missing: a token may attend to itself (j == i), so keep the diagonal "
-     "(torch.tril with the default diagonal=0)",
-     lambda size: _ones(size).tril(diagonal=-1)),
-    ("the mask holds numbers: return a bool tensor (True = allowed), for example "
-     "torch.ones(T, T, dtype=torch.bool).tril() or .bool() on your tensor",
-     lambda size: torch.ones(size, size).tril()),
-    ("this is the additive form (0 and -inf): this exercise wants the boolean form, True "
-     "where attention is allowed",
-     lambda size: torch.zeros(size, size).masked_fill(~_ones(size).tril(), float("-inf"))),
+    Mistake(
+        "mask is inverted",
+        lambda size: _ones(size).triu(diagonal=1),
+        "the mask is inverted: it is True where a token must NOT look. This exercise wants "
+        "True where attention is allowed (key j <= query i), the lower triangle: torch.tril",
+    ),
+    Mistake(
+        "mask lets tokens see the future",
+        lambda size: _ones(size).triu(),
+        "the mask lets tokens see the future: row i (the query) may see columns j <= i only, "
+        "the lower triangle torch.tril, not the upper one torch.triu",
+    ),
+    Mistake(
+        "diagonal is missing",
+        lambda size: _ones(size).tril(diagonal=-1),
+        "the diagonal is missing: a token may attend to itself (j == i), so keep the diagonal"
+        " (torch.tril with the default diagonal=0)",
+    ),
+    Mistake(
+        "mask holds numbers",
+        lambda size: torch.ones(size, size).tril(),
+        "the mask holds numbers: return a bool tensor (True = allowed), for example "
+        "torch.ones(T, T, dtype=torch.bool).tril() or .bool() on your tensor",
+    ),
+    Mistake(
+        "the additive form (0 and -inf)",
+        lambda size: torch.zeros(size, size).masked_fill(~_ones(size).tril(), float("-inf")),
+        "this is the additive form (0 and -inf): this exercise wants the boolean form, True "
+        "where attention is allowed",
+    ),
 ]
 
 
@@ -249,7 +207,7 @@ MASK_MISTAKES: list[Mistake] = [
 )
 def check_causal_mask(answer: object) -> None:
     cases = [(f"num_tokens={size}", (size,)) for size in (4, 1, 2, 3, 6, 9, 16)]
-    _run_diagnosed_cases(answer, reference_causal_mask, cases, MASK_MISTAKES)
+    run_cases(answer, reference_causal_mask, cases, expect_tensor, mistakes=MASK_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,59 +224,96 @@ def _softmax_over(dim: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
 
 MASKING_MISTAKES: list[Mistake] = [  # mistakes of a masked softmax, also made in attention
-    ("the weights were zeroed after the softmax without renormalising, so rows no longer sum "
-     "to 1 (and how much is lost depends on the hidden, future scores): set the masked scores "
-     "to -inf BEFORE the softmax",
-     lambda scores, mask: torch.softmax(scores, dim=-1) * mask),
-    ("the mask is used the wrong way round: True marks the keys a query MAY see, so fill the "
-     "scores where the mask is False: scores.masked_fill(~mask, float('-inf'))",
-     lambda scores, mask: torch.softmax(_fill_masked(scores, mask, float("-inf")), dim=-1)),
-    *[("the softmax runs over the wrong dimension: each query's weights over the keys must "
-       "sum to 1, so normalise along the last dimension (dim=-1), the keys",
-       _softmax_over(dim)) for dim in (-2, 0, 1, 2)],
-    ("the masked scores were set to 0, which still gets weight exp(0) > 0: set them to "
-     "float('-inf'), whose exp is exactly 0",
-     lambda scores, mask: torch.softmax(_fill_masked(scores, ~mask, 0.0), dim=-1)),
+    Mistake(
+        "weights zeroed after the softmax",
+        lambda scores, mask: torch.softmax(scores, dim=-1) * mask,
+        "the weights were zeroed after the softmax without renormalising, so rows no longer "
+        "sum to 1 (and how much is lost depends on the hidden, future scores): set the masked"
+        " scores to -inf BEFORE the softmax",
+    ),
+    Mistake(
+        "mask is used the wrong way round",
+        lambda scores, mask: torch.softmax(_fill_masked(scores, mask, float("-inf")), dim=-1),
+        "the mask is used the wrong way round: True marks the keys a query MAY see, so fill "
+        "the scores where the mask is False: scores.masked_fill(~mask, float('-inf'))",
+    ),
+    *[
+        Mistake(
+            f"softmax over dimension {dim}",
+            _softmax_over(dim),
+            "the softmax runs over the wrong dimension: each query's weights over the keys "
+            "must sum to 1, so normalise along the last dimension (dim=-1), the keys",
+        )
+        for dim in (-2, 0, 1, 2)
+    ],
+    Mistake(
+        "masked scores set to 0",
+        lambda scores, mask: torch.softmax(_fill_masked(scores, ~mask, 0.0), dim=-1),
+        "the masked scores were set to 0, which still gets weight exp(0) > 0: set them to "
+        "float('-inf'), whose exp is exactly 0",
+    ),
 ]
+
+EXTREME_SCORES = torch.tensor([[1000.0, -5.0, 0.0], [999.0, 1000.0, 0.0], [-1000.0, 0.0, 1000.0]])
+
+
+def _unstabilised_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    exponentials = scores.exp() * mask
+    return exponentials / exponentials.sum(dim=-1, keepdim=True)
+
 
 SOFTMAX_MISTAKES: list[Mistake] = [
     *MASKING_MISTAKES,
-    ("the mask is ignored: apply the mask you are given",
-     lambda scores, mask: torch.softmax(scores, dim=-1)),
-    ("this is a causal mask built inside the function: use the `mask` argument, which need not "
-     "be causal (and may have more keys than queries)",
-     lambda scores, mask: torch.softmax(_fill_masked(
-         scores, ~torch.ones(mask.shape, dtype=torch.bool).tril(), float("-inf")), dim=-1)),
+    Mistake(
+        "unstabilised softmax",
+        _unstabilised_softmax,
+        "exp of a large score overflows to inf (and inf / inf is nan): subtract each row's "
+        "largest score before exp, or use torch.softmax, which does",
+    ),
+    Mistake(
+        "mask is ignored",
+        lambda scores, mask: torch.softmax(scores, dim=-1),
+        "the mask is ignored: apply the mask you are given",
+    ),
+    Mistake(
+        "a causal mask built inside the function",
+        lambda scores, mask: torch.softmax(_fill_masked(
+         scores, ~torch.ones(mask.shape, dtype=torch.bool).tril(), float("-inf")), dim=-1),
+        "this is a causal mask built inside the function: use the `mask` argument, which need"
+        " not be causal (and may have more keys than queries)",
+    ),
 ]
 
 
-def _masked_softmax_cases() -> list[Case]:
-    generator = _generator(42)
+def _masked_softmax_cases() -> list[LabelledArgs]:
+    generator = seeded(42)
     scores = torch.tensor([
         [0.5, 1.0, -1.0, 2.0], [1.5, 0.0, 0.5, -0.5], [0.0, 2.0, 1.0, 1.0], [1.0, -2.0, 0.5, 3.0],
     ])
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("4x4 scores with the causal mask of 4 tokens", (scores, causal_mask(4, 0))),
         ("scores (2, 3, 6, 6) (batch 2, 3 heads) with the causal mask of 6 tokens",
-         (_randn(generator, 2, 3, 6, 6), causal_mask(6, 0))),
+         (randn(generator, 2, 3, 6, 6), causal_mask(6, 0))),
         ("a single token: scores (1, 1, 1, 1), mask [[True]]",
-         (_randn(generator, 1, 1, 1, 1), causal_mask(1, 0))),
+         (randn(generator, 1, 1, 1, 1), causal_mask(1, 0))),
         ("2 new queries after 3 cached keys: scores (1, 2, 2, 5), mask causal_mask(2, 3) "
          "(query 0 sees keys 0-3, query 1 keys 0-4)",
-         (_randn(generator, 1, 2, 2, 5), causal_mask(2, 3))),
+         (randn(generator, 1, 2, 2, 5), causal_mask(2, 3))),
         ("scores (3, 5) with a mask that is not causal "
          "[[T, F, T, F, F], [F, F, F, T, T], [T, T, F, F, T]]",
-         (_randn(generator, 3, 5), torch.tensor([
+         (randn(generator, 3, 5), torch.tensor([
              [True, False, True, False, False], [False, False, False, True, True],
              [True, True, False, False, True]]))),
         ("float64 scores (2, 5, 5) with the causal mask",
-         (_randn(generator, 2, 5, 5).double(), causal_mask(5, 0))),
+         (randn(generator, 2, 5, 5).double(), causal_mask(5, 0))),
+        (f"extreme scores {EXTREME_SCORES.tolist()} with the causal mask of 3 tokens "
+         "(exp(1000) overflows)", (EXTREME_SCORES, causal_mask(3, 0))),
     ]
     for _ in range(6):
-        n_queries, n_keys = _size(generator, 1, 7), _size(generator, 1, 7)
-        scores = 3 * _randn(generator, _size(generator, 1, 3), n_queries, n_keys)
-        cases.append((f"random scores {_shape(scores)} with a random mask ({n_queries}, "
-                      f"{n_keys})", (scores, _random_mask(generator, n_queries, n_keys))))
+        n_queries, n_keys = randint(generator, 1, 7), randint(generator, 1, 7)
+        scores = 3 * randn(generator, randint(generator, 1, 3), n_queries, n_keys)
+        cases.append((f"random scores {shape_text(scores)} with a random mask ({n_queries}, "
+                      f"{n_keys})", (scores, random_mask(generator, n_queries, n_keys))))
     return cases
 
 
@@ -330,8 +325,9 @@ def _masked_softmax_cases() -> list[Case]:
     "to 1 and masked keys get weight exactly 0",
 )
 def check_masked_softmax(answer: object) -> None:
-    _run_diagnosed_cases(
-        answer, reference_masked_softmax, _masked_softmax_cases(), SOFTMAX_MISTAKES
+    run_cases(
+        answer, reference_masked_softmax, _masked_softmax_cases(), expect_tensor,
+        mistakes=SOFTMAX_MISTAKES,
     )
 
 
@@ -340,31 +336,50 @@ def check_masked_softmax(answer: object) -> None:
 
 
 SPLIT_MISTAKES: list[Mistake] = [
-    ("the tensor was reshaped straight to (B, H, T, D), which cuts the sequence of all tokens' "
-     "channels into pieces that mix tokens: first view it as (B, T, H, D), which splits each "
-     "token's channels into heads, then swap the token and head dimensions with "
-     "transpose(1, 2)",
-     lambda x, heads: x.reshape(x.shape[0], heads, x.shape[1], x.shape[2] // heads)),
-    ("the heads are still the third dimension: after view(B, T, H, D), transpose(1, 2) gives "
-     "(B, H, T, D)",
-     lambda x, heads: x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads)),
-    ("every head takes every H-th channel: head h must own the D consecutive channels "
-     "h*D to (h+1)*D - 1, so view the channels as (H, D), not (D, H)",
-     lambda x, heads: x.view(x.shape[0], x.shape[1], x.shape[2] // heads, heads)
-     .permute(0, 3, 1, 2)),
+    Mistake(
+        "tensor was reshaped straight to (B, H,",
+        lambda x, heads: x.reshape(x.shape[0], heads, x.shape[1], x.shape[2] // heads),
+        "the tensor was reshaped straight to (B, H, T, D), which cuts the sequence of all "
+        "tokens' channels into pieces that mix tokens: first view it as (B, T, H, D), which "
+        "splits each token's channels into heads, then swap the token and head dimensions "
+        "with transpose(1, 2)",
+    ),
+    Mistake(
+        "heads are still the third dimension",
+        lambda x, heads: x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads),
+        "the heads are still the third dimension: after view(B, T, H, D), transpose(1, 2) "
+        "gives (B, H, T, D)",
+    ),
+    Mistake(
+        "every head takes every H-th channel",
+        lambda x, heads: x.view(x.shape[0], x.shape[1], x.shape[2] // heads, heads)
+     .permute(0, 3, 1, 2),
+        "every head takes every H-th channel: head h must own the D consecutive channels h*D "
+        "to (h+1)*D - 1, so view the channels as (H, D), not (D, H)",
+    ),
 ]
 
 MERGE_MISTAKES: list[Mistake] = [
-    ("the tensor was reshaped straight from (B, H, T, D) to (B, T, C), which puts head 0's "
-     "tokens side by side instead of each token's heads: transpose(1, 2) to (B, T, H, D) "
-     "first, then reshape (or .contiguous().view) to (B, T, H * D)",
-     lambda x: x.reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])),
-    ("the channels come out in the order (D, H), one value from each head in turn: the heads "
-     "must stay in blocks, head 0's D values first, so reshape (B, T, H, D) to (B, T, H * D)",
-     lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1)),
-    ("the heads were not merged: transpose(1, 2) gives (B, T, H, D), which still needs a "
-     "reshape to (B, T, H * D)",
-     lambda x: x.transpose(1, 2)),
+    Mistake(
+        "tensor was reshaped straight from (B, H,",
+        lambda x: x.reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3]),
+        "the tensor was reshaped straight from (B, H, T, D) to (B, T, C), which puts head 0's"
+        " tokens side by side instead of each token's heads: transpose(1, 2) to (B, T, H, D) "
+        "first, then reshape (or .contiguous().view) to (B, T, H * D)",
+    ),
+    Mistake(
+        "channels come out in the order (D,",
+        lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1),
+        "the channels come out in the order (D, H), one value from each head in turn: the "
+        "heads must stay in blocks, head 0's D values first, so reshape (B, T, H, D) to (B, "
+        "T, H * D)",
+    ),
+    Mistake(
+        "heads were not merged",
+        lambda x: x.transpose(1, 2),
+        "the heads were not merged: transpose(1, 2) gives (B, T, H, D), which still needs a "
+        "reshape to (B, T, H * D)",
+    ),
 ]
 
 
@@ -373,44 +388,44 @@ def _counting(*shape: int) -> torch.Tensor:
     return torch.arange(math.prod(shape), dtype=torch.float32).view(shape)
 
 
-def _split_cases() -> list[Case]:
-    generator = _generator(43)
-    cases: list[Case] = [
+def _split_cases() -> list[LabelledArgs]:
+    generator = seeded(43)
+    cases: list[LabelledArgs] = [
         ("x = torch.arange(24.).view(1, 3, 8) (1 sequence, 3 tokens, 8 channels), num_heads=2",
          (_counting(1, 3, 8), 2)),
-        ("x of shape (2, 5, 12), num_heads=3 (head size 4)", (_randn(generator, 2, 5, 12), 3)),
-        ("x of shape (1, 4, 6), num_heads=2 (head size 3)", (_randn(generator, 1, 4, 6), 2)),
-        ("a single token: x of shape (3, 1, 8), num_heads=4", (_randn(generator, 3, 1, 8), 4)),
-        ("one head: x of shape (2, 3, 5), num_heads=1", (_randn(generator, 2, 3, 5), 1)),
-        ("head size 1: x of shape (2, 3, 4), num_heads=4", (_randn(generator, 2, 3, 4), 4)),
+        ("x of shape (2, 5, 12), num_heads=3 (head size 4)", (randn(generator, 2, 5, 12), 3)),
+        ("x of shape (1, 4, 6), num_heads=2 (head size 3)", (randn(generator, 1, 4, 6), 2)),
+        ("a single token: x of shape (3, 1, 8), num_heads=4", (randn(generator, 3, 1, 8), 4)),
+        ("one head: x of shape (2, 3, 5), num_heads=1", (randn(generator, 2, 3, 5), 1)),
+        ("head size 1: x of shape (2, 3, 4), num_heads=4", (randn(generator, 2, 3, 4), 4)),
         ("integer x of shape (2, 2, 6), num_heads=3",
          (torch.randint(0, 100, (2, 2, 6), generator=generator), 3)),
     ]
     for _ in range(5):
-        heads, head_size = _size(generator, 1, 4), _size(generator, 1, 6)
-        x = _randn(generator, _size(generator, 1, 3), _size(generator, 1, 7), heads * head_size)
-        cases.append((f"random x of shape {_shape(x)}, num_heads={heads}", (x, heads)))
+        heads, head_size = randint(generator, 1, 4), randint(generator, 1, 6)
+        x = randn(generator, randint(generator, 1, 3), randint(generator, 1, 7), heads * head_size)
+        cases.append((f"random x of shape {shape_text(x)}, num_heads={heads}", (x, heads)))
     return cases
 
 
-def _merge_cases() -> list[Case]:
-    generator = _generator(45)
-    cases: list[Case] = [
+def _merge_cases() -> list[LabelledArgs]:
+    generator = seeded(45)
+    cases: list[LabelledArgs] = [
         ("x = torch.arange(24.).view(1, 2, 3, 4) (1 sequence, 2 heads, 3 tokens, head size 4)",
          (_counting(1, 2, 3, 4),)),
         ("x of shape (2, 3, 5, 4) (3 heads, 5 tokens, head size 4)",
-         (_randn(generator, 2, 3, 5, 4),)),
+         (randn(generator, 2, 3, 5, 4),)),
         ("x of shape (1, 2, 4, 3) (2 heads, 4 tokens, head size 3)",
-         (_randn(generator, 1, 2, 4, 3),)),
-        ("a single token: x of shape (3, 4, 1, 2)", (_randn(generator, 3, 4, 1, 2),)),
-        ("one head: x of shape (2, 1, 3, 5)", (_randn(generator, 2, 1, 3, 5),)),
-        ("head size 1: x of shape (2, 4, 3, 1)", (_randn(generator, 2, 4, 3, 1),)),
+         (randn(generator, 1, 2, 4, 3),)),
+        ("a single token: x of shape (3, 4, 1, 2)", (randn(generator, 3, 4, 1, 2),)),
+        ("one head: x of shape (2, 1, 3, 5)", (randn(generator, 2, 1, 3, 5),)),
+        ("head size 1: x of shape (2, 4, 3, 1)", (randn(generator, 2, 4, 3, 1),)),
         ("integer x of shape (2, 3, 2, 2)",
          (torch.randint(0, 100, (2, 3, 2, 2), generator=generator),)),
     ]
     for _ in range(5):
-        x = _randn(generator, *(_size(generator, 1, high) for high in (3, 4, 7, 6)))
-        cases.append((f"random x of shape {_shape(x)}", (x,)))
+        x = randn(generator, *(randint(generator, 1, high) for high in (3, 4, 7, 6)))
+        cases.append((f"random x of shape {shape_text(x)}", (x,)))
     return cases
 
 
@@ -421,7 +436,7 @@ def _merge_cases() -> list[Case]:
     "the channels, then .transpose(1, 2) makes it (B, H, T, D)",
 )
 def check_split_heads(answer: object) -> None:
-    _run_diagnosed_cases(answer, reference_split_heads, _split_cases(), SPLIT_MISTAKES)
+    run_cases(answer, reference_split_heads, _split_cases(), expect_tensor, mistakes=SPLIT_MISTAKES)
 
 
 @exercise(
@@ -431,7 +446,7 @@ def check_split_heads(answer: object) -> None:
     "(a plain .view needs .contiguous() first) puts each token's heads side by side",
 )
 def check_merge_heads(answer: object) -> None:
-    _run_diagnosed_cases(answer, reference_merge_heads, _merge_cases(), MERGE_MISTAKES)
+    run_cases(answer, reference_merge_heads, _merge_cases(), expect_tensor, mistakes=MERGE_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,52 +484,67 @@ def _values_scale(queries, keys, values, mask=None):
 
 
 ATTENTION_MISTAKES: list[Mistake] = [
-    *[(explanation, _attention_with(wrong_scores, _right_weights))
-      for explanation, wrong_scores in SCORE_MISTAKES],
-    ("the scores are divided by the square root of the values' size: d is the size of the "
-     "queries and keys (queries.shape[-1]), which may differ from the values'", _values_scale),
-    *[(explanation, _attention_with(reference_attention_scores, _without_mask(wrong_weights)))
-      for explanation, wrong_weights in MASKING_MISTAKES],
-    ("the weights are returned, not the output: multiply them by the values",
-     lambda q, k, v, mask=None: _right_weights(reference_attention_scores(q, k), mask)),
+    *[
+        Mistake(mistake.name, _attention_with(mistake.answer, _right_weights), mistake.hint)
+        for mistake in SCORE_MISTAKES
+    ],
+    Mistake(
+        "scores are divided by the square root of the values' size",
+        _values_scale,
+        "the scores are divided by the square root of the values' size: d is the size of the "
+        "queries and keys (queries.shape[-1]), which may differ from the values'",
+    ),
+    *[
+        Mistake(
+            mistake.name,
+            _attention_with(reference_attention_scores, _without_mask(mistake.answer)),
+            mistake.hint,
+        )
+        for mistake in MASKING_MISTAKES
+    ],
+    Mistake(
+        "weights are returned, not the output",
+        lambda q, k, v, mask=None: _right_weights(reference_attention_scores(q, k), mask),
+        "the weights are returned, not the output: multiply them by the values",
+    ),
 ]
 
 
-def _attention_cases() -> list[Case]:
-    generator = _generator(44)
+def _attention_cases() -> list[LabelledArgs]:
+    generator = seeded(44)
     queries = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     keys = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 2.0, 1.0], [2.0, 0.0, 1.0, 0.0]])
     values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("3 tokens with the causal mask: queries and keys (3, 4), values (3, 2)",
          (queries, keys, values, causal_mask(3, 0))),
         ("the same 3 tokens, mask=None (every token sees every token)",
          (queries, keys, values, None)),
         ("batch 2, 4 heads, 6 tokens, d = 8, values of size 5, causal mask",
-         (_randn(generator, 2, 4, 6, 8), _randn(generator, 2, 4, 6, 8),
-          _randn(generator, 2, 4, 6, 5), causal_mask(6, 0))),
+         (randn(generator, 2, 4, 6, 8), randn(generator, 2, 4, 6, 8),
+          randn(generator, 2, 4, 6, 5), causal_mask(6, 0))),
         ("a single token: queries, keys and values (1, 1, 1, 4), mask [[True]]",
-         (_randn(generator, 1, 1, 1, 4), _randn(generator, 1, 1, 1, 4),
-          _randn(generator, 1, 1, 1, 4), causal_mask(1, 0))),
+         (randn(generator, 1, 1, 1, 4), randn(generator, 1, 1, 1, 4),
+          randn(generator, 1, 1, 1, 4), causal_mask(1, 0))),
         ("2 new queries after 4 cached keys: queries (1, 2, 2, 8), keys and values "
          "(1, 2, 6, 8), mask causal_mask(2, 4)",
-         (_randn(generator, 1, 2, 2, 8), _randn(generator, 1, 2, 6, 8),
-          _randn(generator, 1, 2, 6, 8), causal_mask(2, 4))),
+         (randn(generator, 1, 2, 2, 8), randn(generator, 1, 2, 6, 8),
+          randn(generator, 1, 2, 6, 8), causal_mask(2, 4))),
         ("float64: queries and keys (5, 3), values (5, 7), causal mask",
-         (_randn(generator, 5, 3).double(), _randn(generator, 5, 3).double(),
-          _randn(generator, 5, 7).double(), causal_mask(5, 0))),
+         (randn(generator, 5, 3).double(), randn(generator, 5, 3).double(),
+          randn(generator, 5, 7).double(), causal_mask(5, 0))),
     ]
     for _ in range(6):
-        batch, heads = _size(generator, 1, 2), _size(generator, 1, 3)
-        n_queries, n_keys = _size(generator, 1, 6), _size(generator, 1, 6)
-        head_size, value_size = _size(generator, 1, 9), _size(generator, 1, 9)
-        queries = 2 * _randn(generator, batch, heads, n_queries, head_size)
-        keys = 2 * _randn(generator, batch, heads, n_keys, head_size)
-        values = _randn(generator, batch, heads, n_keys, value_size)
-        mask = _random_mask(generator, n_queries, n_keys)
+        batch, heads = randint(generator, 1, 2), randint(generator, 1, 3)
+        n_queries, n_keys = randint(generator, 1, 6), randint(generator, 1, 6)
+        head_size, value_size = randint(generator, 1, 9), randint(generator, 1, 9)
+        queries = 2 * randn(generator, batch, heads, n_queries, head_size)
+        keys = 2 * randn(generator, batch, heads, n_keys, head_size)
+        values = randn(generator, batch, heads, n_keys, value_size)
+        mask = random_mask(generator, n_queries, n_keys)
         cases.append((
-            f"random queries {_shape(queries)}, keys {_shape(keys)}, values {_shape(values)} "
-            f"and a random mask ({n_queries}, {n_keys})",
+            f"random queries {shape_text(queries)}, keys {shape_text(keys)}, "
+            f"values {shape_text(values)} and a random mask ({n_queries}, {n_keys})",
             (queries, keys, values, mask),
         ))
     return cases
@@ -528,6 +558,7 @@ def _attention_cases() -> list[Case]:
     "torch.softmax(scores, dim=-1) @ values",
 )
 def check_scaled_dot_product_attention(answer: object) -> None:
-    _run_diagnosed_cases(
-        answer, reference_scaled_dot_product_attention, _attention_cases(), ATTENTION_MISTAKES
+    run_cases(
+        answer, reference_scaled_dot_product_attention, _attention_cases(), expect_tensor,
+        mistakes=ATTENTION_MISTAKES,
     )

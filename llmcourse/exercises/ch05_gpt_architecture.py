@@ -19,27 +19,18 @@ import torch
 from torch import nn
 
 from llmcourse.exercises.core import (
-    Case,
+    LabelledArgs,
     Mistake,
-    attempt,
     exercise,
     expect_close,
     expect_equal,
-    run_cases_with_diagnosis,
+    run_cases,
 )
+from llmcourse.exercises.inputs import randint, seeded
 from llmcourse.model import Block, GPTConfig, count_parameters
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 GELU_TOLERANCE = 1e-6  # far below the 4.7e-4 between the tanh approximation and the exact GELU
-
-
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randint(generator: torch.Generator, low: int, high: int) -> int:
-    """A random integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,11 +132,11 @@ LAYER_NORM_MISTAKES = (
 )
 
 
-def _layer_norm_cases() -> list[Case]:
+def _layer_norm_cases() -> list[LabelledArgs]:
     ones, zeros = torch.ones(4), torch.zeros(4)
     weight, bias = torch.tensor([2.0, -1.0, 0.5, 1.0]), torch.tensor([1.0, 0.0, -1.0, 10.0])
-    generator = _seeded(51)
-    cases: list[Case] = [
+    generator = seeded(51)
+    cases: list[LabelledArgs] = [
         ("x=tensor([[2., 4., 6., 8.]]), weight=ones(4), bias=zeros(4), eps=1e-5",
          (torch.tensor([[2.0, 4.0, 6.0, 8.0]]), ones, zeros, 1e-5)),
         (f"x=tensor([[2., 4., 6., 8.], [1., 1., 1., 5.]]), weight={weight.tolist()}, "
@@ -164,12 +155,12 @@ def _layer_norm_cases() -> list[Case]:
          (torch.tensor([5.0, -1.0, 2.0, 0.0, 4.0, 2.0]), torch.ones(6), torch.zeros(6), 1e-5)),
     ]
     for dtype in (torch.float32, torch.float32, torch.float32, torch.float64):
-        shape = (_randint(generator, 1, 3), _randint(generator, 2, 6), _randint(generator, 2, 16))
+        shape = (randint(generator, 1, 3), randint(generator, 2, 6), randint(generator, 2, 16))
         x = 3 * torch.randn(shape, generator=generator, dtype=dtype) + 1
         width = shape[-1]
         weight = torch.randn(width, generator=generator, dtype=dtype)
         bias = torch.randn(width, generator=generator, dtype=dtype)
-        eps = [1e-5, 1e-6, 0.1][_randint(generator, 0, 2)]
+        eps = [1e-5, 1e-6, 0.1][randint(generator, 0, 2)]
         cases.append((
             f"a random {dtype} x of shape (B, T, C) = {shape}, random weight and bias, eps={eps}",
             (x, weight, bias, eps),
@@ -184,8 +175,9 @@ def _layer_norm_cases() -> list[Case]:
     "sqrt(variance + eps) with the biased variance (unbiased=False), then * weight + bias",
 )
 def check_layer_norm(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_layer_norm, _layer_norm_cases(), expect_float, LAYER_NORM_MISTAKES
+    run_cases(
+        answer, reference_layer_norm, _layer_norm_cases(), expect_float,
+        mistakes=LAYER_NORM_MISTAKES,
     )
 
 
@@ -257,9 +249,9 @@ GELU_MISTAKES = (
 )
 
 
-def _gelu_cases() -> list[Case]:
-    generator = _seeded(52)
-    cases: list[Case] = [
+def _gelu_cases() -> list[LabelledArgs]:
+    generator = seeded(52)
+    cases: list[LabelledArgs] = [
         ("x=tensor([-3., -2., -1., -0.5, 0., 0.5, 1., 2., 3.])",
          (torch.tensor([-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0]),)),
         ("x=tensor([1.5, 2.7, 4.0]) (where the tanh approximation and the exact GELU differ most)",
@@ -270,7 +262,7 @@ def _gelu_cases() -> list[Case]:
          (torch.tensor([-2.5, -0.1, 0.1, 0.7, 2.5], dtype=torch.float64),)),
     ]
     for dtype in (torch.float32, torch.float32, torch.float64):
-        shape = (_randint(generator, 1, 3), _randint(generator, 1, 5), _randint(generator, 1, 12))
+        shape = (randint(generator, 1, 3), randint(generator, 1, 5), randint(generator, 1, 12))
         x = 3 * torch.randn(shape, generator=generator, dtype=dtype)
         cases.append((f"a random {dtype} x of shape {shape}", (x,)))
     return cases
@@ -284,7 +276,7 @@ def _gelu_cases() -> list[Case]:
 )
 def check_gelu_tanh(answer: object) -> None:
     compare = functools.partial(expect_close, atol=GELU_TOLERANCE, rtol=GELU_TOLERANCE)
-    run_cases_with_diagnosis(answer, reference_gelu_tanh, _gelu_cases(), compare, GELU_MISTAKES)
+    run_cases(answer, reference_gelu_tanh, _gelu_cases(), compare, mistakes=GELU_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,8 +397,8 @@ def random_block_parts(config: GPTConfig, seed: int) -> tuple[nn.Module, ...]:
     return block.ln_1, AttentionOutput(block.attn), block.ln_2, block.mlp
 
 
-def _block_case(config: GPTConfig, batch: int, tokens: int, seed: int, label: str) -> Case:
-    generator = _seeded(seed)
+def _block_case(config: GPTConfig, batch: int, tokens: int, seed: int, label: str) -> LabelledArgs:
+    generator = seeded(seed)
     x = torch.randn(batch, tokens, config.n_embd, generator=generator)
     description = (
         f"{label}x of shape (B, T, C) = ({batch}, {tokens}, {config.n_embd}), the parts of a "
@@ -416,9 +408,9 @@ def _block_case(config: GPTConfig, batch: int, tokens: int, seed: int, label: st
 
 
 @functools.cache
-def _block_cases() -> tuple[Case, ...]:
+def _block_cases() -> tuple[LabelledArgs, ...]:
     """Built once: every call of an answer gets deep copies of these modules and inputs."""
-    generator = _seeded(53)
+    generator = seeded(53)
     small = GPTConfig(vocab_size=16, context_length=8, n_layer=1, n_head=2, n_embd=8)
     cases = [
         _block_case(small, 1, 3, 530, ""),
@@ -426,13 +418,13 @@ def _block_cases() -> tuple[Case, ...]:
         _block_case(small, 2, 8, 532, "a batch of 2, "),
     ]
     for seed in range(533, 537):
-        n_head = _randint(generator, 1, 4)
+        n_head = randint(generator, 1, 4)
         config = GPTConfig(
             vocab_size=16, context_length=16, n_layer=1, n_head=n_head,
-            n_embd=n_head * _randint(generator, 1, 6),
-            qkv_bias=bool(_randint(generator, 0, 1)),
+            n_embd=n_head * randint(generator, 1, 6),
+            qkv_bias=bool(randint(generator, 0, 1)),
         )
-        batch, tokens = _randint(generator, 1, 3), _randint(generator, 1, 16)
+        batch, tokens = randint(generator, 1, 3), randint(generator, 1, 16)
         cases.append(_block_case(config, batch, tokens, seed, "random: "))
     return tuple(cases)
 
@@ -444,8 +436,8 @@ def _block_cases() -> tuple[Case, ...]:
 )
 def check_block_forward(answer: object) -> None:
     with torch.no_grad():
-        run_cases_with_diagnosis(
-            answer, reference_block_forward, _block_cases(), expect_float, BLOCK_MISTAKES
+        run_cases(
+            answer, reference_block_forward, _block_cases(), expect_float, mistakes=BLOCK_MISTAKES,
         )
 
 
@@ -535,7 +527,7 @@ COUNT_MISTAKES = (
 )
 
 
-def _count_case(config: GPTConfig, label: str = "") -> Case:
+def _count_case(config: GPTConfig, label: str = "") -> LabelledArgs:
     fields = (
         f"vocab_size={config.vocab_size}, context_length={config.context_length}, "
         f"n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
@@ -544,7 +536,7 @@ def _count_case(config: GPTConfig, label: str = "") -> Case:
     return (f"{label}GPTConfig({fields})", (config,))
 
 
-def _count_cases() -> list[Case]:
+def _count_cases() -> list[LabelledArgs]:
     gpt2_small = GPTConfig()
     tiny = GPTConfig(vocab_size=10, context_length=4, n_layer=1, n_head=1, n_embd=2)
     cases = [
@@ -556,17 +548,17 @@ def _count_cases() -> list[Case]:
         _count_case(replace(tiny, qkv_bias=False), "a tiny model without qkv bias: "),
         _count_case(GPTConfig(n_layer=48, n_head=25, n_embd=1600), "GPT-2 XL: "),
     ]
-    generator = _seeded(54)
+    generator = seeded(54)
     for _ in range(8):
-        n_head = _randint(generator, 1, 8)
+        n_head = randint(generator, 1, 8)
         config = GPTConfig(
-            vocab_size=_randint(generator, 2, 60000),
-            context_length=_randint(generator, 1, 2048),
-            n_layer=_randint(generator, 1, 48),
+            vocab_size=randint(generator, 2, 60000),
+            context_length=randint(generator, 1, 2048),
+            n_layer=randint(generator, 1, 48),
             n_head=n_head,
-            n_embd=n_head * _randint(generator, 1, 128),
-            qkv_bias=bool(_randint(generator, 0, 1)),
-            tie_embeddings=bool(_randint(generator, 0, 1)),
+            n_embd=n_head * randint(generator, 1, 128),
+            qkv_bias=bool(randint(generator, 0, 1)),
+            tie_embeddings=bool(randint(generator, 0, 1)),
         )
         cases.append(_count_case(config, "random: "))
     return cases
@@ -587,8 +579,8 @@ def _expect_count(got: object, expected: int, *, case: str, hint: str = "") -> N
     "vocab_size, no bias) only when it is not tied",
 )
 def check_count_parameters(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_count_parameters, _count_cases(), _expect_count, COUNT_MISTAKES
+    run_cases(
+        answer, reference_count_parameters, _count_cases(), _expect_count, mistakes=COUNT_MISTAKES,
     )
 
 
@@ -638,8 +630,8 @@ GREEDY_MISTAKES = (
 )
 
 
-def _greedy_cases() -> list[Case]:
-    generator = _seeded(55)
+def _greedy_cases() -> list[LabelledArgs]:
+    generator = seeded(55)
     readable = [[
         [0.1, 2.0, -1.0, 0.5, 0.0],
         [1.5, 0.2, 0.3, -0.4, 0.9],
@@ -649,7 +641,7 @@ def _greedy_cases() -> list[Case]:
         [[0.0, 1.0, 5.0, 2.0], [4.0, 0.5, 0.0, 1.0]],
         [[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.5]],
     ]
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"logits of shape (1, 3, 5) {readable}", (torch.tensor(readable),)),
         (f"a batch of 2 sequences, logits of shape (2, 2, 4) {batch}", (torch.tensor(batch),)),
         ("negative logits of shape (1, 1, 4): [[[-5., -2., -7., -3.]]]",
@@ -662,7 +654,7 @@ def _greedy_cases() -> list[Case]:
          (torch.randn(2, 3, 50257, generator=generator, dtype=torch.float64),)),
     ]
     for _ in range(4):
-        shape = (_randint(generator, 1, 4), _randint(generator, 1, 6), _randint(generator, 2, 80))
+        shape = (randint(generator, 1, 4), randint(generator, 1, 6), randint(generator, 2, 80))
         logits = torch.randn(shape, generator=generator)
         cases.append((f"random logits of shape {shape}", (logits,)))
     return cases
@@ -681,17 +673,16 @@ def _largest_at_first_position(generator: torch.Generator) -> torch.Tensor:
     "argmax over the vocabulary (dim=-1): one int64 id per sequence, shape (B,)",
 )
 def check_greedy_next_token(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_greedy_next_token, _greedy_cases(), expect_equal, GREEDY_MISTAKES,
-        probe=_samples_at_random,
+    run_cases(
+        answer, reference_greedy_next_token, _greedy_cases(), expect_equal,
+        mistakes=GREEDY_MISTAKES, probe=_samples_at_random,
     )
 
 
 def _samples_at_random(answer: Callable[..., Any]) -> str:
     """A hint when ``answer`` picks different tokens from the same flat logits, twice."""
     flat_logits = torch.zeros(8, 1, 1000)
-    first = attempt(answer, flat_logits.clone(), case="flat logits of shape (8, 1, 1000)")
-    second = attempt(answer, flat_logits.clone(), case="flat logits of shape (8, 1, 1000)")
+    first, second = answer(flat_logits.clone()), answer(flat_logits.clone())
     if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
         if first.shape != second.shape or not torch.equal(first, second):
             return (

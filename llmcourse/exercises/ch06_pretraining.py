@@ -15,20 +15,22 @@ import copy
 import functools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llmcourse.exercises.core import (
-    Case,
+    RETURNED_NONE_HINT,
+    LabelledArgs,
     Mismatch,
     Mistake,
-    attempt,
     exercise,
     expect_close,
-    run_cases_with_diagnosis,
+    run_cases,
 )
+from llmcourse.exercises.inputs import seeded, shape_text
 from llmcourse.generation import top_k_filter
 from llmcourse.model import GPT, GPTConfig
 
@@ -38,14 +40,6 @@ expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 TOY_VOCABULARY = ("closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward",
                   "you")
 TOY_LOGITS = (4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79)
-
-
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return str(tuple(tensor.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,6 +65,15 @@ SOFTMAX_DIMENSION_HINT = (
     "vocabulary, the LAST dimension (dim=-1), not over the batch or the positions"
 )
 CROSS_ENTROPY_MISTAKES = (
+    Mistake(
+        "unstabilised_softmax",
+        lambda logits, targets: -(
+            (logits.exp() / logits.exp().sum(dim=-1, keepdim=True)).log()
+            .gather(-1, targets.unsqueeze(-1)).mean()
+        ),
+        "exp of a large logit overflows to inf (and inf / inf is nan): use torch.log_softmax, "
+        "which subtracts each row's largest logit first",
+    ),
     Mistake(
         "missing_log",
         lambda logits, targets: -_target_probabilities(logits, targets).mean(),
@@ -119,10 +122,10 @@ CROSS_ENTROPY_MISTAKES = (
 )
 
 
-def _cross_entropy_cases() -> list[Case]:
-    generator = _seeded(61)
+def _cross_entropy_cases() -> list[LabelledArgs]:
+    generator = seeded(61)
     toy = torch.tensor(TOY_LOGITS)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("logits of shape (1, 2, 3) = [[[2., 1., 0.], [0., 0., 3.]]], targets [[1, 0]]",
          (torch.tensor([[[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]]), torch.tensor([[1, 0]]))),
         ("the toy vocabulary's logits for 'every effort moves you' (1, 1, 9), target 8 ('you')",
@@ -131,6 +134,10 @@ def _cross_entropy_cases() -> list[Case]:
          (torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]],
                         [[0.0, -2.0, 1.0, 1.0], [3.0, 3.0, -3.0, 0.0]]]),
           torch.tensor([[3, 0], [1, 2]]))),
+        ("extreme logits (1, 2, 3) = [[[1000., 0., -1000.], [-1000., 1000., 999.]]], targets "
+         "[[0, 2]] (exp(1000) overflows)",
+         (torch.tensor([[[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 999.0]]]),
+          torch.tensor([[0, 2]]))),
     ]
     for batch, length, vocabulary, dtype in (
         (2, 3, 5, torch.float32), (3, 7, 50, torch.float32), (1, 16, 257, torch.float32),
@@ -153,9 +160,9 @@ def _cross_entropy_cases() -> list[Case]:
     "average over all B * T positions; return a tensor of shape ()",
 )
 def check_cross_entropy(answer: object) -> None:
-    run_cases_with_diagnosis(
+    run_cases(
         answer, reference_cross_entropy, _cross_entropy_cases(), expect_float,
-        CROSS_ENTROPY_MISTAKES,
+        mistakes=CROSS_ENTROPY_MISTAKES,
     )
 
 
@@ -210,7 +217,7 @@ PERPLEXITY_MISTAKES = (
     hint="perplexity = exp(loss), with the loss in nats per token",
 )
 def check_perplexity(answer: object) -> None:
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("loss = math.log(50257), a model that gives every token the same probability",
          (math.log(50257),)),
         ("loss = 6.5", (6.5,)),
@@ -219,9 +226,7 @@ def check_perplexity(answer: object) -> None:
         ("loss = 1.0", (1.0,)),
         ("loss = 0.0, a model that is always certain and right", (0.0,)),
     ]
-    run_cases_with_diagnosis(
-        answer, reference_perplexity, cases, expect_number, PERPLEXITY_MISTAKES
-    )
+    run_cases(answer, reference_perplexity, cases, expect_number, mistakes=PERPLEXITY_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,10 +266,10 @@ TEMPERATURE_MISTAKES = (
 )
 
 
-def _temperature_cases() -> list[Case]:
-    generator = _seeded(62)
+def _temperature_cases() -> list[LabelledArgs]:
+    generator = seeded(62)
     toy = torch.tensor(TOY_LOGITS)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("the toy logits [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79], "
          "temperature 0.5", (toy, 0.5)),
         ("the toy logits, temperature 5.0", (toy, 5.0)),
@@ -286,9 +291,9 @@ def _temperature_cases() -> list[Case]:
     hint="return logits / temperature, a tensor of the logits' shape (no softmax here)",
 )
 def check_apply_temperature(answer: object) -> None:
-    run_cases_with_diagnosis(
+    run_cases(
         answer, reference_apply_temperature, _temperature_cases(), expect_float,
-        TEMPERATURE_MISTAKES,
+        mistakes=TEMPERATURE_MISTAKES,
     )
 
 
@@ -390,10 +395,10 @@ TOP_K_MISTAKES = (
 )
 
 
-def _top_k_cases() -> list[Case]:
-    generator = _seeded(63)
+def _top_k_cases() -> list[LabelledArgs]:
+    generator = seeded(63)
     toy = torch.tensor(TOY_LOGITS)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("the toy logits [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79], k = 3",
          (toy, 3)),
         ("the toy logits, k = 1", (toy, 1)),
@@ -417,8 +422,9 @@ def _top_k_cases() -> list[Case]:
     "and set every logit below it to float('-inf'); keep the shape and the order",
 )
 def check_top_k_filter(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_top_k_filter, _top_k_cases(), expect_filtered_logits, TOP_K_MISTAKES
+    run_cases(
+        answer, reference_top_k_filter, _top_k_cases(), expect_filtered_logits,
+        mistakes=TOP_K_MISTAKES,
     )
 
 
@@ -460,7 +466,7 @@ TRAIN_STEPS = 3
 
 
 def _train_step_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = _seeded(64)
+    generator = seeded(64)
     batches = []
     for _ in range(TRAIN_STEPS):
         ids = torch.randint(0, TRAIN_STEP_CONFIG.vocab_size, (2, 7), generator=generator)
@@ -476,8 +482,47 @@ def train_step_models() -> tuple[GPT, GPT]:
     return model, copy.deepcopy(model)
 
 
+@dataclass
+class TrainingRecord:
+    """What a training step did over several batches: per step, what it returned, how often it
+    called ``optimizer.step()`` and the gradients the last call applied; then the parameters."""
+
+    returned: list[object] = field(default_factory=list)
+    step_calls: list[int] = field(default_factory=list)
+    applied_gradients: list[list[torch.Tensor | None]] = field(default_factory=list)
+    parameters: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def trained_with(step: object) -> Callable[[list[tuple[torch.Tensor, torch.Tensor]]], Any]:
+    """A function of the batches that runs ``step(model, optimizer, batch)`` on each, from the
+    same tiny GPT and a fresh ``RecordingAdamW``, and returns its ``TrainingRecord``."""
+
+    def train(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> TrainingRecord:
+        if not callable(step):
+            raise Mismatch(
+                "the first batch", "a function", step,
+                detail=f"expected a function to call, got {type(step).__name__}",
+            )
+        model, _ = train_step_models()
+        optimizer = RecordingAdamW(model.parameters(), **TRAIN_STEP_OPTIONS)
+        record = TrainingRecord()
+        for batch in batches:
+            calls_before = len(optimizer.gradients_at_step)
+            record.returned.append(step(model, optimizer, batch))
+            record.step_calls.append(len(optimizer.gradients_at_step) - calls_before)
+            record.applied_gradients.append(
+                optimizer.gradients_at_step[-1] if optimizer.gradients_at_step else []
+            )
+        record.parameters = {
+            name: parameter.detach().clone() for name, parameter in model.named_parameters()
+        }
+        return record
+
+    return train
+
+
 def _gradients_close(got: list[torch.Tensor | None], expected: list[torch.Tensor]) -> bool:
-    return all(
+    return len(got) == len(expected) and all(
         g is not None and torch.allclose(g, e, rtol=1e-4, atol=1e-6)
         for g, e in zip(got, expected, strict=True)
     )
@@ -504,6 +549,32 @@ def _gradient_hint(
             "model(inputs, targets) returns it, and call backward() once on it")
 
 
+def _expect_training(got: TrainingRecord, expected: TrainingRecord, *, case: str) -> None:
+    """Compare two training records step by step: the calls of ``optimizer.step()``, the
+    gradients they applied, the returned loss; then the parameters after the last step."""
+    previous_gradients = None
+    for number, expected_gradients in enumerate(expected.applied_gradients):
+        step_case = f"step {number + 1} of {case}"
+        _check_step_count(got.step_calls[number], step_case)
+        applied = got.applied_gradients[number]
+        if not _gradients_close(applied, expected_gradients):
+            raise Mismatch(
+                step_case, "this batch's gradients", "other gradients",
+                _gradient_hint(applied, expected_gradients, previous_gradients),
+                detail="optimizer.step() applied gradients that are not those of this "
+                "batch's loss",
+            )
+        _check_returned_loss(got.returned[number], expected.returned[number], step_case)
+        previous_gradients = expected_gradients
+    for name, expected_parameter in expected.parameters.items():
+        if not torch.allclose(got.parameters[name], expected_parameter, rtol=1e-5, atol=1e-6):
+            raise Mismatch(
+                case, expected_parameter, got.parameters[name], "change the parameters only "
+                "through one optimizer.step() per call, after a single loss.backward()",
+                detail=f"after the steps, parameter {name} differs from the reference update",
+            )
+
+
 @exercise(
     "ch06.train_step",
     title="One training step",
@@ -511,40 +582,13 @@ def _gradient_hint(
     "optimizer.step(); return loss.item()",
 )
 def check_train_step(answer: object) -> None:
-    model, reference_model = train_step_models()
-    optimizer = RecordingAdamW(model.parameters(), **TRAIN_STEP_OPTIONS)
-    reference_optimizer = torch.optim.AdamW(reference_model.parameters(), **TRAIN_STEP_OPTIONS)
-    previous_gradients = None
-    for number, batch in enumerate(_train_step_batches(), start=1):
-        case = (f"step {number} of {TRAIN_STEPS} with AdamW(lr=0.01, weight_decay=0.1) on a "
-                f"1-layer GPT, inputs and targets of shape {_shape(batch[0])}")
-        expected_loss = reference_train_step(reference_model, reference_optimizer, batch)
-        expected_gradients = [p.grad.clone() for p in reference_model.parameters()]
-        steps_before = len(optimizer.gradients_at_step)
-        got = attempt(answer, model, optimizer, copy.deepcopy(batch), case=case)
-        _check_step_count(len(optimizer.gradients_at_step) - steps_before, case)
-        applied = optimizer.gradients_at_step[-1]
-        if not _gradients_close(applied, expected_gradients):
-            raise Mismatch(
-                case, "this batch's gradients", "other gradients",
-                _gradient_hint(applied, expected_gradients, previous_gradients),
-                detail="optimizer.step() applied gradients that are not those of this "
-                "batch's loss",
-            )
-        _check_returned_loss(got, expected_loss, case)
-        _check_parameters(model, reference_model, case)
-        previous_gradients = expected_gradients
-
-
-def _check_parameters(model: GPT, reference_model: GPT, case: str) -> None:
-    for (name, parameter), expected in zip(model.named_parameters(),
-                                           reference_model.parameters(), strict=True):
-        if not torch.allclose(parameter, expected, rtol=1e-5, atol=1e-6):
-            raise Mismatch(
-                case, expected, parameter, "change the parameters only through one "
-                "optimizer.step() per call, after a single loss.backward()",
-                detail=f"after the step, parameter {name} differs from the reference update",
-            )
+    batches = _train_step_batches()
+    case = (f"{TRAIN_STEPS} steps with AdamW(lr=0.01, weight_decay=0.1) on a 1-layer GPT, "
+            f"inputs and targets of shape {shape_text(batches[0][0])}")
+    run_cases(
+        trained_with(answer), trained_with(reference_train_step), [(case, (batches,))],
+        _expect_training,
+    )
 
 
 def _check_step_count(count: int, case: str) -> None:
@@ -562,11 +606,14 @@ def _check_step_count(count: int, case: str) -> None:
 
 
 def _check_returned_loss(got: object, expected: float, case: str) -> None:
+    if got is None:
+        raise Mismatch(case, expected, got, RETURNED_NONE_HINT,
+                       detail=f"returned None but expected the loss {expected:.6g}")
     if isinstance(got, torch.Tensor):
         raise Mismatch(
             case, expected, got, "return loss.item(): a Python float, detached from the graph "
             "(keeping the tensor would keep the whole graph of the step in memory)",
-            detail=f"expected a float, got a tensor of shape {_shape(got)}",
+            detail=f"expected a float, got a tensor of shape {shape_text(got)}",
         )
     expect_number(got, expected, case=case,
                   hint="return the loss computed in this step, before the update, as a float")

@@ -1,6 +1,6 @@
 """Checkers of section 7.2, classification: the read position, padding, accuracy, confusion.
 
-As in section 7.1 (with the engine's ``run_cases_with_diagnosis``), each checker runs hand-picked
+As in section 7.1 (with the engine's ``run_cases``), each checker runs hand-picked
 cases first, then seeded random ones, and names a recognised typical mistake (the first
 token instead of the last, left padding, a transposed confusion matrix...) in its hint.
 """
@@ -11,16 +11,16 @@ from collections.abc import Sequence
 
 import torch
 
-from llmcourse.exercises.ch07_lora import randint, seeded
 from llmcourse.exercises.core import (
-    Case,
+    LabelledArgs,
     Mismatch,
     Mistake,
     describe,
     exercise,
     expect_equal,
-    run_cases_with_diagnosis,
+    run_cases,
 )
+from llmcourse.exercises.inputs import randint, seeded
 
 GPT2_PAD_ID = 50256  # <|endoftext|>, the padding token of the chapter
 
@@ -74,10 +74,10 @@ LAST_TOKEN_MISTAKES = (
 )
 
 
-def _last_token_cases() -> list[Case]:
+def _last_token_cases() -> list[LabelledArgs]:
     readable = torch.arange(24, dtype=torch.float32).reshape(2, 4, 3)
     generator = seeded(74)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("logits = torch.arange(24.).reshape(2, 4, 3) (B=2, T=4, C=3)", (readable,)),
         ("one sequence of one token, logits of shape (1, 1, 2)", (torch.tensor([[[0.3, -0.2]]]),)),
         ("B=3, T=3, C=3 (all sizes equal)", (torch.randn(3, 3, 3, generator=generator),)),
@@ -95,9 +95,9 @@ def _last_token_cases() -> list[Case]:
     "logits[:, -1, :] turns (B, T, C) into (B, C)",
 )
 def check_last_token_logits(answer: object) -> None:
-    run_cases_with_diagnosis(
+    run_cases(
         answer, reference_last_token_logits, _last_token_cases(), expect_equal,
-        LAST_TOKEN_MISTAKES,
+        mistakes=LAST_TOKEN_MISTAKES,
     )
 
 
@@ -153,11 +153,11 @@ LAST_REAL_MISTAKES = (
 )
 
 
-def _last_real_cases() -> list[Case]:
+def _last_real_cases() -> list[LabelledArgs]:
     pad = GPT2_PAD_ID
     readable = torch.tensor([[15, 16, 17, pad, pad], [18, pad, pad, pad, pad], [1, 2, 3, 4, 5]])
     generator = seeded(75)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"ids={readable.tolist()}, pad_id={pad}", (readable, pad)),
         ("ids=[[7, 8, 0, 0], [9, 0, 0, 0]], pad_id=0", (torch.tensor([[7, 8, 0, 0], [9, 0, 0, 0]]),
                                                         0)),
@@ -185,9 +185,9 @@ def _last_real_cases() -> list[Case]:
     "(0 for a row of padding only)",
 )
 def check_last_real_positions(answer: object) -> None:
-    run_cases_with_diagnosis(
+    run_cases(
         answer, reference_last_real_positions, _last_real_cases(), expect_equal,
-        LAST_REAL_MISTAKES,
+        mistakes=LAST_REAL_MISTAKES,
     )
 
 
@@ -239,11 +239,11 @@ ACCURACY_MISTAKES = (
 )
 
 
-def _accuracy_cases() -> list[Case]:
+def _accuracy_cases() -> list[LabelledArgs]:
     three_classes = torch.tensor([[0.0, 5.0, 1.0], [2.0, 1.0, 0.0], [4.0, 0.0, 3.0]])
     two_classes = torch.tensor([[2.0, -1.0], [0.5, 1.5], [3.0, 0.0], [-2.0, -1.0]])
     generator = seeded(76)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"logits={three_classes.tolist()}, labels=[1, 1, 0]",
          (three_classes, torch.tensor([1, 1, 0]))),
         (f"logits={two_classes.tolist()}, labels=[0, 1, 1, 1]",
@@ -269,8 +269,8 @@ def _accuracy_cases() -> list[Case]:
     "to the label) / (number of examples), as a Python float",
 )
 def check_accuracy(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_accuracy, _accuracy_cases(), expect_fraction, ACCURACY_MISTAKES
+    run_cases(
+        answer, reference_accuracy, _accuracy_cases(), expect_fraction, mistakes=ACCURACY_MISTAKES,
     )
 
 
@@ -344,10 +344,10 @@ PAD_MISTAKES = (
 )
 
 
-def _pad_cases() -> list[Case]:
+def _pad_cases() -> list[LabelledArgs]:
     pad = GPT2_PAD_ID
     generator = seeded(77)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"sequences=[[1, 2, 3], [4], [5, 6]], pad_id={pad}", ([[1, 2, 3], [4], [5, 6]], pad)),
         ("sequences=[[1, 2, 3, 4, 5], [6, 7]], pad_id=0, max_length=3 (the first is cut)",
          ([[1, 2, 3, 4, 5], [6, 7]], 0, 3)),
@@ -379,7 +379,7 @@ def _pad_cases() -> list[Case]:
     "each until it is as long as the longest; return torch.tensor(rows)",
 )
 def check_pad_batch(answer: object) -> None:
-    run_cases_with_diagnosis(answer, reference_pad_batch, _pad_cases(), expect_equal, PAD_MISTAKES)
+    run_cases(answer, reference_pad_batch, _pad_cases(), expect_equal, mistakes=PAD_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,9 +438,9 @@ CONFUSION_MISTAKES = (
 )
 
 
-def _confusion_cases() -> list[Case]:
+def _confusion_cases() -> list[LabelledArgs]:
     generator = seeded(78)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("labels=[0, 0, 0, 1, 1], predictions=[0, 1, 1, 0, 1], num_classes=2",
          ([0, 0, 0, 1, 1], [0, 1, 1, 0, 1], 2)),
         ("labels=[0, 1, 0, 0], predictions=[1, 1, 1, 0], num_classes=2",
@@ -466,6 +466,7 @@ def _confusion_cases() -> list[Case]:
     "matrix[label][prediction] for every example",
 )
 def check_confusion_matrix(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_confusion_matrix, _confusion_cases(), expect_equal, CONFUSION_MISTAKES
+    run_cases(
+        answer, reference_confusion_matrix, _confusion_cases(), expect_equal,
+        mistakes=CONFUSION_MISTAKES,
     )

@@ -16,16 +16,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from llmcourse.exercises.ch07_lora import randint, seeded
 from llmcourse.exercises.core import (
-    Case,
+    LabelledArgs,
     Mismatch,
     Mistake,
     describe,
     exercise,
     expect_equal,
-    run_cases_with_diagnosis,
+    run_cases,
 )
+from llmcourse.exercises.inputs import randint, seeded
 from llmcourse.instruction import END_OF_TEXT, IGNORE_INDEX, collate, extract_response
 from llmcourse.instruction import format_alpaca as package_format_alpaca
 from llmcourse.instruction import format_phi3 as package_format_phi3
@@ -58,12 +58,12 @@ ENTRY_WITH_LINES = {
 }
 
 
-def _entry_case(entry: dict[str, str]) -> Case:
+def _entry_case(entry: dict[str, str]) -> LabelledArgs:
     shown = ", ".join(f"{name}={entry[name]!r}" for name in ("instruction", "input"))
     return (f"the entry {{{shown}, ...}}", (dict(entry),))
 
 
-def _entry_cases() -> list[Case]:
+def _entry_cases() -> list[LabelledArgs]:
     return [
         _entry_case(ENTRY_WITH_INPUT),
         _entry_case(ENTRY_WITHOUT_INPUT),
@@ -137,8 +137,8 @@ ALPACA_MISTAKES = (
     "'\\n\\n### Input:\\n' + input only when the input is not empty",
 )
 def check_format_alpaca(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_format_alpaca, _entry_cases(), expect_equal, ALPACA_MISTAKES
+    run_cases(
+        answer, reference_format_alpaca, _entry_cases(), expect_equal, mistakes=ALPACA_MISTAKES,
     )
 
 
@@ -190,9 +190,7 @@ PHI3_MISTAKES = (
     hint="'<|user|>\\n' + instruction, then '\\n' + input only when the input is not empty",
 )
 def check_format_phi3(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_format_phi3, _entry_cases(), expect_equal, PHI3_MISTAKES
-    )
+    run_cases(answer, reference_format_phi3, _entry_cases(), expect_equal, mistakes=PHI3_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,9 +342,9 @@ COLLATE_MISTAKES = (
 )
 
 
-def _collate_cases() -> list[Case]:
+def _collate_cases() -> list[LabelledArgs]:
     example = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"batch={example}, pad_id={GPT2_EOT_ID}, ignore_index=-100, max_length=None",
          (example, GPT2_EOT_ID, IGNORE_INDEX, None)),
         ("batch=[[1, 2, 3]] (one sequence), pad_id=99, ignore_index=-100, max_length=None",
@@ -387,8 +385,9 @@ def _collate_cases() -> list[Case]:
     "positions after it to ignore_index; finally cut both to max_length positions",
 )
 def check_instruction_collate(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_instruction_collate, _collate_cases(), expect_batch, COLLATE_MISTAKES
+    run_cases(
+        answer, reference_instruction_collate, _collate_cases(), expect_batch,
+        mistakes=COLLATE_MISTAKES,
     )
 
 
@@ -449,11 +448,11 @@ def _targets_of(batch: list[list[int]], pad_id: int = 99) -> torch.Tensor:
     return collate(batch, pad_id=pad_id)[1]
 
 
-def _mask_prompt_cases() -> list[Case]:
+def _mask_prompt_cases() -> list[LabelledArgs]:
     batch = [[10, 11, 12, 13, 14], [20, 21, 22]]
     targets = _targets_of(batch)
     shown = targets.tolist()
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"targets={shown} (of the sequences {batch}), prompt_lengths=[3, 2]",
          (targets, [3, 2], IGNORE_INDEX)),
         (f"targets={shown}, prompt_lengths=[1, 1] (nothing to mask: the first token is never a "
@@ -487,8 +486,9 @@ def _mask_prompt_cases() -> list[Case]:
     "t < prompt_lengths[b] - 1 are prompt tokens: set them to ignore_index",
 )
 def check_mask_prompt(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_mask_prompt, _mask_prompt_cases(), expect_equal, PROMPT_MASK_MISTAKES
+    run_cases(
+        answer, reference_mask_prompt, _mask_prompt_cases(), expect_equal,
+        mistakes=PROMPT_MASK_MISTAKES,
     )
 
 
@@ -538,7 +538,7 @@ EXTRACT_MISTAKES = (
 )
 
 
-def _extract_cases() -> list[Case]:
+def _extract_cases() -> list[LabelledArgs]:
     prompt = package_format_alpaca(ENTRY_WITHOUT_INPUT)
     texts = [
         "The capital of Italy is Rome.",
@@ -547,6 +547,8 @@ def _extract_cases() -> list[Case]:
         f"{prompt}\n\n### Response:\nThe capital of Italy is Rome.",
         "### Response:\nRome.<|endoftext|>### Instruction:\nName a river.",
         "Rome.<|endoftext|>### Response:\nParis.",
+        "### Response:\nRome.<|endoftext|>Paris.<|endoftext|>",
+        "### Response:\nRome.<|endoftext|><|endoftext|><|endoftext|>",
         "### Response:\nRome.\n\n### Response:\nRome again.",
         "### Response: Rome.",
         "",
@@ -562,8 +564,9 @@ def _extract_cases() -> list[Case]:
     "there is one), then .strip()",
 )
 def check_extract_response(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_extract_response, _extract_cases(), expect_equal, EXTRACT_MISTAKES
+    run_cases(
+        answer, reference_extract_response, _extract_cases(), expect_equal,
+        mistakes=EXTRACT_MISTAKES,
     )
 
 
@@ -605,7 +608,7 @@ USES_ALL_WORDS_MISTAKES = (
 )
 
 
-def _uses_all_words_cases() -> list[Case]:
+def _uses_all_words_cases() -> list[LabelledArgs]:
     pairs = [
         ("Tim saw a cat in the garden.", ["cat"]),
         ("Tim liked to play catch.", ["cat"]),
@@ -629,9 +632,9 @@ def _uses_all_words_cases() -> list[Case]:
     "and check that every required word, lower-cased, is in it",
 )
 def check_uses_all_words(answer: object) -> None:
-    run_cases_with_diagnosis(
+    run_cases(
         answer, reference_uses_all_words, _uses_all_words_cases(), expect_equal,
-        USES_ALL_WORDS_MISTAKES,
+        mistakes=USES_ALL_WORDS_MISTAKES,
     )
 
 
@@ -675,7 +678,7 @@ RENAME_MISTAKES = (
 )
 
 
-def _rename_cases() -> list[Case]:
+def _rename_cases() -> list[LabelledArgs]:
     triples = [
         ("Tim and Sue are friends.", "Tim", "Sam"),
         ("Lily smiled at her mom.", "Lily", "Lucy"),
@@ -696,6 +699,6 @@ def _rename_cases() -> list[Case]:
     "task 'rename'",
 )
 def check_rename_entry(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_rename_entry, _rename_cases(), expect_equal, RENAME_MISTAKES
+    run_cases(
+        answer, reference_rename_entry, _rename_cases(), expect_equal, mistakes=RENAME_MISTAKES,
     )

@@ -4,7 +4,7 @@ Each checker runs hand-picked cases first (small inputs whose numbers can be rea
 failure message), then seeded random ones. When an answer is wrong, it is also compared with
 the typical wrong answers of the exercise (no ``alpha / rank`` scale, ``A`` and ``B`` swapped,
 dropout on the wrong tensor...): a match replaces the exercise's general hint with one about
-that very mistake (``Mistake`` and ``run_cases_with_diagnosis`` of the exercise engine).
+that very mistake (``Mistake`` and ``run_cases`` of the exercise engine).
 """
 
 from __future__ import annotations
@@ -15,25 +15,16 @@ from collections.abc import Callable, Sequence
 import torch
 
 from llmcourse.exercises.core import (
-    Case,
+    LabelledArgs,
     Mistake,
     exercise,
     expect_close,
     expect_equal,
-    run_cases_with_diagnosis,
+    run_cases,
 )
+from llmcourse.exercises.inputs import randint, seeded
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
-
-
-def seeded(seed: int) -> torch.Generator:
-    """A torch random generator with its own seed (the global one is left alone)."""
-    return torch.Generator().manual_seed(seed)
-
-
-def randint(generator: torch.Generator, low: int, high: int) -> int:
-    """A random integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
 def random_layer_sizes(generator: torch.Generator, max_features: int) -> tuple[int, int, int]:
@@ -105,11 +96,11 @@ DELTA_MISTAKES = (
 )
 
 
-def _delta_cases() -> list[Case]:
+def _delta_cases() -> list[LabelledArgs]:
     a = _matrix([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])  # (rank 2, in 3)
     b = _matrix([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]])  # (out 3, rank 2)
     generator = seeded(70)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"lora_a={a.tolist()} (rank 2, in 3), lora_b={b.tolist()} (out 3, rank 2), alpha=8",
          (a, b, 8.0)),
         (f"lora_a={a.tolist()}, lora_b={b[:2].tolist()} (out 2, rank 2), alpha=1",
@@ -137,9 +128,7 @@ def _delta_cases() -> list[Case]:
     "weight's shape (out, in)",
 )
 def check_lora_delta(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_lora_delta, _delta_cases(), expect_float, DELTA_MISTAKES
-    )
+    run_cases(answer, reference_lora_delta, _delta_cases(), expect_float, mistakes=DELTA_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +224,7 @@ FORWARD_MISTAKES = (
 )
 
 
-def _forward_cases() -> list[Case]:
+def _forward_cases() -> list[LabelledArgs]:
     x = _matrix([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]])  # (2 tokens, in 3)
     weight = _matrix([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])  # (out 3, in 3)
     bias = torch.tensor([0.5, 0.0, -1.0])
@@ -244,7 +233,7 @@ def _forward_cases() -> list[Case]:
     readable = (f"x={x.tolist()}, weight={weight.tolist()}, bias={bias.tolist()}, "
                 f"lora_a={a.tolist()}, lora_b={b.tolist()}, alpha=8")
     generator = seeded(71)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (readable + ", dropout=identity (no dropout)", (x, weight, bias, a, b, 8.0, identity)),
         (readable + ", dropout=drop_every_third_feature (zeroes features 0, 3, 6... and "
          "scales the others by 1.5)", (x, weight, bias, a, b, 8.0, drop_every_third_feature)),
@@ -278,8 +267,8 @@ def _forward_cases() -> list[Case]:
     "@ lora_b.T",
 )
 def check_lora_forward(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_lora_forward, _forward_cases(), expect_float, FORWARD_MISTAKES
+    run_cases(
+        answer, reference_lora_forward, _forward_cases(), expect_float, mistakes=FORWARD_MISTAKES,
     )
 
 
@@ -331,9 +320,9 @@ COUNT_MISTAKES = (
 GPT2_BLOCK_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # (out, in) each
 
 
-def _count_cases() -> list[Case]:
+def _count_cases() -> list[LabelledArgs]:
     generator = seeded(72)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         ("shapes=[(4, 3)], rank=2", ([(4, 3)], 2)),
         ("shapes=[(4, 3), (2, 5)], rank=1", ([(4, 3), (2, 5)], 1)),
         ("shapes=[] (no layer), rank=8", ([], 8)),
@@ -354,8 +343,8 @@ def _count_cases() -> list[Case]:
     hint="for each (out, in) shape: A has rank * in numbers and B has out * rank; add them up",
 )
 def check_lora_param_count(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_lora_param_count, _count_cases(), expect_equal, COUNT_MISTAKES
+    run_cases(
+        answer, reference_lora_param_count, _count_cases(), expect_equal, mistakes=COUNT_MISTAKES,
     )
 
 
@@ -401,12 +390,12 @@ MERGE_MISTAKES = (
 )
 
 
-def _merge_cases() -> list[Case]:
+def _merge_cases() -> list[LabelledArgs]:
     weight = _matrix([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
     a = _matrix([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])
     b = _matrix([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]])
     generator = seeded(73)
-    cases: list[Case] = [
+    cases: list[LabelledArgs] = [
         (f"weight={weight.tolist()}, lora_a={a.tolist()}, lora_b={b.tolist()}, alpha=8",
          (weight, a, b, 8.0)),
         ("lora_b at zero: merging changes nothing", (weight, a, torch.zeros(3, 2), 4.0)),
@@ -431,6 +420,4 @@ def _merge_cases() -> list[Case]:
     hint="weight + (alpha / rank) * lora_b @ lora_a, a new (out, in) matrix",
 )
 def check_merge_weight(answer: object) -> None:
-    run_cases_with_diagnosis(
-        answer, reference_merge_weight, _merge_cases(), expect_float, MERGE_MISTAKES
-    )
+    run_cases(answer, reference_merge_weight, _merge_cases(), expect_float, mistakes=MERGE_MISTAKES)

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from llmcourse.exercises.core import (
-    Case,
+    LabelledArgs,
     Mistake,
     exercise,
     expect_close,
     expect_equal,
-    run_cases_with_diagnosis,
+    run_cases,
 )
 from llmcourse.preference import dpo_loss, pick_answers
 
@@ -83,7 +83,7 @@ def _probe_stability(answer) -> str:
     return ""
 
 
-def _dpo_cases() -> list[Case]:
+def _dpo_cases() -> list[LabelledArgs]:
     generator = torch.Generator().manual_seed(0)
     random = [torch.randn(4, generator=generator) * 5 - 30 for _ in range(4)]
     same = torch.tensor([-12.0, -20.0, -7.5])
@@ -112,8 +112,10 @@ def _expect_loss(got: object, expected: torch.Tensor, *, case: str, hint: str = 
     "reference_rejected)); loss = -F.logsigmoid(margin).mean()",
 )
 def check_dpo_loss(answer: object) -> None:
-    run_cases_with_diagnosis(answer, reference_dpo_loss, _dpo_cases(), _expect_loss,
-                             DPO_MISTAKES, probe=_probe_stability)
+    run_cases(
+        answer, reference_dpo_loss, _dpo_cases(), _expect_loss,
+        mistakes=DPO_MISTAKES, probe=_probe_stability,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ PICK_MISTAKES = (
 )
 
 
-def _pick_cases() -> list[Case]:
+def _pick_cases() -> list[LabelledArgs]:
     triples = [
         (["Tom", "Sam", "Sam!"], [False, True, True], "Sam"),
         (["a story", "another"], [False, False], "The reference story."),
@@ -180,5 +182,4 @@ def _pick_cases() -> list[Case]:
     "return None); chosen = the first sample whose criterion is met, else the reference",
 )
 def check_pick_answers(answer: object) -> None:
-    run_cases_with_diagnosis(answer, reference_pick_answers, _pick_cases(), expect_equal,
-                             PICK_MISTAKES)
+    run_cases(answer, reference_pick_answers, _pick_cases(), expect_equal, mistakes=PICK_MISTAKES)

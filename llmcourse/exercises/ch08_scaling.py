@@ -13,13 +13,16 @@ import torch
 
 from llmcourse.distributed import per_process_batch_size
 from llmcourse.exercises.core import (
+    Case,
+    LabelledArgs,
     Mismatch,
-    attempt,
+    Mistake,
     describe,
     exercise,
     expect_close,
-    expect_equal,
+    run_cases,
 )
+from llmcourse.exercises.inputs import randint, seeded
 
 # ----------------------------------------------------------------------------------------------
 # References
@@ -36,11 +39,6 @@ def reference_allreduce_mean(gradients: list[torch.Tensor]) -> list[torch.Tensor
     return [mean.clone() for _ in gradients]
 
 
-def _random_int(generator: torch.Generator, low: int, high: int) -> int:
-    """A random integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-
 # ----------------------------------------------------------------------------------------------
 # ch08.per_process_batch
 
@@ -54,37 +52,28 @@ EMPTY_BATCH_HINT = (
 )
 
 
-def _expect_value_error(answer: object, global_batch_size: int, world_size: int) -> None:
-    case = f"global_batch_size={global_batch_size}, world_size={world_size}"
-    empty = global_batch_size < 1
-    hint = EMPTY_BATCH_HINT if empty else NOT_DIVISIBLE_HINT
-    why = "an empty global batch" if empty else "it does not split evenly"
-    try:
-        got = attempt(answer, global_batch_size, world_size, case=case)
-    except ValueError:
-        return
-    except Exception as error:  # the wrong kind of error: a mistake to explain, not a crash
-        raise Mismatch(
-            case, "ValueError", error, hint,
-            detail=f"expected a ValueError ({why}), but it raised {type(error).__name__}: "
-            f"{error}; raise ValueError, which the course's command line reports as a message",
-        ) from None
-    raise Mismatch(
-        case, "ValueError", got, hint,
-        detail=f"expected a ValueError ({why}), but it returned {describe(got)}",
-    )
+PER_PROCESS_MISTAKES = (
+    Mistake(
+        "true division",
+        lambda global_batch_size, world_size: global_batch_size / world_size,
+        "return an int: integer division // gives 4, true division / gives 4.0",
+    ),
+    Mistake(
+        "inverse",
+        lambda global_batch_size, world_size: world_size // global_batch_size,
+        "each process reads global_batch_size / world_size examples, not the inverse",
+    ),
+)
 
 
-def _expect_batch(answer: object, global_batch_size: int, world_size: int) -> None:
-    case = f"global_batch_size={global_batch_size}, world_size={world_size}"
-    got = attempt(answer, global_batch_size, world_size, case=case)
-    expected = reference_per_process_batch(global_batch_size, world_size)
+def _batch_case(global_batch_size: int, world_size: int) -> Case:
+    """A case; the hint of a global batch the answer must refuse says why it must."""
     hint = ""
-    if isinstance(got, float) and got == expected:
-        hint = "return an int: integer division // gives 4, true division / gives 4.0"
-    elif got == world_size // global_batch_size:
-        hint = "each process reads global_batch_size / world_size examples, not the inverse"
-    expect_equal(got, expected, case=case, hint=hint)
+    if global_batch_size < 1:
+        hint = EMPTY_BATCH_HINT
+    elif global_batch_size % world_size:
+        hint = NOT_DIVISIBLE_HINT
+    return Case((global_batch_size, world_size), hint=hint)
 
 
 @exercise(
@@ -96,18 +85,13 @@ def _expect_batch(answer: object, global_batch_size: int, world_size: int) -> No
 def check_per_process_batch(answer: object) -> None:
     valid = [(8, 1), (8, 2), (8, 8), (64, 8), (12, 3), (1, 1), (32, 4), (1024, 16)]
     invalid = [(9, 2), (8, 3), (4, 8), (0, 2), (-4, 2), (0, 1)]
-    for global_batch_size, world_size in valid:
-        _expect_batch(answer, global_batch_size, world_size)
-    for global_batch_size, world_size in invalid:
-        _expect_value_error(answer, global_batch_size, world_size)
-    generator = torch.Generator().manual_seed(8)
-    for _ in range(40):
-        world_size = _random_int(generator, 1, 8)
-        global_batch_size = _random_int(generator, 1, 96)
-        if global_batch_size % world_size:
-            _expect_value_error(answer, global_batch_size, world_size)
-        else:
-            _expect_batch(answer, global_batch_size, world_size)
+    generator = seeded(8)
+    random_sizes = [(randint(generator, 1, 96), randint(generator, 1, 8)) for _ in range(40)]
+    run_cases(
+        answer, reference_per_process_batch,
+        [_batch_case(*sizes) for sizes in valid + invalid + random_sizes],
+        mistakes=PER_PROCESS_MISTAKES,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,50 +111,44 @@ ELEMENT_MEAN_HINT = (
 )
 
 
-def _case_description(gradients: list[torch.Tensor]) -> str:
+def _allreduce_case(gradients: list[torch.Tensor]) -> LabelledArgs:
     shown = ", ".join(describe(gradient) for gradient in gradients[:3])
     more = ", ..." if len(gradients) > 3 else ""
-    return f"{len(gradients)} rank(s) with gradients [{shown}{more}]"
+    return f"{len(gradients)} rank(s) with gradients [{shown}{more}]", (gradients,)
 
 
-def _recognise_mistake(got: object, gradients: list[torch.Tensor]) -> str:
-    if not isinstance(got, (list, tuple)) or len(got) != len(gradients):
-        return ""
-    if not all(isinstance(t, torch.Tensor) and t.shape == gradients[0].shape for t in got):
-        return ""
-    total = torch.stack(gradients).sum(dim=0)
-    if all(torch.allclose(t, total) for t in got):
-        return SUM_HINT
-    if all(torch.allclose(t, g) for t, g in zip(got, gradients, strict=True)):
-        return LOCAL_HINT
-    if all(torch.allclose(t, g.mean().expand_as(g)) for t, g in zip(got, gradients, strict=True)):
-        return ELEMENT_MEAN_HINT
-    return ""
+ALLREDUCE_MISTAKES = (
+    Mistake(
+        "sum", lambda gradients: [torch.stack(gradients).sum(dim=0) for _ in gradients], SUM_HINT
+    ),
+    Mistake("local", lambda gradients: [gradient.clone() for gradient in gradients], LOCAL_HINT),
+    Mistake(
+        "element mean",
+        lambda gradients: [gradient.mean().expand_as(gradient) for gradient in gradients],
+        ELEMENT_MEAN_HINT,
+    ),
+)
 
 
-def _check_allreduce(answer: object, gradients: list[torch.Tensor]) -> None:
-    case = _case_description(gradients)
-    inputs = [gradient.clone() for gradient in gradients]
-    got = attempt(answer, inputs, case=case)
-    expected = reference_allreduce_mean(gradients)
-    hint = _recognise_mistake(got, gradients)
+def _expect_rank_means(got: object, expected: list[torch.Tensor], *, case: str) -> None:
+    """Compare one tensor per rank (within 1e-6), then check that every rank got the same."""
     if not isinstance(got, (list, tuple)):
         raise Mismatch(
-            case, expected, got, hint or "return a list with one tensor per rank",
-            detail=f"expected a list of {len(gradients)} tensors (one per rank), "
+            case, expected, got, "return a list with one tensor per rank",
+            detail=f"expected a list of {len(expected)} tensors (one per rank), "
             f"got {type(got).__name__} {describe(got)}",
         )
-    if len(got) != len(gradients):
+    if len(got) != len(expected):
         raise Mismatch(
             case, expected, got, "return one tensor per rank, in rank order",
-            detail=f"expected {len(gradients)} tensors (one per rank), got {len(got)}",
+            detail=f"expected {len(expected)} tensors (one per rank), got {len(got)}",
         )
     for rank, (tensor, wanted) in enumerate(zip(got, expected, strict=True)):
         try:
-            expect_close(tensor, wanted, atol=1e-6, rtol=1e-6, case=case, hint=hint)
+            expect_close(tensor, wanted, atol=1e-6, rtol=1e-6, case=case)
         except Mismatch as mismatch:
-            raise Mismatch(case, wanted, tensor, hint,
-                           detail=f"on rank {rank}, {mismatch.detail}") from None
+            detail = f"on rank {rank}, {mismatch.detail}"
+            raise Mismatch(case, wanted, tensor, detail=detail) from None
     for rank, tensor in enumerate(got[1:], start=1):
         if not torch.equal(tensor, got[0]):
             raise Mismatch(
@@ -198,10 +176,12 @@ def check_allreduce_mean(answer: object) -> None:
         [torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([2.0, 4.0],
                                                                      dtype=torch.float64)],
     ]
-    generator = torch.Generator().manual_seed(8)
+    generator = seeded(8)
     for _ in range(8):
-        ranks = _random_int(generator, 2, 8)
-        shape = tuple(_random_int(generator, 1, 5) for _ in range(_random_int(generator, 1, 3)))
+        ranks = randint(generator, 2, 8)
+        shape = tuple(randint(generator, 1, 5) for _ in range(randint(generator, 1, 3)))
         cases.append([torch.randn(shape, generator=generator) for _ in range(ranks)])
-    for gradients in cases:
-        _check_allreduce(answer, gradients)
+    run_cases(
+        answer, reference_allreduce_mean, [_allreduce_case(gradients) for gradients in cases],
+        _expect_rank_means, mistakes=ALLREDUCE_MISTAKES,
+    )

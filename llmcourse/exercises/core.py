@@ -1,19 +1,22 @@
-"""The exercise-checking engine: a registry of checkers, comparison helpers and ``check``.
+"""The exercise-checking engine: a registry of checkers, one case runner, comparisons, ``check``.
 
 A chapter registers one checker per exercise::
 
     @exercise("ch01.word_split", title="Split text into words", hint="split on spaces")
     def check_word_split(answer):
-        run_cases(answer, reference_word_split, [("'a b'", ("a b",)), ("''", ("",))])
+        run_cases(answer, reference_word_split, [Case(("a b",)), Case(("",))])
 
-and the learner's notebook calls ``check("ch01.word_split", word_split)``. The checker runs the
-answer on its cases and raises ``Mismatch`` for the first one that differs from the reference;
-``check`` turns the outcome into an ``ExerciseResult``:
+and the learner's notebook calls ``check("ch01.word_split", word_split)``. ``run_cases`` runs
+the answer and the reference on each case and raises ``Mismatch`` for the first case where the
+answer is wrong: a different value or type (``expect_equal``, ``expect_close``), a missing
+``return``, an argument changed in place, a missing or unexpected exception. Typical wrong
+answers given as ``Mistake``s name the mistake in the hint. ``check`` turns the outcome into an
+``ExerciseResult``:
 
 - ``passed``: every case matched;
 - ``failed``: a case differed (the message names the input, the expected and the actual value);
 - ``not attempted``: the answer still raises ``NotImplementedError`` (or is ``None`` / ``...``);
-- ``error``: the answer raised an exception (reported with the input that triggered it);
+- ``error``: the answer raised an exception (reported with the input and the exercise's hint);
 - ``timeout``: the answer did not finish within the exercise's time limit.
 
 None of these stops the notebook, unless the check is strict: ``check(..., strict=True)`` or
@@ -21,9 +24,9 @@ None of these stops the notebook, unless the check is strict: ``check(..., stric
 ``passed`` raise ``ExerciseFailed``.
 
 Each result is shown once, as a coloured box in Jupyter or one line of text elsewhere
-(``✓ ch01.word_split: passed (12 cases)``), and recorded in the process's ``scorecard()``. The
-box's display metadata carries the result as a JSON object under ``RESULT_METADATA_KEY``, which is
-how ``llmcourse grade`` reads the results back from an executed notebook.
+(``✓ ch01.word_split: passed (12 cases)``), and recorded in the process's ``scorecard()``.
+When ``llmcourse grade`` runs the notebook, each result is also appended to the file named by
+``$LLMCOURSE_GRADE_RESULTS``, which is where the grader reads the results from.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import difflib
 import functools
 import html
 import importlib
+import inspect
+import json
+import math
 import os
 import pkgutil
 import re
@@ -52,18 +58,22 @@ from IPython.display import display
 from llmcourse.errors import CourseError
 
 STRICT_ENV = "LLMCOURSE_STRICT_EXERCISES"
-RESULT_METADATA_KEY = "llmcourse_exercise"
+RESULTS_FILE_ENV = "LLMCOURSE_GRADE_RESULTS"  # where ``check`` appends its results for a grader
 DEFAULT_TIME_LIMIT = 30.0  # seconds a checker may run before its answer counts as "timeout"
-STATUSES = ("passed", "failed", "error", "timeout", "not attempted")
+STATUSES = ("passed", "failed", "error", "timeout", "not attempted", "missing")
 FAILING_STATUSES = ("failed", "error", "timeout")
 
-_SYMBOLS = {"passed": "✓", "failed": "✗", "error": "✗", "timeout": "✗", "not attempted": "○"}
+_SYMBOLS = {
+    "passed": "✓", "failed": "✗", "error": "✗", "timeout": "✗", "not attempted": "○",
+    "missing": "○",
+}
 _BOX_COLOURS = {  # status: (border, background)
     "passed": ("#1e7e34", "#e6f4ea"),
     "failed": ("#c62828", "#fdecea"),
     "error": ("#c62828", "#fdecea"),
     "timeout": ("#c62828", "#fdecea"),
     "not attempted": ("#5f6368", "#f1f3f4"),
+    "missing": ("#5f6368", "#f1f3f4"),
 }
 _ID_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 _CHAPTER_MODULE = re.compile(r"ch\d\d_\w+")
@@ -120,6 +130,11 @@ class Exercise:
     def chapter(self) -> str:
         """The part of the id before the dot ("ch01")."""
         return self.exercise_id.split(".", 1)[0]
+
+    @property
+    def module(self) -> str:
+        """The module that registered it ("llmcourse.exercises.ch01_tokenization")."""
+        return self.checker.__module__
 
 
 _REGISTRY: dict[str, Exercise] = {}
@@ -197,20 +212,23 @@ def list_exercises(chapter: str | int | None = None) -> list[Exercise]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers for checkers
+# The case runner
 
 
 @dataclass
 class _Progress:
-    """The cases the running check has reached, and the one in hand (for error reports)."""
+    """The cases the running check has reached, the one in hand and its hint (for reports)."""
 
     current_case: str | None = None
+    current_hint: str = ""
     cases: set[str] = field(default_factory=set)
 
-    def enter(self, case: str) -> None:
+    def enter(self, case: str, hint: str | None = None) -> None:
+        """Make ``case`` the one in hand; ``hint`` (if given) replaces the current hint."""
         self.current_case = case
+        if hint is not None:
+            self.current_hint = hint
         self.cases.add(case)
-
 
 
 # The progress of the check running in this context. A context variable, not a global: a
@@ -227,48 +245,22 @@ def _progress() -> _Progress:
         return progress
 
 
-def attempt(answer: Callable[..., Any], *args: Any, case: str, **kwargs: Any) -> Any:
-    """Call the learner's ``answer(*args, **kwargs)`` for the input described by ``case``.
+@dataclass(frozen=True)
+class Case:
+    """One input of an exercise: the positional arguments, and how a message names them.
 
-    Naming the case before the call lets an exception or a time-out be reported with the input
-    that caused it. An answer that is not callable fails with "expected a function".
+    Without ``description`` the case is named after the reference's parameters and the values
+    given ("ids = [1, 2], pair = (1, 2)"). ``hint`` is shown when the answer fails on this case
+    and no diagnosed mistake or comparison gives a more specific one.
     """
-    _progress().enter(case)
-    if not callable(answer):
-        raise Mismatch(
-            case, "a function", answer,
-            detail=f"expected a function to call, got {type(answer).__name__} {describe(answer)}",
-        )
-    return answer(*args, **kwargs)
+
+    args: tuple[Any, ...]
+    description: str | None = None
+    hint: str = ""
 
 
-def run_cases(
-    answer: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Iterable[tuple[str, Any]],
-    compare: Callable[..., None] | None = None,
-    *,
-    hint: str = "",
-) -> None:
-    """Run ``answer`` and ``reference`` on every case and compare the results.
-
-    ``cases`` holds ``(description, args)`` pairs; ``args`` is a tuple of positional arguments
-    (a value that is not a tuple is the single argument). Each call gets its own deep copy of
-    the arguments, so an answer that changes its input in place cannot change the reference's.
-    ``compare(got, expected, case=..., hint=...)`` defaults to ``expect_equal``; use
-    ``expect_close`` (or a ``functools.partial`` of it) for floating-point tensors.
-    """
-    compare = compare or expect_equal
-    for description, args in cases:
-        _progress().enter(description)
-        arguments = args if isinstance(args, tuple) else (args,)
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=description)
-        compare(got, expected, case=description, hint=hint)
-
-
-Case = tuple[str, tuple[Any, ...]]  # (description of the input, positional arguments)
-Compare = Callable[..., None]  # compare(got, expected, case=...) raises Mismatch
+LabelledArgs = tuple[str, Any]  # (description, positional arguments): a case named by hand
+Compare = Callable[..., None]  # compare(got, expected, *, case) raises Mismatch
 
 
 @dataclass(frozen=True)
@@ -280,54 +272,198 @@ class Mistake:
     hint: str
 
 
-def run_cases_with_diagnosis(
-    answer: Callable[..., Any],
+RETURNED_NONE_HINT = "did you forget `return`?"
+
+
+def run_cases(
+    answer: Any,
     reference: Callable[..., Any],
-    cases: Iterable[Case],
-    compare: Compare,
+    cases: Iterable[Case | LabelledArgs],
+    compare: Compare | None = None,
+    *,
+    hint: str = "",
     mistakes: Iterable[Mistake] = (),
     probe: Callable[[Callable[..., Any]], str] | None = None,
+    may_change: Iterable[str] = (),
 ) -> None:
-    """``run_cases`` that names the mistake. Each call gets its own deep copy of the arguments.
+    """Run ``answer`` and ``reference`` on every case; raise ``Mismatch`` at the first difference.
 
-    At the first case where the answer differs from the reference, the ``Mismatch`` keeps a hint
-    that ``compare`` gave; else ``probe(answer)``, when given, may give one about the answer as
-    a whole (e.g. "it samples at random"); else the first ``Mistake`` whose result equals the
-    answer's (by ``compare``) gives its hint; else the exercise's own hint is shown.
+    ``cases`` holds ``Case`` objects or ``(description, args)`` pairs (``args`` a tuple of
+    positional arguments, or a single argument). Every call gets its own deep copy of the
+    arguments. For each case, in order:
+
+    - a reference that raises an exception (say ``ValueError``) means the answer must raise
+      that type too;
+    - an answer that returns ``None`` where the reference returns a value fails with
+      "did you forget `return`?" (unless the reference returns None for another case);
+    - an argument the answer changed in place (compared with a pristine copy, tensors and
+      containers element by element) fails, naming the argument; parameters named in
+      ``may_change`` are exempt (a model a training step updates);
+    - ``compare(got, expected, case=...)`` (default ``expect_equal``: exact values and types)
+      decides. A failure's hint is, in order: the one ``compare`` gave; ``probe(answer)``; the
+      hint of the first ``Mistake`` that gives exactly the answer's result (by ``compare``);
+      the case's ``hint``; the run's ``hint``; else ``check`` shows the exercise's hint.
     """
+    compare = compare or expect_equal
     mistakes = list(mistakes)
-    for description, arguments in cases:
-        expected = reference(*copy.deepcopy(arguments))
-        got = attempt(answer, *copy.deepcopy(arguments), case=description)
+    names = _parameter_names(reference)
+    prepared = []
+    for item in cases:
+        case = item if isinstance(item, Case) else Case(_as_arguments(item[1]), item[0])
+        arguments = _as_arguments(case.args)
+        try:
+            expected, expected_error = reference(*copy.deepcopy(arguments)), None
+        except Exception as error:  # the exercise asks for this error on this input
+            expected, expected_error = None, error
+        prepared.append((case, arguments, expected, expected_error))
+    # Where the reference itself returns None for some input, None is an answer, not a
+    # forgotten return, and it is compared like any other value.
+    none_is_an_answer = any(
+        expected is None and error is None for _, _, expected, error in prepared
+    )
+    for case, arguments, expected, expected_error in prepared:
+        description = case.description or describe_arguments(names, arguments)
+        case_hint = case.hint or hint
+        _progress().enter(description, case_hint)
+        pristine = copy.deepcopy(arguments)
+        answer_arguments = copy.deepcopy(arguments)
+        if expected_error is not None:
+            _expect_error(answer, answer_arguments, expected_error, description, case_hint)
+            continue
+        got = _call(answer, answer_arguments, description)
+        if got is None and expected is not None and not none_is_an_answer:
+            raise Mismatch(
+                description, expected, got, RETURNED_NONE_HINT,
+                detail=f"returned None but expected {describe(expected)}",
+            )
+        _expect_unchanged(answer_arguments, pristine, names, may_change, description)
         try:
             compare(got, expected, case=description)
         except Mismatch as mismatch:
             mismatch.hint = (
                 mismatch.hint
                 or (probe(answer) if probe is not None else "")
-                or _recognise(got, arguments, compare, mistakes, description)
+                or _recognise(got, pristine, compare, mistakes, description)
+                or case_hint
             )
             raise
+
+
+def _as_arguments(args: Any) -> tuple[Any, ...]:
+    return args if isinstance(args, tuple) else (args,)
+
+
+def _parameter_names(function: Callable[..., Any]) -> list[str]:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+    return [
+        parameter.name for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def describe_arguments(names: list[str], arguments: tuple[Any, ...]) -> str:
+    """ "ids = [1, 2], pair = (1, 2)": each argument after its parameter's name."""
+    if not arguments:
+        return "no arguments"
+    return ", ".join(
+        f"{_argument_name(names, position)} = {describe(value)}"
+        for position, value in enumerate(arguments)
+    )
+
+
+def _argument_name(names: list[str], position: int) -> str:
+    return names[position] if position < len(names) else f"argument {position + 1}"
+
+
+def _call(answer: Any, arguments: tuple[Any, ...], case: str) -> Any:
+    """``answer(*arguments)``; an answer that is not callable fails with "expected a function"."""
+    if not callable(answer):
+        raise Mismatch(
+            case, "a function", answer,
+            detail=f"expected a function to call, got {type(answer).__name__} {describe(answer)}",
+        )
+    return answer(*arguments)
+
+
+def _expect_error(
+    answer: Any, arguments: tuple[Any, ...], expected: Exception, case: str, hint: str
+) -> None:
+    """Fail unless ``answer(*arguments)`` raises the built-in exception type ``expected`` is.
+
+    The reference may raise a course-specific subclass (a ``GlobalBatchError``, a
+    ``ValueError``); the answer passes with the built-in type it derives from (``ValueError``).
+    """
+    wanted_type = next(
+        kind for kind in type(expected).__mro__ if kind.__module__ == "builtins"
+    )
+    wanted = wanted_type.__name__
+    try:
+        got = _call(answer, arguments, case)
+    except wanted_type:
+        return
+    except (Mismatch, NotImplementedError):
+        raise
+    except Exception as error:  # the wrong kind of error: a mistake to explain, not a crash
+        raise Mismatch(
+            case, wanted, error, hint,
+            detail=f"expected {_with_article(wanted)} ({expected}), but it raised "
+            f"{type(error).__name__}: {error}",
+        ) from None
+    raise Mismatch(
+        case, wanted, got, hint,
+        detail=f"expected {_with_article(wanted)} ({expected}), but it returned {describe(got)}",
+    )
+
+
+def _expect_unchanged(
+    after: tuple[Any, ...],
+    before: tuple[Any, ...],
+    names: list[str],
+    may_change: Iterable[str],
+    case: str,
+) -> None:
+    """Fail for the first argument the answer changed in place (one not in ``may_change``)."""
+    exempt = set(may_change)
+    for position, (now, then) in enumerate(zip(after, before, strict=True)):
+        name = _argument_name(names, position)
+        if name not in exempt and not _equal(now, then):
+            raise Mismatch(
+                case, then, now,
+                f"your function changed its argument `{name}` in place; work on a copy",
+                detail=f"the argument `{name}` was {describe(then)} before the call and "
+                f"{describe(now)} after it",
+            )
 
 
 def _recognise(
     got: Any, arguments: tuple[Any, ...], compare: Compare, mistakes: list[Mistake], case: str
 ) -> str:
-    """The hint of the first mistake whose result equals ``got``, or ""."""
+    """The hint of the first mistake whose result is exactly ``got`` or passes ``compare``
+    against it, or ""."""
     for mistake in mistakes:
         try:
-            compare(got, mistake.answer(*copy.deepcopy(arguments)), case=case)
+            wrong = mistake.answer(*copy.deepcopy(arguments))
+            if not _equal(got, wrong):
+                compare(got, wrong, case=case)
         except Exception:  # this mistake gives another result here, or does not apply
             continue
         return mistake.hint
     return ""
 
 
-def expect_equal(got: object, expected: object, *, case: str, hint: str = "") -> None:
-    """Raise ``Mismatch`` unless ``got`` equals ``expected`` and has its type.
+# ----------------------------------------------------------------------------------------------
+# Comparisons
 
-    Tensors must match exactly (``expect_close`` with zero tolerance); sequences and dicts are
-    described by their first difference.
+
+def expect_equal(got: object, expected: object, *, case: str, hint: str = "") -> None:
+    """Raise ``Mismatch`` unless ``got`` equals ``expected`` with the same types all the way down.
+
+    Tensors must match exactly (``expect_close`` with zero tolerance, same dtype); lists, tuples
+    and dicts are compared element by element, each element with its type (``[[1.0]]`` is not
+    ``[[1]]``, ``True`` is not ``1``); the message names the first difference.
     """
     _progress().enter(case)
     if isinstance(expected, torch.Tensor):
@@ -348,9 +484,9 @@ def expect_close(
     """Raise ``Mismatch`` unless ``got`` is a tensor close to ``expected``.
 
     Checks, in order, that ``got`` is a tensor, that its shape is ``expected.shape``, that its
-    dtype is of the same kind (bool, integer, floating point, complex), and that every value is
-    within ``atol + rtol * |expected|`` (exactly equal for bool and integer tensors; NaN matches
-    NaN). The message names the first differing index.
+    dtype is exactly ``expected.dtype`` (int32 is not int64, float32 is not float64), and that
+    every value is within ``atol + rtol * |expected|`` (exactly equal for bool and integer
+    tensors; NaN matches NaN). The message names the first differing index.
     """
     _progress().enter(case)
     if not isinstance(got, torch.Tensor):
@@ -363,20 +499,17 @@ def expect_close(
             case, expected, got, hint,
             detail=f"got shape {tuple(got.shape)} but expected {tuple(expected.shape)}",
         )
-    got_kind, expected_kind = _dtype_kind(got.dtype), _dtype_kind(expected.dtype)
-    if got_kind != expected_kind:
+    if got.dtype != expected.dtype:
         raise Mismatch(
             case, expected, got, hint,
-            detail=f"got {_with_article(got_kind)} tensor ({got.dtype}) "
-            f"but expected {_with_article(expected_kind)} tensor ({expected.dtype})",
+            detail=f"got a tensor of dtype {got.dtype} but expected {expected.dtype}",
         )
     got_values, expected_values = got.detach().cpu(), expected.detach().cpu()
-    if expected_kind in ("bool", "integer"):
+    if not expected.dtype.is_floating_point:
         wrong = got_values != expected_values
         tolerance = ""
     else:
-        common = torch.promote_types(got.dtype, expected.dtype)
-        difference = (got_values.to(common) - expected_values.to(common)).abs()
+        difference = (got_values - expected_values).abs()
         both_nan = got_values.isnan() & expected_values.isnan()
         wrong = ~(difference <= atol + rtol * expected_values.abs()) & ~both_nan
         tolerance = f" (tolerance: atol={atol:g}, rtol={rtol:g})"
@@ -395,29 +528,73 @@ def _number(element: torch.Tensor) -> str:
     return f"{value:.6g}" if isinstance(value, (float, complex)) else repr(value)
 
 
-def _dtype_kind(dtype: torch.dtype) -> str:
-    if dtype == torch.bool:
-        return "bool"
-    if dtype.is_complex:
-        return "complex"
-    return "floating point" if dtype.is_floating_point else "integer"
-
-
 def _with_article(noun: str) -> str:
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+    return f"an {noun}" if noun[0].lower() in "aeiou" else f"a {noun}"
+
+
+def _same_type(got: object, expected: object) -> bool:
+    """``got`` is an instance of ``expected``'s type, and a bool only where a bool is expected."""
+    return isinstance(got, type(expected)) and (
+        isinstance(expected, bool) or not isinstance(got, bool)
+    )
 
 
 def _equal(got: object, expected: object) -> bool:
-    try:
-        return isinstance(got, type(expected)) and bool(got == expected)
-    except (RuntimeError, TypeError, ValueError):  # e.g. comparing tensors inside containers
+    """Whether ``got`` equals ``expected`` with the same types all the way down.
+
+    Tensors need the same dtype, shape and values (NaN equals NaN); lists, tuples and dicts
+    are compared element by element; a module by its parameters and buffers; an object without
+    an equality of its own by its attributes.
+    """
+    if isinstance(expected, torch.Tensor):
+        return (
+            isinstance(got, torch.Tensor) and got.dtype == expected.dtype
+            and got.shape == expected.shape and _same_values(got, expected)
+        )
+    if not _same_type(got, expected):
         return False
+    if isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(
+            _equal(got_item, expected_item)
+            for got_item, expected_item in zip(got, expected, strict=True)
+        )
+    if isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(
+            _equal(got[key], expected[key]) for key in expected
+        )
+    if isinstance(expected, torch.nn.Module):
+        return _equal(dict(got.state_dict()), dict(expected.state_dict()))
+    if isinstance(expected, float) and math.isnan(expected):
+        return math.isnan(got)
+    if type(expected).__eq__ is object.__eq__ and hasattr(expected, "__dict__"):
+        return _equal(vars(got), vars(expected))
+    try:
+        return bool(got == expected)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _same_values(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    got, expected = got.detach().cpu(), expected.detach().cpu()
+    same = got == expected
+    if expected.dtype.is_floating_point:
+        same |= got.isnan() & expected.isnan()
+    return bool(same.all())
 
 
 def _first_difference(got: object, expected: object) -> str:
     """A sentence that says where ``got`` first differs from ``expected``."""
     overall = f"expected {describe(expected)}, got {describe(got)}"
-    if not isinstance(got, type(expected)):
+    where = _difference_path(got, expected)
+    if not where or not _same_type(got, expected):
+        return where or overall
+    return f"{where}; {overall}"
+
+
+def _difference_path(got: object, expected: object) -> str:
+    """Where ``got`` first differs inside ``expected`` ("at [0][1]: expected int 1, got float
+    1.0"), or "" when they differ as a whole in a way ``overall`` already shows."""
+    if not _same_type(got, expected):
         return (
             f"expected {type(expected).__name__} {describe(expected)}, "
             f"got {type(got).__name__} {describe(got)}"
@@ -427,22 +604,32 @@ def _first_difference(got: object, expected: object) -> str:
         if missing or extra:
             return (
                 f"missing keys {describe(sorted(missing, key=repr))}, "
-                f"unexpected keys {describe(sorted(extra, key=repr))}; {overall}"
+                f"unexpected keys {describe(sorted(extra, key=repr))}"
             )
         for key, wanted in expected.items():
             if not _equal(got[key], wanted):
-                return f"at key {key!r} expected {describe(wanted)}, got {describe(got[key])}"
-        return overall
+                inner = _difference_path(got[key], wanted)
+                return f"at key {key!r}: " + (
+                    inner or f"expected {describe(wanted)}, got {describe(got[key])}"
+                )
+        return ""
     if isinstance(expected, (str, list, tuple)):
         item = "character" if isinstance(expected, str) else "item"
         for position, (got_item, expected_item) in enumerate(zip(got, expected, strict=False)):
             if not _equal(got_item, expected_item):
-                return (
-                    f"{item} {position} is {describe(got_item)} "
-                    f"but expected {describe(expected_item)}; {overall}"
+                inner = (
+                    "" if isinstance(expected_item, str)
+                    else _difference_path(got_item, expected_item)
                 )
-        return f"got {len(got)} {item}s but expected {len(expected)}; {overall}"
-    return overall
+                return f"{item} {position}: " + (
+                    inner or f"expected {describe(expected_item)}, got {describe(got_item)}"
+                )
+        if len(got) != len(expected):
+            return f"got {len(got)} {item}s but expected {len(expected)}"
+        return ""
+    if isinstance(expected, torch.Tensor) and got.dtype != expected.dtype:
+        return f"got a tensor of dtype {got.dtype} but expected {expected.dtype}"
+    return ""
 
 
 _SHORT_REPR = reprlib.Repr()
@@ -468,9 +655,10 @@ def describe(value: object) -> str:
 class ExerciseResult:
     """The outcome of one ``check``.
 
-    ``status`` is one of ``STATUSES``; ``message`` is a sentence starting with it ("failed for
-    x = -3: expected 9, got -9"); ``cases`` counts the cases reached; ``details`` holds the
-    traceback of an error; ``exception`` is the learner's exception for status "error".
+    ``status`` is one of ``STATUSES`` ("missing" only in a grader's scorecard, for an exercise
+    never checked); ``message`` is a sentence starting with it ("failed for x = -3: expected 9,
+    got -9"); ``cases`` counts the cases reached; ``details`` holds the traceback of an error;
+    ``exception`` is the learner's exception for status "error".
     """
 
     exercise_id: str
@@ -537,18 +725,14 @@ class ExerciseResult:
 
 
 def show(result: ExerciseResult) -> None:
-    """Display ``result``: an HTML box plus text in IPython (carrying the machine-readable
-    record in its metadata), or its one-line summary on stdout elsewhere."""
+    """Display ``result``: an HTML box plus text in IPython, or its one-line summary on stdout
+    elsewhere."""
     shell = get_ipython()
     if shell is None:
         print(result.summary)
         return
     result.shown_in_cell = shell.execution_count
-    display(
-        {"text/plain": result.summary, "text/html": result.to_html()},
-        raw=True,
-        metadata={RESULT_METADATA_KEY: result.to_record()},
-    )
+    display({"text/plain": result.summary, "text/html": result.to_html()}, raw=True)
 
 
 @dataclass(repr=False)
@@ -569,8 +753,8 @@ class Scorecard:
 
     def succeeded(self, *, require_all: bool = False) -> bool:
         """No exercise failed, errored or timed out, and no cell raised; with ``require_all``,
-        every exercise was also attempted."""
-        failing = FAILING_STATUSES + (("not attempted",) if require_all else ())
+        every exercise was also attempted and none is missing."""
+        failing = FAILING_STATUSES + (("not attempted", "missing") if require_all else ())
         return not self.cell_errors and not any(self.count(status) for status in failing)
 
     def totals(self) -> str:
@@ -653,10 +837,23 @@ def check(
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
     result = _evaluate(entry, answer, time_limit)
     _SCORECARD.record(result)
+    _report_to_grader(result)
     show(result)
     if strict and not result.passed:
         raise ExerciseFailed(result.summary) from result.exception
     return result
+
+
+def _report_to_grader(result: ExerciseResult) -> None:
+    """Append ``result`` as one JSON line to ``$LLMCOURSE_GRADE_RESULTS``, when a grader set it.
+
+    ``llmcourse grade`` takes its results from this file, written while the checks run, never
+    from what the notebook's outputs say.
+    """
+    path = os.environ.get(RESULTS_FILE_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as results:
+            results.write(json.dumps(result.to_record()) + "\n")
 
 
 def _evaluate(entry: Exercise, answer: Any, time_limit: float) -> ExerciseResult:
@@ -689,6 +886,7 @@ def _evaluate(entry: Exercise, answer: Any, time_limit: float) -> ExerciseResult
         return result(
             "error",
             f"error{_for_current_case()}: {type(error).__name__}: {error}",
+            hint=progress.current_hint or entry.hint,
             details=_traceback_without_engine(error),
             exception=error,
         )
