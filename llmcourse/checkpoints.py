@@ -11,9 +11,9 @@ A checkpoint directory holds:
   state (position in the data, history, random number generator states). It holds only tensors,
   dicts, lists, tuples, numbers and strings, so it loads with ``torch.load(weights_only=True)``.
 
-Nothing here unpickles arbitrary objects. A checkpoint is written into a temporary directory beside
-the target and moved into place when complete, so a crash while saving leaves the previous
-checkpoint intact.
+Nothing here unpickles arbitrary objects. A checkpoint is written by ``llmcourse.saving``'s
+staged directory swap: a crash while saving leaves the previous checkpoint or the new one, and
+every loader first finishes a swap that a crash interrupted (``saving.recover``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import tempfile
-import uuid
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers.files import TOKENIZER_FILE, Tokenizer, check_vocab_fits, save_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -83,31 +81,40 @@ def save_checkpoint(
     complete. A directory holding anything other than checkpoint files is never overwritten.
     """
     target = Path(path_dir)
-    _check_replaceable(target)
+    check_destination(target, what="a checkpoint", own_names=CHECKPOINT_FILES,
+                      error=CheckpointError)
     if tokenizer is not None:
         check_vocab_fits(tokenizer, model.config.vocab_size, where=f"saving to {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-    try:
-        _write_config(staging / CONFIG_FILE, model.config)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, staging)
-        save_file(unique_tensors(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        if optimizer is not None or scheduler is not None or training_state is not None:
-            state = {
-                "version": TRAINING_STATE_VERSION,
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "training": training_state,
-            }
-            torch.save(state, staging / TRAINING_STATE_FILE)
-        _flush_to_disk(staging)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_directory(target) as staging:
+        write_checkpoint_files(staging, model, optimizer, scheduler, training_state,
+                               tokenizer=tokenizer)
     return target
+
+
+def write_checkpoint_files(
+    directory: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    training_state: dict[str, Any] | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
+) -> None:
+    """Write the files of a checkpoint into the existing ``directory``, not atomically: a
+    staging directory of ``llmcourse.saving.staged_directory`` (``save_checkpoint`` is the
+    crash-safe way to save)."""
+    _write_config(directory / CONFIG_FILE, model.config)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
+    save_file(unique_tensors(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if optimizer is not None or scheduler is not None or training_state is not None:
+        state = {
+            "version": TRAINING_STATE_VERSION,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "training": training_state,
+        }
+        torch.save(state, directory / TRAINING_STATE_FILE)
 
 
 def load_checkpoint(
@@ -248,6 +255,7 @@ def _read_training_state(path: Path) -> dict[str, Any]:
 
 def _checkpoint_directory(path_dir: str | os.PathLike[str]) -> Path:
     directory = Path(path_dir)
+    recover(directory)
     if not directory.is_dir():
         raise CheckpointNotFoundError(
             f"no checkpoint directory at {directory}; pass the directory save_checkpoint wrote "
@@ -266,40 +274,3 @@ def _require_file(path: Path) -> None:
 
 def _write_config(path: Path, config: GPTConfig) -> None:
     path.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
-
-
-def _check_replaceable(target: Path) -> None:
-    """Refuse to overwrite a file or a directory that holds anything but checkpoint files."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"cannot save a checkpoint to {target}: it exists and is a file")
-    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in CHECKPOINT_FILES)
-    if foreign:
-        raise CheckpointError(
-            f"will not replace {target}: it holds files that are not part of a checkpoint "
-            f"({foreign}); choose an empty or new directory"
-        )
-
-
-def _flush_to_disk(directory: Path) -> None:
-    """fsync every file, so the rename below never publishes a checkpoint still in the cache."""
-    for path in directory.iterdir():
-        with open(path, "rb") as file:
-            os.fsync(file.fileno())
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move the directory ``staging`` to ``target`` (both on one file system); an old
-    ``target`` is moved aside first, then deleted, and is put back if the move fails."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, retired)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired)

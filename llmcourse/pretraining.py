@@ -23,8 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -148,13 +146,7 @@ def trained_tokenizer(run: PretrainingRun, vocab_size: int, *, progress: bool = 
     train_text, _ = split_text(read_corpus(run.corpus, run.max_characters),
                                1.0 - run.val_fraction)
     tokenizer = BPETokenizer.train(train_text, vocab_size, progress=progress)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bpe-", dir=cached.parent))
-    try:
-        tokenizer.save(staging / "tokenizer.json")
-        os.replace(staging / "tokenizer.json", cached)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save(cached)  # atomically: a concurrent reader sees no half-written file
     return tokenizer
 
 

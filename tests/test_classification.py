@@ -338,7 +338,7 @@ def test_classifier_checkpoint_errors(tmp_path: Path):
     with pytest.raises(ClassifierCheckpointError, match="not a classifier checkpoint"):
         load_classifier(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ClassifierCheckpointError, match="not a classifier's \\(notes.txt\\)"):
+    with pytest.raises(ClassifierCheckpointError, match="not part of a classifier \\(notes.txt\\)"):
         save_classifier(tmp_path, Classifier(model, max_length=8))
     directory = save_classifier(tmp_path / "clf", Classifier(model, max_length=8))
     config_path = directory / "config.json"

@@ -21,6 +21,7 @@ from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
 from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.profiles import current_profile
+from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import EvalRecord
@@ -317,7 +318,7 @@ def run_prefer(args: argparse.Namespace) -> int:
                                     prompt_format=fmt)
     inst.save_responses(out / inst.RESPONSES_FILE, after)
     scores = scores_with_baselines(after, instruction_tuned=before)
-    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    write_json_atomic(out / inst.SCORES_FILE, scores)
     print(f"test set: {len(after)} responses, scored beside the instruction-tuned model's (in "
           f"{out / inst.SCORES_FILE}):")
     print(scores_table(scores, model_name="after DPO"))
@@ -408,7 +409,7 @@ def _save_test_answers(
     print the scores."""
     inst.save_responses(out / inst.RESPONSES_FILE, responses)
     scores = scores_with_baselines(responses, pretrained_responses)
-    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    write_json_atomic(out / inst.SCORES_FILE, scores)
     print(f"test set: {len(responses)} responses (in {out / inst.RESPONSES_FILE}), scored beside "
           f"the baselines (in {out / inst.SCORES_FILE}):")
     print(scores_table(scores))
