@@ -31,10 +31,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmcourse import datasets
+from llmcourse.checkpoints import CHECKPOINT_FILES, TRAINING_STATE_FILE, CheckpointError
 from llmcourse.data import SlidingWindowDataset, split_text
 from llmcourse.distributed import current_context, distributed_loader
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.saving import check_destination
 from llmcourse.token_cache import tokenized_corpus
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import check_vocab_fits
@@ -174,22 +176,41 @@ def make_loaders(
     return train_loader, val_loader
 
 
+def check_output(output_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> None:
+    """Check, before any work, that a run may save into ``output_dir``: with ``resume`` it must
+    hold a run's checkpoint (with its training state); without, it must be new or empty, or
+    hold a checkpoint that ``overwrite`` allows replacing. Raises a ``CourseError`` otherwise
+    (``CheckpointError`` for a file or a directory of other files)."""
+    if resume and overwrite:
+        raise CourseError("resume and overwrite exclude each other: continue the run in the "
+                          "output directory, or replace it")
+    output_dir = Path(output_dir)
+    check_destination(
+        output_dir, what="a checkpoint", own_names=CHECKPOINT_FILES, replace=resume or overwrite,
+        remedy="pass --resume to continue its run or --overwrite to replace it",
+        error=CheckpointError,
+    )
+    if resume and not (output_dir / TRAINING_STATE_FILE).is_file():
+        raise CourseError(
+            f"nothing to resume: {output_dir} holds no training checkpoint; "
+            "start without --resume"
+        )
+
+
 def pretrain(
     run: PretrainingRun,
     output_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: tuple[object, ...] = (),
 ) -> tuple[GPT, TrainingHistory]:
     """Train a fresh GPT (or continue the checkpoint in ``output_dir`` when ``resume``) and
-    save the final checkpoint, with its tokenizer, in ``output_dir``. Returns the model and the
-    run's history."""
+    save the final checkpoint, with its tokenizer, in ``output_dir``. A checkpoint already in
+    ``output_dir`` is continued with ``resume`` or replaced with ``overwrite``, never else (see
+    ``check_output``). Returns the model and the run's history."""
     output_dir = Path(output_dir)
-    if resume and not (output_dir / "training_state.pt").is_file():
-        raise CourseError(
-            f"nothing to resume: {output_dir} holds no training checkpoint; "
-            "start without --resume"
-        )
+    check_output(output_dir, resume=resume, overwrite=overwrite)
     tokenizer = run_tokenizer(run, progress=run.training.progress)
     train_loader, val_loader = make_loaders(run, tokenizer, progress=run.training.progress)
     torch.manual_seed(run.training.seed)

@@ -203,3 +203,49 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(
                             "(this run saves only after its last step; add --checkpoint-every N "
                             "to save every N steps); nothing to resume. Start again with: ")
     assert shlex.split(error.split("Start again with: ")[1]) == ["llmcourse", *argv]
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory is checked before any work
+
+
+def refuse_work(*args, **kwargs):
+    raise AssertionError("the command started working before it checked --out")
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda out: out.write_text("x"), "cannot save a checkpoint to {out}: it exists and is "
+                                          "a file; choose a directory path that does not exist "
+                                          "yet"),
+        (lambda out: (out.mkdir(), (out / "notes.txt").write_text("x")),
+         "will not write a checkpoint into {out}: it holds files that are not part of a "
+         "checkpoint (notes.txt); choose an empty or new directory"),
+    ],
+)
+def test_an_unusable_out_fails_before_any_work(tmp_path, capsys, monkeypatch, make_out, message):
+    out = tmp_path / "out"
+    make_out(out)
+    monkeypatch.setattr("llmcourse.cli.pretrain.run_tokenizer", refuse_work)
+    assert main(["pretrain", "the-verdict", "--out", str(out), "--steps", "1", *TINY_ARGV]) == 2
+    assert one_line_error(capsys) == message.format(out=out)
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(data_mirror, tmp_path, capsys,
+                                                         monkeypatch):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), *TINY_ARGV]
+    assert main([*argv, "--steps", "3"]) == 0
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr("llmcourse.cli.pretrain.run_tokenizer", refuse_work)
+        assert main([*argv, "--steps", "1"]) == 2
+    assert one_line_error(capsys) == (
+        f"{out} already holds a checkpoint; pass --resume to continue its run or --overwrite "
+        "to replace it, or choose another --out")
+    assert len(load_checkpoint(out).training_state["history"]["steps"]) == 3
+    assert main([*argv, "--steps", "1", "--overwrite"]) == 0
+    assert len(load_checkpoint(out).training_state["history"]["steps"]) == 1
+    with pytest.raises(SystemExit):  # argparse: the two exclude each other
+        main([*argv, "--steps", "1", "--overwrite", "--resume"])
