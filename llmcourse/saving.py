@@ -291,6 +291,8 @@ def check_destination(
             f"cannot save {what} to {target}: it exists and is a file; choose a directory path "
             "that does not exist yet"
         )
+    for name in own_names:  # a file write that a crash interrupted inside the directory
+        recover(target / name)
     present = sorted(entry.name for entry in target.iterdir())
     if not present:
         return False
