@@ -38,6 +38,7 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 READ_CHARACTERS = 1 << 20  # characters read from the corpus file at a time
 WRITE_TOKENS = 1 << 16  # token ids buffered before they are appended to a file
+HASH_TOKENS = 1 << 22  # token ids read at a time for a fingerprint
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,17 @@ class TokenizedCorpus:
     train: TokenizedSplit
     val: TokenizedSplit
     directory: Path
+
+    def fingerprint(self) -> str:
+        """A sha256 of the token ids (both parts, in order; its first 16 hex digits) and the
+        number of tokens of each part, as ``"<hash>: <train> + <val> tokens"``: equal exactly
+        when two runs train and validate on the same ids. Reads every id once."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.val):
+            digest.update(f"{split.ids.dtype.name}:{len(split.ids)};".encode())
+            for start in range(0, len(split.ids), HASH_TOKENS):
+                digest.update(np.ascontiguousarray(split.ids[start:start + HASH_TOKENS]).data)
+        return f"{digest.hexdigest()[:16]}: {len(self.train.ids)} + {len(self.val.ids)} tokens"
 
 
 def tokenized_corpus(

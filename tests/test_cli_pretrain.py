@@ -249,3 +249,49 @@ def test_a_finished_run_is_replaced_only_with_overwrite(data_mirror, tmp_path, c
     assert len(load_checkpoint(out).training_state["history"]["steps"]) == 1
     with pytest.raises(SystemExit):  # argparse: the two exclude each other
         main([*argv, "--steps", "1", "--overwrite", "--resume"])
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume continues only the same run
+
+
+def test_resume_names_every_setting_that_differs_from_the_checkpointed_run(data_mirror, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", *TINY_ARGV]
+    assert main(argv) == 0
+    saved = load_checkpoint(out).training_state["run"]
+    assert saved["val_fraction"] == 0.1 and saved["max_characters"] == 3000
+    assert saved["tokens"].endswith(": 676 + 78 tokens")  # GPT-2 tokens of 2700 + 300 chars
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--val-fraction", "0.2", "--max-characters", "2500"]) == 2
+    message = last_line(capsys.readouterr().err)
+    assert message.startswith(f"error: cannot resume from {out}: this run differs from the "
+                              "checkpointed one (max_characters: saved 3000, now 2500; tokens: "
+                              f"saved {saved['tokens']!r}, now ")
+    assert message.endswith("; val_fraction: saved 0.1, now 0.2); resume with the checkpointed "
+                            "run's settings and data, or start a new run (--overwrite, or "
+                            "another --out)")
+    corpus = tmp_path / "verdict.txt"  # the same text, another corpus name
+    corpus.write_text(read_corpus("the-verdict", 3000), encoding="utf-8")
+    assert main([argv[0], str(corpus), *argv[2:], "--resume"]) == 2
+    assert f"(corpus: saved 'the-verdict', now '{corpus}'); " in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_run_settings_resumes_with_a_note(data_mirror, tmp_path, capsys,
+                                                               monkeypatch):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", "--checkpoint-every",
+            "1", *TINY_ARGV]
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "train_step", InterruptAt(2))
+        assert main(argv) == 130  # after the checkpoint of step 1
+    state_path = out / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["training"]["run"]  # as checkpoints were saved before run settings were
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert (f"note: {out} was saved without a fingerprint of its data and run settings (an "
+            "older checkpoint); resuming without checking them\n") in capsys.readouterr().err
+    assert load_checkpoint(out).training_state["history"]["steps"] == [1, 2]
