@@ -6,7 +6,8 @@ A checkpoint directory holds:
 - ``tokenizer.bpe.json``: the tokenizer the model was trained with (``llmcourse.tokenizers.files``);
 - ``model.safetensors``: the weights. A matrix shared by two modules (GPT-2 ties the output layer
   to the token embedding) is stored once, under its first name, ``transformer.wte.weight``;
-  ``GPT(config)`` ties it again on load;
+  ``GPT(config)`` ties it again on load. Its metadata holds the config the weights were saved
+  with, so that an edit of ``config.json`` that changes no tensor shape (``n_head``) is found;
 - ``training_state.pt`` (optional): optimizer and scheduler state plus the training loop's own
   state (position in the data, history, random number generator states). It holds only tensors,
   dicts, lists, tuples, numbers and strings, so it loads with ``torch.load(weights_only=True)``.
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from llmcourse.errors import CourseError
@@ -40,6 +41,8 @@ WEIGHTS_FILE = "model.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
 CHECKPOINT_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, TRAINING_STATE_FILE)
 TRAINING_STATE_VERSION = 1
+CONFIG_METADATA_KEY = "gpt_config"  # the GPTConfig as JSON, in the weights' safetensors metadata
+TRAINING_ONLY_FIELDS = ("dropout",)  # GPTConfig fields that a loader may change
 
 
 class CheckpointError(CourseError, ValueError):
@@ -106,7 +109,7 @@ def write_checkpoint_files(
     _write_config(directory / CONFIG_FILE, model.config)
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
-    save_file(unique_tensors(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    save_file(unique_tensors(model), directory / WEIGHTS_FILE, metadata=weights_metadata(model))
     if optimizer is not None or scheduler is not None or training_state is not None:
         state = {
             "version": TRAINING_STATE_VERSION,
@@ -124,8 +127,7 @@ def load_checkpoint(
     ``device``) and, if present, the optimizer, scheduler and training-loop states (on the CPU;
     ``optimizer.load_state_dict`` moves them to the parameters' device)."""
     directory = _checkpoint_directory(path_dir)
-    model = _model_for_loading(read_config(directory))
-    load_weights(model, directory / WEIGHTS_FILE)
+    model = _read_model(directory)
     model.to(device)
     state_path = directory / TRAINING_STATE_FILE
     if not state_path.is_file():
@@ -137,9 +139,49 @@ def load_checkpoint(
 def load_model(path_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> GPT:
     """The model of a checkpoint, in evaluation mode (dropout off), ready for generation."""
     directory = _checkpoint_directory(path_dir)
-    model = _model_for_loading(read_config(directory))
+    return _read_model(directory).to(device).eval()
+
+
+def _read_model(directory: Path) -> GPT:
+    """The model of a checkpoint directory: its config, its weights (every name and shape
+    checked), and the config checked against the one saved with the weights."""
+    config = read_config(directory)
+    model = _model_for_loading(config)
     load_weights(model, directory / WEIGHTS_FILE)
-    return model.to(device).eval()
+    check_config_unchanged(directory, config)
+    return model
+
+
+def weights_metadata(model: GPT) -> dict[str, str]:
+    """The safetensors metadata saved with a model's weights: the format, and the model's
+    ``GPTConfig`` as JSON, which ``check_config_unchanged`` compares with ``config.json``."""
+    return {"format": "pt", CONFIG_METADATA_KEY: json.dumps(asdict(model.config), sort_keys=True)}
+
+
+def check_config_unchanged(
+    directory: Path, config: GPTConfig, *, error: type[CourseError] = CheckpointError
+) -> None:
+    """Raise ``error`` naming every field in which ``config`` (read from ``directory``'s
+    ``config.json``) differs from the config saved in the weights' metadata. An edit that
+    changes no tensor shape (``n_head``, ``qkv_bias`` ...) is found only this way.
+    ``dropout`` may change: it belongs to a training run, not to the weights. Weights saved
+    without that metadata (older checkpoints) are not checked."""
+    try:
+        with safe_open(directory / WEIGHTS_FILE, "pt") as weights:
+            saved_text = (weights.metadata() or {}).get(CONFIG_METADATA_KEY)
+    except SafetensorError:
+        return  # loading the weights reports the damage
+    if saved_text is None:
+        return
+    saved, current = json.loads(saved_text), asdict(config)
+    changed = [f"{name}: saved {saved.get(name)!r}, now {value!r}"
+               for name, value in current.items()
+               if name not in TRAINING_ONLY_FIELDS and saved.get(name) != value]
+    if changed:
+        raise error(
+            f"{CONFIG_FILE} was edited after saving: {'; '.join(changed)} (in {directory}); the "
+            "weights belong to the saved values: restore them, or save the model again"
+        )
 
 
 def _model_for_loading(config: GPTConfig) -> GPT:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
-from llmcourse.checkpoints import read_config
+from llmcourse.checkpoints import check_config_unchanged, read_config, weights_metadata
 from llmcourse.errors import CourseError
 from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
 from llmcourse.lora import trainable_parameter_report as parameter_report
@@ -731,7 +731,7 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
             save_tokenizer(classifier.tokenizer, staging)
         (staging / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
         save_file(_unique(merged_state_dict(model)), str(staging / WEIGHTS_FILE),
-                  metadata={"format": "pt"})
+                  metadata=weights_metadata(model))
         (staging / CLASSIFIER_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     return directory
 
@@ -789,6 +789,7 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
             f"the weights in {directory} do not fit its {CONFIG_FILE} and {CLASSIFIER_FILE} "
             f"({error}); save the classifier again"
         ) from None
+    check_config_unchanged(directory, config, error=ClassifierCheckpointError)
     return Classifier(
         model=model.to(device).eval(),
         max_length=settings["max_length"],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import llmcourse.checkpoints as checkpoints
 from llmcourse.checkpoints import (
@@ -264,3 +265,25 @@ def test_bad_config_files(tmp_path: Path, text: str, match: str) -> None:
     (tmp_path / "run" / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=match):
         load_model(tmp_path / "run")
+
+
+def test_an_edit_of_the_config_that_keeps_every_shape_is_found(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "run", make_model())
+    edit_config(tmp_path / "run", n_head=4)  # 32 dims: 4 heads of 8 fit every tensor shape
+    message = (r"config.json was edited after saving: n_head: saved 2, now 4 \(in .*run\); the "
+               r"weights belong to the saved values: restore them, or save the model again")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "run")
+    edit_config(tmp_path / "run", n_head=2, dropout=0.0)  # restored; dropout may change
+    assert load_model(tmp_path / "run").config.n_head == 2
+
+
+def test_weights_saved_without_the_config_load_unchecked(tmp_path: Path) -> None:
+    model = make_model()
+    save_checkpoint(tmp_path / "run", model)
+    weights = tmp_path / "run" / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})  # as older checkpoints
+    edit_config(tmp_path / "run", n_head=4)
+    assert load_model(tmp_path / "run").config.n_head == 4
