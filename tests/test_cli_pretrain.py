@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -295,3 +298,18 @@ def test_a_checkpoint_without_run_settings_resumes_with_a_note(data_mirror, tmp_
     assert (f"note: {out} was saved without a fingerprint of its data and run settings (an "
             "older checkpoint); resuming without checking them\n") in capsys.readouterr().err
     assert load_checkpoint(out).training_state["history"]["steps"] == [1, 2]
+
+
+def test_resume_finishes_a_checkpoint_swap_that_a_kill_interrupted(data_mirror, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", *TINY_ARGV]
+    assert main(argv) == 0
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    tag = f"{int(finished.stdout)}-ab12"  # a writer killed after step 3 of the swap
+    shutil.copytree(out, tmp_path / f".out.{tag}.new")
+    out.rename(tmp_path / f".out.{tag}.old")
+    assert main([*argv, "--resume"]) == 0
+    assert "step 2: train loss" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
