@@ -288,8 +288,8 @@ def check_destination(
         return False
     if not target.is_dir():
         raise error(
-            f"cannot save {what} to {target}: it exists and is a file; choose a directory path "
-            "that does not exist yet"
+            f"cannot save {what} to {target}: it exists and is a file; move the file away or "
+            "choose another path"
         )
     for name in own_names:  # a file write that a crash interrupted inside the directory
         recover(target / name)

@@ -220,8 +220,7 @@ def refuse_work(*args, **kwargs):
     ("make_out", "message"),
     [
         (lambda out: out.write_text("x"), "cannot save a checkpoint to {out}: it exists and is "
-                                          "a file; choose a directory path that does not exist "
-                                          "yet"),
+                                          "a file; move the file away or choose another path"),
         (lambda out: (out.mkdir(), (out / "notes.txt").write_text("x")),
          "will not write a checkpoint into {out}: it holds files that are not part of a "
          "checkpoint (notes.txt); choose an empty or new directory"),
