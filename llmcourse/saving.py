@@ -6,8 +6,8 @@ written through this module, in one of two ways.
 **A file** (``atomic_file``, ``write_text_atomic``, ``write_json_atomic``, ``publish_file``) is
 written to a temporary file beside it, ``.NAME.<pid>-<hex>.tmp``, flushed to disk, renamed onto
 ``NAME``, and the rename is flushed too: ``NAME`` holds its old content or all of the new one.
-Files are created with ``open`` (or a library that calls it), so their permissions follow the
-umask (``0o666`` less the umask), unlike ``mkstemp``'s ``0o600``.
+Every file gets the permissions of a new file, ``0o666`` less the umask, before it is
+published, whatever its writer gave it (``mkstemp`` and safetensors give ``0o600``).
 
 **A directory** (``staged_directory``) cannot be replaced by one rename. Its swap:
 
@@ -71,9 +71,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def publish_file(source: Path, target: Path) -> None:
-    """Flush the complete file ``source`` to disk, rename it onto ``target`` (same file
-    system) and flush the rename."""
-    _sync_file(source)
+    """Give the complete file ``source`` the permissions of a new file, flush it to disk,
+    rename it onto ``target`` (same file system) and flush the rename."""
+    _finish_file(source, new_file_mode())
     os.replace(source, target)
     _sync_directory(target.parent)
 
@@ -113,7 +113,7 @@ def staged_directory(path: str | os.PathLike[str], *, keep_existing: bool = Fals
     staging.mkdir()
     try:
         yield staging
-        _sync_tree(staging)
+        _finish_tree(staging)
         complete = _entry(target, tag, COMPLETE)
         os.replace(staging, complete)
     except BaseException:
@@ -194,8 +194,8 @@ def recover(path: str | os.PathLike[str]) -> None:
         for state in (COMPLETE, RETIRED):  # finish the swap, else roll it back
             copies = [entry for entry, kind in leftovers if kind == state]
             if copies:
-                newest = max(copies, key=lambda entry: entry.stat().st_mtime_ns)
                 try:
+                    newest = max(copies, key=lambda entry: entry.stat().st_mtime_ns)
                     os.replace(newest, target)
                 except OSError:
                     if not os.path.lexists(target):
@@ -236,7 +236,17 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _sync_file(path: Path) -> None:
+def new_file_mode() -> int:
+    """The permissions ``open`` gives a new file: ``0o666`` less the process' umask."""
+    umask = os.umask(0o022)  # the only way to read it; set back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _finish_file(path: Path, mode: int) -> None:
+    """Set ``mode`` (some writers, such as safetensors, create files ``0o600``) and flush the
+    file to disk."""
+    os.chmod(path, mode)
     with open(path, "rb") as file:
         os.fsync(file.fileno())
 
@@ -255,11 +265,12 @@ def _sync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def _sync_tree(root: Path) -> None:
-    """Flush every file below ``root``, then every directory, to disk."""
+def _finish_tree(root: Path) -> None:
+    """``_finish_file`` every file below ``root``, then flush every directory to disk."""
+    mode = new_file_mode()
     for directory, _, files in os.walk(root):
         for name in files:
-            _sync_file(Path(directory, name))
+            _finish_file(Path(directory, name), mode)
         _sync_directory(Path(directory))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from llmcourse.saving import (
     DestinationError,
+    atomic_file,
     check_destination,
     recover,
     staged_directory,
@@ -42,17 +43,22 @@ def test_files_follow_the_umask_and_leave_no_temporary_file(tmp_path: Path) -> N
     old_umask = os.umask(0o027)
     try:
         write_text_atomic(tmp_path / "a.txt", "one")
+        with atomic_file(tmp_path / "private.bin") as temporary:
+            temporary.write_bytes(b"x")
+            temporary.chmod(0o600)  # as safetensors creates its files
         with staged_directory(tmp_path / "run") as staging:
             (staging / "w.bin").write_bytes(b"x")
+            (staging / "private.bin").write_bytes(b"x")
+            (staging / "private.bin").chmod(0o600)
     finally:
         os.umask(old_umask)
-    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
-    assert stat.S_IMODE((tmp_path / "run" / "w.bin").stat().st_mode) == 0o640
+    for path in ("a.txt", "private.bin", "run/w.bin", "run/private.bin"):
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o640, path
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750
     write_json_atomic(tmp_path / "a.txt", {"é": [1]})
     written = (tmp_path / "a.txt").read_text(encoding="utf-8")
     assert written == '{\n    "é": [\n        1\n    ]\n}\n'
-    assert sorted(os.listdir(tmp_path)) == ["a.txt", "run"]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "private.bin", "run"]
 
 
 def test_a_staged_directory_replaces_the_old_one_whole(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Saves killed at each of their file-system steps.
 
-Each save runs in a forked child that counts its file-system calls (renames, syncs, directory
-creation and removal, files opened for writing) and kills itself with SIGKILL at call k, for
-k = 1, 2, ... until a save completes before reaching k. After every kill, loading finds the
-previous complete state or the new one, never none and never a mix; the next save then leaves
-no staging entry (``.tmp``, ``.new``, ``.old``) behind.
+Each save runs in a forked child that counts its file-system calls (renames, syncs, permission
+changes, directory creation and removal, files opened for writing) and kills itself with
+SIGKILL at call k, for k = 1, 2, ... until a save completes before reaching k. After every kill,
+loading finds the previous complete state or the new one, never none and never a mix; the next
+save then leaves no staging entry (``.tmp``, ``.new``, ``.old``) behind.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _die_at_step(k: int) -> None:
             return counted(real_open)(file, mode, *args, **kwargs)
         return real_open(file, mode, *args, **kwargs)
 
-    for name in ("replace", "rename", "fsync", "mkdir", "unlink", "rmdir"):
+    for name in ("replace", "rename", "fsync", "chmod", "mkdir", "unlink", "rmdir"):
         setattr(os, name, counted(getattr(os, name)))
     shutil.rmtree = counted(shutil.rmtree)
     builtins.open = io.open = open_for_writing_counts
