@@ -6,14 +6,15 @@ A checkpoint directory holds:
 - ``tokenizer.bpe.json``: the tokenizer the model was trained with (``llmcourse.tokenizers.files``);
 - ``model.safetensors``: the weights. A matrix shared by two modules (GPT-2 ties the output layer
   to the token embedding) is stored once, under its first name, ``transformer.wte.weight``;
-  ``GPT(config)`` ties it again on load;
+  ``GPT(config)`` ties it again on load. Its metadata holds the config the weights were saved
+  with, so that an edit of ``config.json`` that changes no tensor shape (``n_head``) is found;
 - ``training_state.pt`` (optional): optimizer and scheduler state plus the training loop's own
   state (position in the data, history, random number generator states). It holds only tensors,
   dicts, lists, tuples, numbers and strings, so it loads with ``torch.load(weights_only=True)``.
 
-Nothing here unpickles arbitrary objects. A checkpoint is written into a temporary directory beside
-the target and moved into place when complete, so a crash while saving leaves the previous
-checkpoint intact.
+Nothing here unpickles arbitrary objects. A checkpoint is written by ``llmcourse.saving``'s
+staged directory swap: a crash while saving leaves the previous checkpoint or the new one, and
+every loader first finishes a swap that a crash interrupted (``saving.recover``).
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import tempfile
-import uuid
 import zipfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers.files import TOKENIZER_FILE, Tokenizer, check_vocab_fits, save_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -42,6 +41,8 @@ WEIGHTS_FILE = "model.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
 CHECKPOINT_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, TRAINING_STATE_FILE)
 TRAINING_STATE_VERSION = 1
+CONFIG_METADATA_KEY = "gpt_config"  # the GPTConfig as JSON, in the weights' safetensors metadata
+TRAINING_ONLY_FIELDS = ("dropout",)  # GPTConfig fields that a loader may change
 
 
 class CheckpointError(CourseError, ValueError):
@@ -83,31 +84,40 @@ def save_checkpoint(
     complete. A directory holding anything other than checkpoint files is never overwritten.
     """
     target = Path(path_dir)
-    _check_replaceable(target)
+    check_destination(target, what="a checkpoint", own_names=CHECKPOINT_FILES,
+                      error=CheckpointError)
     if tokenizer is not None:
         check_vocab_fits(tokenizer, model.config.vocab_size, where=f"saving to {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-    try:
-        _write_config(staging / CONFIG_FILE, model.config)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, staging)
-        save_file(unique_tensors(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        if optimizer is not None or scheduler is not None or training_state is not None:
-            state = {
-                "version": TRAINING_STATE_VERSION,
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "training": training_state,
-            }
-            torch.save(state, staging / TRAINING_STATE_FILE)
-        _flush_to_disk(staging)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_directory(target) as staging:
+        write_checkpoint_files(staging, model, optimizer, scheduler, training_state,
+                               tokenizer=tokenizer)
     return target
+
+
+def write_checkpoint_files(
+    directory: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    training_state: dict[str, Any] | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
+) -> None:
+    """Write the files of a checkpoint into the existing ``directory``, not atomically: a
+    staging directory of ``llmcourse.saving.staged_directory`` (``save_checkpoint`` is the
+    crash-safe way to save)."""
+    _write_config(directory / CONFIG_FILE, model.config)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
+    save_file(unique_tensors(model), directory / WEIGHTS_FILE, metadata=weights_metadata(model))
+    if optimizer is not None or scheduler is not None or training_state is not None:
+        state = {
+            "version": TRAINING_STATE_VERSION,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "training": training_state,
+        }
+        torch.save(state, directory / TRAINING_STATE_FILE)
 
 
 def load_checkpoint(
@@ -117,8 +127,7 @@ def load_checkpoint(
     ``device``) and, if present, the optimizer, scheduler and training-loop states (on the CPU;
     ``optimizer.load_state_dict`` moves them to the parameters' device)."""
     directory = _checkpoint_directory(path_dir)
-    model = _model_for_loading(read_config(directory))
-    load_weights(model, directory / WEIGHTS_FILE)
+    model = _read_model(directory)
     model.to(device)
     state_path = directory / TRAINING_STATE_FILE
     if not state_path.is_file():
@@ -134,9 +143,50 @@ def load_model(path_dir: str | os.PathLike[str], *, device: str | torch.device =
     so fine-tuning starts without it, as from OpenAI's weights (``load_checkpoint`` keeps it, to
     resume the run that saved it)."""
     directory = _checkpoint_directory(path_dir)
-    model = _model_for_loading(replace(read_config(directory), dropout=0.0))
+    return _read_model(directory, keep_dropout=False).to(device).eval()
+
+
+def _read_model(directory: Path, *, keep_dropout: bool = True) -> GPT:
+    """The model of a checkpoint directory: its config (with dropout 0 unless
+    ``keep_dropout``), its weights (every name and shape checked), and the config checked
+    against the one saved with the weights."""
+    config = read_config(directory)
+    model = _model_for_loading(config if keep_dropout else replace(config, dropout=0.0))
     load_weights(model, directory / WEIGHTS_FILE)
-    return model.to(device).eval()
+    check_config_unchanged(directory, config)
+    return model
+
+
+def weights_metadata(model: GPT) -> dict[str, str]:
+    """The safetensors metadata saved with a model's weights: the format, and the model's
+    ``GPTConfig`` as JSON, which ``check_config_unchanged`` compares with ``config.json``."""
+    return {"format": "pt", CONFIG_METADATA_KEY: json.dumps(asdict(model.config), sort_keys=True)}
+
+
+def check_config_unchanged(
+    directory: Path, config: GPTConfig, *, error: type[CourseError] = CheckpointError
+) -> None:
+    """Raise ``error`` naming every field in which ``config`` (read from ``directory``'s
+    ``config.json``) differs from the config saved in the weights' metadata. An edit that
+    changes no tensor shape (``n_head``, ``qkv_bias`` ...) is found only this way.
+    ``dropout`` may change: it belongs to a training run, not to the weights. Weights saved
+    without that metadata (older checkpoints) are not checked."""
+    try:
+        with safe_open(directory / WEIGHTS_FILE, "pt") as weights:
+            saved_text = (weights.metadata() or {}).get(CONFIG_METADATA_KEY)
+    except SafetensorError:
+        return  # loading the weights reports the damage
+    if saved_text is None:
+        return
+    saved, current = json.loads(saved_text), asdict(config)
+    changed = [f"{name}: saved {saved.get(name)!r}, now {value!r}"
+               for name, value in current.items()
+               if name not in TRAINING_ONLY_FIELDS and saved.get(name) != value]
+    if changed:
+        raise error(
+            f"{CONFIG_FILE} was edited after saving: {'; '.join(changed)} (in {directory}); the "
+            "weights belong to the saved values: restore them, or save the model again"
+        )
 
 
 def _model_for_loading(config: GPTConfig) -> GPT:
@@ -252,6 +302,7 @@ def _read_training_state(path: Path) -> dict[str, Any]:
 
 def _checkpoint_directory(path_dir: str | os.PathLike[str]) -> Path:
     directory = Path(path_dir)
+    recover(directory)
     if not directory.is_dir():
         raise CheckpointNotFoundError(
             f"no checkpoint directory at {directory}; pass the directory save_checkpoint wrote "
@@ -270,40 +321,3 @@ def _require_file(path: Path) -> None:
 
 def _write_config(path: Path, config: GPTConfig) -> None:
     path.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
-
-
-def _check_replaceable(target: Path) -> None:
-    """Refuse to overwrite a file or a directory that holds anything but checkpoint files."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"cannot save a checkpoint to {target}: it exists and is a file")
-    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in CHECKPOINT_FILES)
-    if foreign:
-        raise CheckpointError(
-            f"will not replace {target}: it holds files that are not part of a checkpoint "
-            f"({foreign}); choose an empty or new directory"
-        )
-
-
-def _flush_to_disk(directory: Path) -> None:
-    """fsync every file, so the rename below never publishes a checkpoint still in the cache."""
-    for path in directory.iterdir():
-        with open(path, "rb") as file:
-            os.fsync(file.fileno())
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move the directory ``staging`` to ``target`` (both on one file system); an old
-    ``target`` is moved aside first, then deleted, and is put back if the move fails."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, retired)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired)

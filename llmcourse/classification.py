@@ -40,11 +40,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
-from llmcourse.checkpoints import read_config
+from llmcourse.checkpoints import check_config_unchanged, read_config, weights_metadata
 from llmcourse.errors import CourseError
 from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
 from llmcourse.lora import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
+from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 from llmcourse.tokenizers.files import (
     TOKENIZER_FILE,
@@ -62,6 +63,7 @@ STRATEGIES = ("head", "last_block", "full", "lora")
 CONFIG_FILE = "config.json"
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
+CLASSIFIER_FILES = (CONFIG_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
 CLASSIFIER_FORMAT = "llmcourse-classifier"
 
 
@@ -705,7 +707,9 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
     """Write a classifier to ``directory``: ``config.json`` (the base GPT's ``GPTConfig``),
     ``model.safetensors`` (all weights, LoRA adapters merged in) and ``classifier.json`` (number
     of classes, their names, ``max_length``, ``read_position``, ``pad_id``), plus the
-    classifier's tokenizer (``tokenizer.bpe.json``) when it has one. Returns the path."""
+    classifier's tokenizer (``tokenizer.bpe.json``) when it has one. An earlier classifier in
+    ``directory`` is replaced by a staged swap (``llmcourse.saving``), so a crash leaves the
+    old classifier or the new one. Returns the path."""
     directory = Path(directory)
     check_save_destination(directory)
     model = classifier.model
@@ -714,12 +718,6 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
             f"{len(classifier.class_names)} class names for a head with "
             f"{model.lm_head.out_features} outputs"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    if classifier.tokenizer is not None:
-        save_tokenizer(classifier.tokenizer, directory)
-    (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-    save_file(_unique(merged_state_dict(model)), str(directory / WEIGHTS_FILE),
-              metadata={"format": "pt"})
     settings = {
         "format": CLASSIFIER_FORMAT,
         "num_classes": model.lm_head.out_features,
@@ -728,27 +726,26 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
         "read_position": classifier.read_position,
         "pad_id": classifier.pad_id,
     }
-    (directory / CLASSIFIER_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    with staged_directory(directory) as staging:
+        if classifier.tokenizer is not None:
+            save_tokenizer(classifier.tokenizer, staging)
+        (staging / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+        save_file(_unique(merged_state_dict(model)), str(staging / WEIGHTS_FILE),
+                  metadata=weights_metadata(model))
+        (staging / CLASSIFIER_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     return directory
 
 
-def check_save_destination(directory: str | Path) -> None:
+def check_save_destination(directory: str | Path, *, overwrite: bool = True) -> None:
     """Raise ``ClassifierCheckpointError`` if ``save_classifier`` would refuse ``directory``.
 
-    It accepts a new or empty directory, or an earlier classifier (which it replaces). Anything
-    else is refused: a base model's checkpoint has files of the same names."""
-    directory = Path(directory)
-    if directory.is_file():
-        raise ClassifierCheckpointError(f"cannot save a classifier to {directory}: it is a file")
-    if not directory.is_dir():
-        return
-    present = sorted(entry.name for entry in directory.iterdir())
-    ours = (CONFIG_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
-    if present and (CLASSIFIER_FILE not in present or not set(present) <= set(ours)):
-        raise ClassifierCheckpointError(
-            f"will not write a classifier into {directory}: it holds files that are not a "
-            f"classifier's ({', '.join(present)}); choose an empty or new directory"
-        )
+    It accepts a new or empty directory, or an earlier classifier (which it replaces, unless
+    ``overwrite`` is False). Anything else is refused: a base model's checkpoint has files of
+    the same names, but no ``classifier.json``."""
+    check_destination(
+        directory, what="a classifier", own_names=CLASSIFIER_FILES, marker=CLASSIFIER_FILE,
+        replace=overwrite, error=ClassifierCheckpointError,
+    )
 
 
 def _unique(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -766,6 +763,7 @@ def _unique(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
     """A classifier saved by ``save_classifier``, in evaluation mode on ``device``."""
     directory = Path(directory)
+    recover(directory)
     settings_path = directory / CLASSIFIER_FILE
     if not settings_path.is_file():
         raise ClassifierCheckpointError(
@@ -791,6 +789,7 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
             f"the weights in {directory} do not fit its {CONFIG_FILE} and {CLASSIFIER_FILE} "
             f"({error}); save the classifier again"
         ) from None
+    check_config_unchanged(directory, config, error=ClassifierCheckpointError)
     return Classifier(
         model=model.to(device).eval(),
         max_length=settings["max_length"],

@@ -24,19 +24,17 @@ The same recipe gives the same weights on every run on one machine: the seed fix
 initialisation, the batch order and dropout. Other machines, torch versions or thread counts can
 round differently, so their weights agree only closely.
 
-Concurrent use: the directory is written elsewhere and renamed into place when complete, so a
-reader never sees half a model. Two processes that both find the model missing both train it; the
-first to finish publishes its directory and the other keeps that one and drops its own copy.
+Concurrent use: the directory is written by ``llmcourse.saving.staged_directory``, so a reader
+never sees half a model, and a crash while publishing is repaired by the next lookup. Two
+processes that both find the model missing both train it; the first to finish publishes its
+directory and the other keeps that one and drops its own copy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,7 +44,7 @@ import tiktoken
 import torch
 
 from llmcourse import datasets
-from llmcourse.checkpoints import load_model, replace_directory, save_checkpoint
+from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint_files
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
@@ -58,6 +56,7 @@ from llmcourse.pretraining import (
     run_tokenizer,
 )
 from llmcourse.profiles import Profile, current_profile, get_profile
+from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers import GPT2_VOCAB_SIZE
 from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_tokenizer
 from llmcourse.training import (
@@ -210,6 +209,13 @@ def course_model_dir(profile: str | Profile | None = None) -> Path:
     return datasets.cache_root() / "models" / recipe_for(profile).directory_name
 
 
+def _cached_model_dir(profile: str | Profile | None) -> Path:
+    """``course_model_dir(profile)``, after repairing a publication a crash interrupted."""
+    directory = course_model_dir(profile)
+    recover(directory)
+    return directory
+
+
 def train_course_model(
     profile: str | Profile | None = None, *, progress: bool = True
 ) -> tuple[GPT, tiktoken.Encoding, dict[str, Any]]:
@@ -301,7 +307,7 @@ def course_model(
     ``retrain`` trains it again and replaces the cached copy.
     """
     recipe = recipe_for(profile)
-    directory = course_model_dir(profile)
+    directory = _cached_model_dir(profile)
     if retrain or not directory.is_dir():
         if not (train_if_missing or retrain):
             raise CourseModelNotCachedError(
@@ -310,6 +316,8 @@ def course_model(
                 f"{recipe.profile}` (about {_duration(recipe)} on a 2-core laptop CPU), or call "
                 "course_model() with train_if_missing=True"
             )
+        check_destination(directory, what="the course model", own_names=(
+            *CHECKPOINT_FILES, REPORT_FILE))
         print(
             f"Training the course model {recipe.directory_name} (profile {recipe.profile!r}: "
             f"{recipe.run.training.max_steps} steps, {recipe.tokens:,} tokens); this takes "
@@ -326,7 +334,7 @@ def course_model(
 def course_tokenizer(profile: str | Profile | None = None) -> tiktoken.Encoding:
     """The tokenizer of the course model of ``profile``: the one saved with the cached model,
     else the course tokenizer its recipe names (trained on first use and cached)."""
-    directory = course_model_dir(profile)
+    directory = _cached_model_dir(profile)
     recipe = recipe_for(profile)
     if (directory / TOKENIZER_FILE).is_file():
         return load_tokenizer(directory, vocab_size=recipe.run.model.vocab_size)
@@ -340,7 +348,7 @@ def course_model_report(profile: str | Profile | None = None) -> dict[str, Any]:
     loss in bits per byte of text, comparable across tokenizers), ``tokens_seen``,
     ``wall_seconds``, ``tokens_per_second``, ``evals`` and ``step_losses`` (the loss curve) and
     ``samples`` (greedy and top-k continuations of a few prompts)."""
-    path = course_model_dir(profile) / REPORT_FILE
+    path = _cached_model_dir(profile) / REPORT_FILE
     if not path.is_file():
         raise CourseModelNotCachedError(
             f"no course model report at {path}: the model is not cached yet; run "
@@ -368,28 +376,9 @@ def _publish(
     *,
     replace_existing: bool,
 ) -> None:
-    """Write checkpoint and report into a staging directory beside ``target``, then rename it
-    to ``target``. An existing ``target`` is kept (another process published the same recipe
-    first) unless ``replace_existing``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        staged = save_checkpoint(staging_root / "model", model, tokenizer=tokenizer)
-        _write_synced(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        if replace_existing:
-            replace_directory(staged, target)
-        else:
-            try:
-                os.replace(staged, target)
-            except OSError:
-                if not target.is_dir():
-                    raise  # not the race with another writer: a real failure
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+    """Write checkpoint and report as the directory ``target`` (a staged swap). An existing
+    ``target`` is kept (another process published the same recipe first) unless
+    ``replace_existing``."""
+    with staged_directory(target, keep_existing=not replace_existing) as staging:
+        write_checkpoint_files(staging, model, tokenizer=tokenizer)
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

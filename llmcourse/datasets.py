@@ -15,7 +15,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from llmcourse.errors import CourseError
+from llmcourse.saving import publish_file, scratch_directory
 
 MIRROR_ENV = "LLMCOURSE_DATA_MIRROR"
 CACHE_ENV = "LLMCOURSE_CACHE_DIR"
@@ -270,8 +270,8 @@ def _download(entry: DataFile, target: Path, quiet: bool) -> None:
 
 def _download_from(url: str, entry: DataFile, target: Path, quiet: bool) -> None:
     """Download, check and atomically move one file into ``target`` from ``url``."""
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
-        downloaded = Path(scratch) / "download"
+    with scratch_directory(target) as scratch:
+        downloaded = scratch / "download"
         _copy_url_to_file(url, downloaded, entry, quiet)
         result = _extract_member(downloaded, entry, url) if entry.extract else downloaded
         if not is_intact(result, entry):
@@ -279,7 +279,7 @@ def _download_from(url: str, entry: DataFile, target: Path, quiet: bool) -> None
                 f"{url} gave {result.stat().st_size} bytes with sha256 {sha256_of(result)}, "
                 f"expected {entry.size} bytes with sha256 {entry.sha256}"
             )
-        os.replace(result, target)
+        publish_file(result, target)
 
 
 def _copy_url_to_file(url: str, destination: Path, entry: DataFile, quiet: bool) -> None:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,12 +56,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
-from llmcourse.checkpoints import load_model, save_checkpoint
+from llmcourse.checkpoints import load_model, write_checkpoint_files
 from llmcourse.errors import CourseError
 from llmcourse.generation import stream_generate
 from llmcourse.model import GPT
+from llmcourse.saving import check_destination, recover, staged_directory, write_json_atomic
 from llmcourse.tokenizers import GPT2_EOT_ID
-from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_tokenizer
+from llmcourse.tokenizers.files import (
+    TOKENIZER_FILE,
+    check_vocab_fits,
+    end_of_text_id,
+    load_tokenizer,
+)
 from llmcourse.training import TrainingConfig, TrainingHistory, train
 
 ENTRY_FIELDS = ("instruction", "input", "output")
@@ -619,26 +624,6 @@ def save_responses(path: str | os.PathLike[str], entries: Sequence[Mapping[str, 
     return write_json_atomic(path, list(entries))
 
 
-def write_json_atomic(path: str | os.PathLike[str], value: object) -> Path:
-    """Write ``value`` as indented JSON to ``path``: into a temporary file beside it, flushed to
-    disk, then renamed, so ``path`` holds either its old content or all of the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=4, ensure_ascii=False)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the file from other users
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # Keeping a fine-tuned model
 
@@ -663,34 +648,35 @@ def save_instruction_model(
 ) -> Path:
     """Write ``directory/model`` (a course checkpoint, see ``llmcourse.checkpoints``, with
     ``tokenizer`` when given) and ``directory/instruction.json`` (the prompt format and the
-    training ``settings``)."""
+    training ``settings``).
+
+    The whole directory is replaced by one staged swap (``llmcourse.saving``): a crash leaves
+    the earlier fine-tuned model or the new one, and the earlier model's test responses and
+    scores go with it, so they never sit beside the new model."""
     directory = Path(directory)
     check_save_destination(directory)
-    save_checkpoint(directory / MODEL_DIR, model, tokenizer=tokenizer)
+    if tokenizer is not None:
+        check_vocab_fits(tokenizer, model.config.vocab_size, where=f"saving to {directory}")
     description = {
         "format": INSTRUCTION_FORMAT,
         "prompt_format": get_prompt_format(prompt_format).name,
         "settings": dict(settings or {}),
     }
-    write_json_atomic(directory / INSTRUCTION_FILE, description)
+    with staged_directory(directory) as staging:
+        (staging / MODEL_DIR).mkdir()
+        write_checkpoint_files(staging / MODEL_DIR, model, tokenizer=tokenizer)
+        (staging / INSTRUCTION_FILE).write_text(
+            json.dumps(description, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
     return directory
 
 
-def check_save_destination(directory: str | os.PathLike[str]) -> None:
+def check_save_destination(directory: str | os.PathLike[str], *, overwrite: bool = True) -> None:
     """Raise ``InstructionCheckpointError`` unless ``directory`` is new, empty, or an earlier
-    fine-tuned model's (whose files are then replaced). Hidden entries are ignored."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InstructionCheckpointError(f"cannot save a model to {directory}: it is a file")
-    if not directory.is_dir():
-        return
-    present = sorted(entry.name for entry in directory.iterdir() if not entry.name.startswith("."))
-    if present and (INSTRUCTION_FILE not in present or not set(present) <= set(OUTPUT_NAMES)):
-        raise InstructionCheckpointError(
-            f"will not write a fine-tuned model into {directory}: it holds files that are not "
-            f"an instruction-tuned model's ({', '.join(present)}); choose an empty or new "
-            "directory"
-        )
+    fine-tuned model's (which saving replaces, unless ``overwrite`` is False)."""
+    check_destination(
+        directory, what="an instruction-tuned model", own_names=OUTPUT_NAMES,
+        marker=INSTRUCTION_FILE, replace=overwrite, error=InstructionCheckpointError,
+    )
 
 
 def load_instruction_model(
@@ -698,6 +684,7 @@ def load_instruction_model(
 ) -> InstructionModel:
     """A model saved by ``save_instruction_model``, in evaluation mode on ``device``."""
     directory = Path(directory)
+    recover(directory)
     path = directory / INSTRUCTION_FILE
     if not path.is_file():
         raise InstructionCheckpointError(

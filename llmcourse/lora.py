@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llmcourse.errors import CourseError
+from llmcourse.saving import atomic_file
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
 ADAPTER_FORMAT = "llmcourse-lora"
@@ -395,8 +396,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     layers = lora_layers(model)
     if not layers:
         raise LoRAError("the model has no LoRA layers to save; call apply_lora(model, ...) first")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, layer in layers.items():
         tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
@@ -412,8 +411,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         values = {s[key] for s in settings.values()}
         if len(values) == 1:
             metadata[key] = json.dumps(values.pop())
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    with atomic_file(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return Path(path)
 
 
 def _layer_settings(layer: LoRALinear) -> dict[str, float]:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from llmcourse.checkpoints import load_model
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, PRESETS, GPTConfig
+from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers.files import check_vocab_fits, load_tokenizer
 from llmcourse.tokenizers.gpt2 import gpt2_tokenizer
 
@@ -195,9 +196,11 @@ def save_gpt2_format(model: GPT, directory: str | Path) -> Path:
 
     ``transformers.GPT2LMHeadModel.from_pretrained(directory)`` and ``load_gpt2(directory)``
     read the result. GPT-2 always has a query/key/value bias, so a model without one gets zeros.
-    Returns the directory."""
+    An earlier model in ``directory`` is replaced by a staged swap (``llmcourse.saving``); a
+    directory holding other files is refused. Returns the directory."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    check_destination(directory, what="a GPT-2 checkpoint", own_names=(CONFIG_FILE, WEIGHTS_FILE),
+                      error=CheckpointFormatError)
     tensors = {}
     for name, parameter in model.named_parameters():  # a tied lm_head is not listed again
         tensor = parameter.detach().cpu()
@@ -206,15 +209,17 @@ def save_gpt2_format(model: GPT, directory: str | Path) -> Path:
         zeros = torch.zeros(3 * model.config.n_embd, dtype=model.transformer.wte.weight.dtype)
         for layer in range(model.config.n_layer):
             tensors[f"transformer.h.{layer}.attn.c_attn.bias"] = zeros.clone()
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     hf_config = hf_config_from_gpt(model.config)
-    (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    with staged_directory(directory) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     return directory
 
 
 def _locate(name_or_path: str | Path, cache_dir: str | Path | None) -> tuple[Path, Path | None]:
     """The weights file and its config.json (None when there is none) for a path or hub name."""
     path = Path(name_or_path).expanduser()
+    recover(path)  # a save_gpt2_format that a crash interrupted
     if path.is_dir():
         weights_path = path / WEIGHTS_FILE
         if not weights_path.is_file():

@@ -23,21 +23,22 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 import torch
 from torch.utils.data import DataLoader
 
 from llmcourse import datasets
+from llmcourse.checkpoints import CHECKPOINT_FILES, TRAINING_STATE_FILE, CheckpointError
 from llmcourse.data import SlidingWindowDataset, split_text
 from llmcourse.distributed import current_context, distributed_loader
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.token_cache import tokenized_corpus
+from llmcourse.saving import check_destination
+from llmcourse.token_cache import TokenizedCorpus, tokenized_corpus
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import check_vocab_fits
 from llmcourse.training import TrainingConfig, TrainingConfigError, TrainingHistory, train
@@ -148,27 +149,34 @@ def trained_tokenizer(run: PretrainingRun, vocab_size: int, *, progress: bool = 
     train_text, _ = split_text(read_corpus(run.corpus, run.max_characters),
                                1.0 - run.val_fraction)
     tokenizer = BPETokenizer.train(train_text, vocab_size, progress=progress)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bpe-", dir=cached.parent))
-    try:
-        tokenizer.save(staging / "tokenizer.json")
-        os.replace(staging / "tokenizer.json", cached)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save(cached)  # atomically: a concurrent reader sees no half-written file
     return tokenizer
 
 
-def make_loaders(
-    run: PretrainingRun, tokenizer: tiktoken.Encoding | None = None, *, progress: bool = True
-) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of (inputs, targets) windows over the run's corpus,
-    tokenized by ``tokenizer`` (default: ``run_tokenizer(run)``) through the token cache: this
-    process' share of every batch (all of it in a single process). Each loader's dataset knows
-    its bytes per token, so evaluation reports bits per byte."""
-    tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run, progress=progress)
+def run_corpus(run: PretrainingRun, tokenizer: tiktoken.Encoding, *, progress: bool = True
+               ) -> TokenizedCorpus:
+    """The run's corpus tokenized by ``tokenizer`` (which must fit the run's model), split into
+    training and validation ids, through the token cache."""
     check_vocab_fits(tokenizer, run.model.vocab_size, where="the model of this run")
-    corpus = tokenized_corpus(corpus_path(run.corpus), tokenizer, val_fraction=run.val_fraction,
-                              max_characters=run.max_characters, progress=progress)
+    return tokenized_corpus(corpus_path(run.corpus), tokenizer, val_fraction=run.val_fraction,
+                            max_characters=run.max_characters, progress=progress)
+
+
+def make_loaders(
+    run: PretrainingRun,
+    tokenizer: tiktoken.Encoding | None = None,
+    *,
+    progress: bool = True,
+    corpus: TokenizedCorpus | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders of (inputs, targets) windows over the run's corpus
+    (``corpus``, else ``run_corpus(run, tokenizer)``, where ``tokenizer`` defaults to
+    ``run_tokenizer(run)``): this process' share of every batch (all of it in a single
+    process). Each loader's dataset knows its bytes per token, so evaluation reports bits per
+    byte."""
+    if corpus is None:
+        tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run, progress=progress)
+        corpus = run_corpus(run, tokenizer, progress=progress)
     length = run.model.context_length
     train_set, val_set = (
         SlidingWindowDataset(split.ids, length, length, bytes_per_token=split.bytes_per_token)
@@ -182,24 +190,62 @@ def make_loaders(
     return train_loader, val_loader
 
 
+def resume_settings(run: PretrainingRun, corpus: TokenizedCorpus) -> dict[str, Any]:
+    """What a resumed run must share with the checkpointed one besides
+    ``run.training.run_settings()``: the corpus, how much of it and how it is split, the
+    tokenizer, the batch size, the context length, and a fingerprint of the token ids
+    (``TokenizedCorpus.fingerprint``), which changes with the text the run trains on."""
+    return {
+        "corpus": run.corpus,
+        "max_characters": run.max_characters,
+        "val_fraction": run.val_fraction,
+        "tokenizer": run.tokenizer,
+        "batch_size": run.batch_size,
+        "context_length": run.model.context_length,
+        "tokens": corpus.fingerprint(),
+    }
+
+
+def check_output(output_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> None:
+    """Check, before any work, that a run may save into ``output_dir``: with ``resume`` it must
+    hold a run's checkpoint (with its training state); without, it must be new or empty, or
+    hold a checkpoint that ``overwrite`` allows replacing. Raises a ``CourseError`` otherwise
+    (``CheckpointError`` for a file or a directory of other files)."""
+    if resume and overwrite:
+        raise CourseError("resume and overwrite exclude each other: continue the run in the "
+                          "output directory, or replace it")
+    output_dir = Path(output_dir)
+    check_destination(
+        output_dir, what="a checkpoint", own_names=CHECKPOINT_FILES, replace=resume or overwrite,
+        remedy="pass --resume to continue its run or --overwrite to replace it",
+        error=CheckpointError,
+    )
+    if resume and not (output_dir / TRAINING_STATE_FILE).is_file():
+        raise CourseError(
+            f"nothing to resume: {output_dir} holds no training checkpoint; "
+            "start without --resume"
+        )
+
+
 def pretrain(
     run: PretrainingRun,
     output_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: tuple[object, ...] = (),
 ) -> tuple[GPT, TrainingHistory]:
     """Train a fresh GPT (or continue the checkpoint in ``output_dir`` when ``resume``) and
-    save the final checkpoint, with its tokenizer, in ``output_dir``. Returns the model and the
-    run's history."""
+    save the final checkpoint, with its tokenizer, in ``output_dir``. A checkpoint already in
+    ``output_dir`` is continued with ``resume`` or replaced with ``overwrite``, never else (see
+    ``check_output``). Resuming refuses a run that differs from the checkpointed one in its
+    training settings or its ``resume_settings`` (data, tokenizer, batch size ...). Returns the
+    model and the run's history."""
     output_dir = Path(output_dir)
-    if resume and not (output_dir / "training_state.pt").is_file():
-        raise CourseError(
-            f"nothing to resume: {output_dir} holds no training checkpoint; "
-            "start without --resume"
-        )
+    check_output(output_dir, resume=resume, overwrite=overwrite)
     tokenizer = run_tokenizer(run, progress=run.training.progress)
-    train_loader, val_loader = make_loaders(run, tokenizer, progress=run.training.progress)
+    corpus = run_corpus(run, tokenizer, progress=run.training.progress)
+    train_loader, val_loader = make_loaders(run, corpus=corpus)
     torch.manual_seed(run.training.seed)
     model = GPT(run.model)
     history = train(
@@ -210,5 +256,6 @@ def pretrain(
         callbacks=callbacks,
         resume_from=output_dir if resume else None,
         tokenizer=tokenizer,
+        run_settings=resume_settings(run, corpus),
     )
     return model, history

@@ -10,7 +10,7 @@ The split is by characters, as ``llmcourse.data.split_text`` splits a string: of
 ``max_characters`` characters, the last ``val_fraction`` are the validation text. The cache entry
 is keyed by the corpus file's sha256, the tokenizer's fingerprint, ``val_fraction`` and
 ``max_characters``, so a changed file or tokenizer never reuses stale ids. Entries are written
-into a staging directory and renamed into place when complete.
+by a staged swap (``llmcourse.saving``), so a reader never sees half an entry.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from tqdm.auto import tqdm
 
 from llmcourse import datasets
 from llmcourse.errors import CourseError
+from llmcourse.saving import recover, staged_directory
 from llmcourse.tokenizers.bpe import encode_iterable
 from llmcourse.tokenizers.files import Tokenizer, as_encoding, tokenizer_fingerprint
 
@@ -39,6 +38,7 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 READ_CHARACTERS = 1 << 20  # characters read from the corpus file at a time
 WRITE_TOKENS = 1 << 16  # token ids buffered before they are appended to a file
+HASH_TOKENS = 1 << 22  # token ids read at a time for a fingerprint
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,17 @@ class TokenizedCorpus:
     val: TokenizedSplit
     directory: Path
 
+    def fingerprint(self) -> str:
+        """A sha256 of the token ids (both parts, in order; its first 16 hex digits) and the
+        number of tokens of each part, as ``"<hash>: <train> + <val> tokens"``: equal exactly
+        when two runs train and validate on the same ids. Reads every id once."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.val):
+            digest.update(f"{split.ids.dtype.name}:{len(split.ids)};".encode())
+            for start in range(0, len(split.ids), HASH_TOKENS):
+                digest.update(np.ascontiguousarray(split.ids[start:start + HASH_TOKENS]).data)
+        return f"{digest.hexdigest()[:16]}: {len(self.train.ids)} + {len(self.val.ids)} tokens"
+
 
 def tokenized_corpus(
     path: str | os.PathLike[str],
@@ -77,6 +88,7 @@ def tokenized_corpus(
         raise CourseError(f"max_characters must be >= 1 or None, got {max_characters}")
     path = Path(path)
     directory = _cache_directory(path, tokenizer, val_fraction, max_characters)
+    recover(directory)  # a publication that a crash interrupted
     if not (directory / META_FILE).is_file():
         _build(path, as_encoding(tokenizer), directory, val_fraction, max_characters, progress)
     return _open(directory)
@@ -110,9 +122,8 @@ def _build(
     n_characters = _count_characters(path, max_characters)
     cut = int((1.0 - val_fraction) * n_characters)  # the cut of split_text
     dtype = np.uint16 if encoding.n_vocab <= 1 << 16 else np.uint32
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    # A concurrent writer that publishes the same entry first wins; this copy is dropped.
+    with staged_directory(directory, keep_existing=True) as staging:
         meta = {"dtype": np.dtype(dtype).name, "characters": n_characters}
         bar = tqdm(total=n_characters, unit="char", unit_scale=True,
                    desc=f"tokenizing {path.name}", disable=not progress)
@@ -121,14 +132,6 @@ def _build(
                 pieces = _text_pieces(path, begin, end, bar)
                 meta[split] = _write_ids(encoding, pieces, staging / f"{split}.bin", dtype)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        try:
-            os.replace(staging, directory)
-        except OSError:
-            if not (directory / META_FILE).is_file():
-                raise  # not a concurrent writer that finished first
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _count_characters(path: Path, max_characters: int | None) -> int:
@@ -182,8 +185,6 @@ def _write_ids(
             if len(buffer) >= WRITE_TOKENS:
                 n_tokens += _append(file, buffer, dtype)
         n_tokens += _append(file, buffer, dtype)
-        file.flush()
-        os.fsync(file.fileno())
     return {"tokens": n_tokens, "text_bytes": text_bytes}
 
 

@@ -29,9 +29,10 @@ import math
 import os
 import random
 import re
+import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -699,6 +700,7 @@ def train(
     callbacks: Iterable[object] = (),
     resume_from: str | os.PathLike[str] | None = None,
     tokenizer: Tokenizer | None = None,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` on ``train_loader``'s (inputs, targets) batches as ``config`` says.
 
@@ -707,6 +709,10 @@ def train(
     data position, history and random states are restored, and the remaining steps give exactly
     the losses the uninterrupted run would have given. Returns the whole run's history.
     ``tokenizer``, the one that made the data, is saved with every checkpoint.
+    ``run_settings`` (plain JSON values) describe what else decides the run, such as the data
+    (a fingerprint of its token ids), the tokenizer and the batch size; they are saved with
+    every checkpoint beside ``config.run_settings()``, and resuming compares both with the
+    checkpoint's, raising ``TrainingError`` that names each difference.
 
     A KeyboardInterrupt (Ctrl-C) comes out as ``TrainingInterrupted``, which says which step the
     last checkpoint holds. A step that runs out of memory raises ``TrainingOutOfMemoryError``
@@ -735,7 +741,8 @@ def train(
         history = TrainingHistory()
         _seed_everything(config.seed, loaders, context.rank)
     else:
-        history = _resume(resume_from, model, optimizer, scheduler, stream, config, loaders)
+        history = _resume(resume_from, model, optimizer, scheduler, stream, config, loaders,
+                          run_settings)
     device = model_device(model)
     start = time.perf_counter() - history.elapsed_seconds
     # The step the checkpoint on disk holds: the resumed one when this run saves where it
@@ -777,7 +784,7 @@ def train(
                 if config.checkpoint_dir is not None and _checkpoint_due(config, step,
                                                                          total_steps):
                     _save_run(model, optimizer, scheduler, stream, history, config, loaders,
-                              tokenizer)
+                              tokenizer, run_settings)
                     saved_step = step
     except TrainingInterrupted:
         raise
@@ -913,12 +920,14 @@ def _save_run(
     config: TrainingConfig,
     loaders: tuple[object, ...],
     tokenizer: Tokenizer | None,
+    run_settings: Mapping[str, Any] | None,
 ) -> None:
     """Rank 0 writes the checkpoint, with every process' generator states; the others wait."""
     rng_by_rank = gather_from_processes(rng_states(*loaders))
     if current_context().is_main:
         training_state = {
             "settings": config.run_settings(),
+            "run": dict(run_settings) if run_settings is not None else None,
             "history": history.to_dict(),
             "data": stream.state_dict(),
             "rng": rng_by_rank[0],
@@ -937,6 +946,7 @@ def _resume(
     stream: BatchStream,
     config: TrainingConfig,
     loaders: tuple[object, ...],
+    run_settings: Mapping[str, Any] | None,
 ) -> TrainingHistory:
     """Load a checkpoint into the run's objects; returns the history so far. Every process of a
     distributed run loads the same checkpoint and gets back its own generator states."""
@@ -947,7 +957,7 @@ def _resume(
             f"the checkpoint at {path} holds a model only, not the state needed to resume "
             "training; load it with load_model, or resume from a checkpoint the loop saved"
         )
-    _check_same_run(model, checkpoint.model, config, state["settings"], path)
+    _check_same_run(model, checkpoint.model, config, run_settings, state, path)
     rng_by_rank = [state["rng"], *state.get("rng_of_other_ranks", [])]
     context = current_context()
     _check_same_world_size(len(rng_by_rank), context.world_size, path)
@@ -975,21 +985,35 @@ def _check_same_run(
     model: GPT,
     saved_model: GPT,
     config: TrainingConfig,
-    saved_settings: dict[str, Any],
+    run_settings: Mapping[str, Any] | None,
+    state: dict[str, Any],
     path: str | os.PathLike[str],
 ) -> None:
+    """Raise ``TrainingError`` naming every setting in which this run differs from the
+    checkpointed one (training settings, then ``run_settings``), or the model's config.
+    A checkpoint saved without run settings (an older one) is resumed with a printed note."""
+    settings, saved = config.run_settings(), dict(state["settings"])
+    if run_settings is not None:
+        if state.get("run") is None:
+            if current_context().is_main:
+                print(f"note: {path} was saved without a fingerprint of its data and run "
+                      "settings (an older checkpoint); resuming without checking them",
+                      file=sys.stderr, flush=True)
+        else:
+            settings.update(run_settings)
+            saved.update(state["run"])
+    changed = sorted(name for name in settings if settings[name] != saved.get(name))
+    if changed:
+        differences = "; ".join(
+            f"{name}: saved {saved.get(name)!r}, now {settings[name]!r}" for name in changed
+        )
+        raise TrainingError(
+            f"cannot resume from {path}: this run differs from the checkpointed one "
+            f"({differences}); resume with the checkpointed run's settings and data, or start "
+            "a new run (--overwrite, or another --out)"
+        )
     if model.config != saved_model.config:
         raise TrainingError(
             f"the model's config {model.config} differs from the checkpoint's "
             f"{saved_model.config} at {path}; build the model with the checkpoint's config"
-        )
-    settings = config.run_settings()
-    changed = sorted(name for name in settings if settings[name] != saved_settings.get(name))
-    if changed:
-        differences = ", ".join(
-            f"{name}: {saved_settings.get(name)!r} -> {settings[name]!r}" for name in changed
-        )
-        raise TrainingError(
-            f"cannot resume from {path} with different training settings ({differences}); "
-            "resume with the checkpointed run's settings or start a new run"
         )

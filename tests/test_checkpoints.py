@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import llmcourse.checkpoints as checkpoints
 from llmcourse.checkpoints import (
@@ -23,6 +24,7 @@ from llmcourse.checkpoints import (
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.schedules import warmup_cosine_scheduler
+from llmcourse.tokenizers import BPETokenizer
 
 TINY = GPTConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 
@@ -273,3 +275,40 @@ def test_bad_config_files(tmp_path: Path, text: str, match: str) -> None:
     (tmp_path / "run" / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=match):
         load_model(tmp_path / "run")
+
+
+def test_an_edit_of_the_config_that_keeps_every_shape_is_found(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "run", make_model())
+    edit_config(tmp_path / "run", n_head=4)  # 32 dims: 4 heads of 8 fit every tensor shape
+    message = (r"config.json was edited after saving: n_head: saved 2, now 4 \(in .*run\); the "
+               r"weights belong to the saved values: restore them, or save the model again")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "run")
+    edit_config(tmp_path / "run", n_head=2, dropout=0.0)  # restored; dropout may change
+    assert load_model(tmp_path / "run").config.n_head == 2
+
+
+def test_weights_saved_without_the_config_load_unchecked(tmp_path: Path) -> None:
+    model = make_model()
+    save_checkpoint(tmp_path / "run", model)
+    weights = tmp_path / "run" / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})  # as older checkpoints
+    edit_config(tmp_path / "run", n_head=4)
+    assert load_model(tmp_path / "run").config.n_head == 4
+
+
+def test_every_file_of_a_checkpoint_follows_the_umask(tmp_path: Path) -> None:
+    tokenizer = BPETokenizer.train("abcabcab abcab", 258, progress=False).to_tiktoken()
+    model = make_model(config=replace(TINY, vocab_size=tokenizer.n_vocab))
+    optimizer = torch.optim.AdamW(model.parameters())
+    old_umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "run", model, optimizer, None, {"step": 2},
+                        tokenizer=tokenizer)
+    finally:
+        os.umask(old_umask)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (tmp_path / "run").iterdir()}
+    assert modes == {name: "0o644" for name in checkpoints.CHECKPOINT_FILES}
+    assert oct((tmp_path / "run").stat().st_mode & 0o777) == "0o755"

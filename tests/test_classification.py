@@ -338,7 +338,7 @@ def test_classifier_checkpoint_errors(tmp_path: Path):
     with pytest.raises(ClassifierCheckpointError, match="not a classifier checkpoint"):
         load_classifier(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ClassifierCheckpointError, match="not a classifier's \\(notes.txt\\)"):
+    with pytest.raises(ClassifierCheckpointError, match="not part of a classifier \\(notes.txt\\)"):
         save_classifier(tmp_path, Classifier(model, max_length=8))
     directory = save_classifier(tmp_path / "clf", Classifier(model, max_length=8))
     config_path = directory / "config.json"
@@ -395,3 +395,13 @@ def test_data_of_one_class_is_refused_with_the_counts():
     with pytest.raises(ClassifierError, match=r"the training part holds one class only "
                        r"\(0 ham, 2 spam\)"):
         make_loaders(one_class_training, gpt2_tokenizer(), batch_size=1)
+
+
+def test_an_edited_head_count_is_found_in_a_classifier(tmp_path: Path):
+    directory = save_classifier(tmp_path / "clf", Classifier(tiny_classifier(), max_length=8))
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "n_head": 1}))  # every shape stays the same
+    with pytest.raises(ClassifierCheckpointError, match="config.json was edited after saving: "
+                       f"n_head: saved {config['n_head']}, now 1"):
+        load_classifier(directory)

@@ -67,7 +67,7 @@ def test_errors_are_reported_without_a_traceback(data_mirror, base_checkpoint, t
     assert finetune(base_checkpoint, tmp_path / "out", "--batch-size", "64") == 2
     assert "no full batch of 64" in capsys.readouterr().err
     assert finetune(base_checkpoint, base_checkpoint) == 2  # checked before any training
-    assert "that are not a classifier's (config.json, model.safetensors)" in capsys.readouterr().err
+    assert "holds config.json, model.safetensors but no classifier.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["finetune", "classify", "--base", str(base_checkpoint), "--out", "x",
               "--strategy", "everything"])
@@ -119,6 +119,25 @@ def test_finetune_options_fail_before_any_work(tmp_path, capsys, no_gpu, action,
 def test_classify_checks_the_device_before_loading(tmp_path, capsys, no_gpu):
     assert main(["classify", str(tmp_path / "nowhere"), "hello", "--device", "cuda"]) == 2
     assert one_line_error(capsys).endswith("use one of the devices available here: cpu")
+
+
+def test_an_earlier_classifier_is_replaced_only_with_overwrite(base_checkpoint, tmp_path, capsys,
+                                                               monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    replace_head(model, 2)
+    out = save_classifier(tmp_path / "clf", Classifier(model, max_length=12))
+
+    def refuse_work(*args, **kwargs):
+        raise AssertionError("the command started working before it checked --out")
+
+    monkeypatch.setattr("llmcourse.cli.finetune.load_model_and_tokenizer", refuse_work)
+    assert finetune(base_checkpoint, out) == 2
+    assert one_line_error(capsys) == (
+        f"{out} already holds a classifier; pass --overwrite to replace it, or choose another "
+        "--out")
+    with pytest.raises(AssertionError, match="started working"):  # allowed: it goes on to work
+        finetune(base_checkpoint, out, "--overwrite")
 
 
 def test_a_tampered_classifier_file_is_a_one_line_error(tmp_path, capsys):

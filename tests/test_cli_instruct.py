@@ -104,7 +104,8 @@ def test_finetune_instruct_saves_the_model_answers_and_scores(
                        for instruction in ("Name a color.", "Say hi"))
     assert capsys.readouterr().out == expected
 
-    assert finetune(base_checkpoint, out, "--max-examples", "2", "--data", "book") == 0  # again
+    assert finetune(base_checkpoint, out, "--max-examples", "2", "--data", "book",
+                    "--overwrite") == 0  # again
     assert inst.load_instruction_model(out).prompt_format.name == "alpaca"
 
 
@@ -124,7 +125,7 @@ def test_errors_are_reported_without_a_traceback(
     data_mirror, base_checkpoint: Path, tmp_path: Path, capsys, monkeypatch
 ):
     assert finetune(base_checkpoint, base_checkpoint) == 2  # checked before any training
-    assert "not an instruction-tuned model's (config.json, model.safetensors)" in \
+    assert "not part of an instruction-tuned model (config.json, model.safetensors)" in \
         capsys.readouterr().err
     assert finetune(base_checkpoint, tmp_path / "out", "--max-length", "97") == 2
     assert "--max-length must be between 1 and the model's context of 96" in \
@@ -137,6 +138,41 @@ def test_errors_are_reported_without_a_traceback(
     assert "absent" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["finetune", "instruct", "--base", "x", "--out", "y", "--format", "chatml"])
+
+
+def test_a_rerun_needs_overwrite_and_leaves_no_answers_of_the_old_run(
+    data_mirror, base_checkpoint: Path, tmp_path: Path, capsys, monkeypatch
+):
+    out = tmp_path / "tuned"
+    assert finetune(base_checkpoint, out, "--data", "book") == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        "instruction.json", "model", "test-responses.json", "test-scores.json"]
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr("llmcourse.cli.finetune.load_model_and_tokenizer", refuse_work)
+        assert finetune(base_checkpoint, out, "--data", "book") == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} already holds an instruction-tuned model; pass --overwrite to replace "
+        "it, or choose another --out\n")
+
+    real_generate = inst.generate_responses
+    calls = []
+
+    def interrupt_after_saving(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the test answers of the new model, after it was saved
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(inst, "generate_responses", interrupt_after_saving)
+    assert finetune(base_checkpoint, out, "--data", "book", "--format", "phi3",
+                    "--overwrite") == 130
+    assert inst.load_instruction_model(out).prompt_format.name == "phi3"  # the new model
+    assert sorted(path.name for path in out.iterdir()) == ["instruction.json", "model"]
+
+
+def refuse_work(*args, **kwargs):
+    raise AssertionError("the command started working before it checked --out")
 
 
 # ---------------------------------------------------------------------------------------------

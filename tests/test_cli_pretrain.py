@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -203,3 +206,109 @@ def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_saved(
                             "(this run saves only after its last step; add --checkpoint-every N "
                             "to save every N steps); nothing to resume. Start again with: ")
     assert shlex.split(error.split("Start again with: ")[1]) == ["llmcourse", *argv]
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory is checked before any work
+
+
+def refuse_work(*args, **kwargs):
+    raise AssertionError("the command started working before it checked --out")
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda out: out.write_text("x"), "cannot save a checkpoint to {out}: it exists and is "
+                                          "a file; move the file away or choose another path"),
+        (lambda out: (out.mkdir(), (out / "notes.txt").write_text("x")),
+         "will not write a checkpoint into {out}: it holds files that are not part of a "
+         "checkpoint (notes.txt); choose an empty or new directory"),
+    ],
+)
+def test_an_unusable_out_fails_before_any_work(tmp_path, capsys, monkeypatch, make_out, message):
+    out = tmp_path / "out"
+    make_out(out)
+    monkeypatch.setattr("llmcourse.cli.pretrain.run_tokenizer", refuse_work)
+    assert main(["pretrain", "the-verdict", "--out", str(out), "--steps", "1", *TINY_ARGV]) == 2
+    assert one_line_error(capsys) == message.format(out=out)
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(data_mirror, tmp_path, capsys,
+                                                         monkeypatch):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), *TINY_ARGV]
+    assert main([*argv, "--steps", "3"]) == 0
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr("llmcourse.cli.pretrain.run_tokenizer", refuse_work)
+        assert main([*argv, "--steps", "1"]) == 2
+    assert one_line_error(capsys) == (
+        f"{out} already holds a checkpoint; pass --resume to continue its run or --overwrite "
+        "to replace it, or choose another --out")
+    assert len(load_checkpoint(out).training_state["history"]["steps"]) == 3
+    assert main([*argv, "--steps", "1", "--overwrite"]) == 0
+    assert len(load_checkpoint(out).training_state["history"]["steps"]) == 1
+    with pytest.raises(SystemExit):  # argparse: the two exclude each other
+        main([*argv, "--steps", "1", "--overwrite", "--resume"])
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume continues only the same run
+
+
+def test_resume_names_every_setting_that_differs_from_the_checkpointed_run(data_mirror, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", *TINY_ARGV]
+    assert main(argv) == 0
+    saved = load_checkpoint(out).training_state["run"]
+    assert saved["val_fraction"] == 0.1 and saved["max_characters"] == 3000
+    assert saved["tokens"].endswith(": 676 + 78 tokens")  # GPT-2 tokens of 2700 + 300 chars
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--val-fraction", "0.2", "--max-characters", "2500"]) == 2
+    message = last_line(capsys.readouterr().err)
+    assert message.startswith(f"error: cannot resume from {out}: this run differs from the "
+                              "checkpointed one (max_characters: saved 3000, now 2500; tokens: "
+                              f"saved {saved['tokens']!r}, now ")
+    assert message.endswith("; val_fraction: saved 0.1, now 0.2); resume with the checkpointed "
+                            "run's settings and data, or start a new run (--overwrite, or "
+                            "another --out)")
+    corpus = tmp_path / "verdict.txt"  # the same text, another corpus name
+    corpus.write_text(read_corpus("the-verdict", 3000), encoding="utf-8")
+    assert main([argv[0], str(corpus), *argv[2:], "--resume"]) == 2
+    assert f"(corpus: saved 'the-verdict', now '{corpus}'); " in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_run_settings_resumes_with_a_note(data_mirror, tmp_path, capsys,
+                                                               monkeypatch):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", "--checkpoint-every",
+            "1", *TINY_ARGV]
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "train_step", InterruptAt(2))
+        assert main(argv) == 130  # after the checkpoint of step 1
+    state_path = out / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["training"]["run"]  # as checkpoints were saved before run settings were
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert (f"note: {out} was saved without a fingerprint of its data and run settings (an "
+            "older checkpoint); resuming without checking them\n") in capsys.readouterr().err
+    assert load_checkpoint(out).training_state["history"]["steps"] == [1, 2]
+
+
+def test_resume_finishes_a_checkpoint_swap_that_a_kill_interrupted(data_mirror, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out"
+    argv = ["pretrain", "the-verdict", "--out", str(out), "--steps", "2", *TINY_ARGV]
+    assert main(argv) == 0
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    tag = f"{int(finished.stdout)}-ab12"  # a writer killed after step 3 of the swap
+    shutil.copytree(out, tmp_path / f".out.{tag}.new")
+    out.rename(tmp_path / f".out.{tag}.old")
+    assert main([*argv, "--resume"]) == 0
+    assert "step 2: train loss" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]

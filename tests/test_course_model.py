@@ -236,6 +236,23 @@ def test_missing_model_without_training_names_the_command(tmp_path, monkeypatch)
     assert not (tmp_path / "models").exists()
 
 
+def test_a_file_where_the_model_goes_is_refused_before_training(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    directory = course.course_model_dir("smoke")
+    directory.parent.mkdir(parents=True)
+    directory.write_text("not a model")
+
+    def refuse_to_train(*args, **kwargs):
+        raise AssertionError("trained before checking where the model goes")
+
+    monkeypatch.setattr(course, "train_course_model", refuse_to_train)
+    assert main(["course-model", "--profile", "smoke"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot save the course model to {directory}: it exists and is a file; move "
+        "the file away or choose another path\n")
+
+
 def test_same_seed_gives_the_same_weights_in_fresh_caches(data_mirror, tmp_path, monkeypatch,
                                                           capsys) -> None:
     models = []

@@ -81,3 +81,21 @@ def test_bad_settings_and_non_utf8_files_are_refused(cache, data_mirror, tmp_pat
     binary.write_bytes(b"\xff\xfe not text")
     with pytest.raises(CourseError, match="not UTF-8"):
         token_cache.tokenized_corpus(binary, gpt2_tokenizer(), progress=False)
+
+
+def test_the_fingerprint_changes_with_the_ids_and_only_with_them(cache, data_mirror, tmp_path,
+                                                                 monkeypatch):
+    short_file = tmp_path / "short.txt"
+    short_file.write_text(TEXT[:1234], encoding="utf-8")
+    encoding = gpt2_tokenizer()
+    cut = token_cache.tokenized_corpus(cache, encoding, max_characters=1234, progress=False)
+    same_text = token_cache.tokenized_corpus(short_file, encoding, progress=False)
+    assert cut.directory != same_text.directory  # another file: another cache entry
+    assert cut.fingerprint() == same_text.fingerprint()  # the same ids
+    counts = f"{len(cut.train.ids)} + {len(cut.val.ids)} tokens"
+    assert cut.fingerprint().endswith(f": {counts}") and len(cut.fingerprint()) == 18 + len(counts)
+    monkeypatch.setattr(token_cache, "HASH_TOKENS", 7)  # read in pieces: the same hash
+    assert cut.fingerprint() == same_text.fingerprint()
+    other_split = token_cache.tokenized_corpus(short_file, encoding, val_fraction=0.5,
+                                               progress=False)
+    assert other_split.fingerprint() != same_text.fingerprint()

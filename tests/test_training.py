@@ -361,7 +361,7 @@ def test_resume_refuses_other_settings_other_data_or_a_model_only_checkpoint(
     config = quick_config(max_steps=4, checkpoint_dir=tmp_path / "ckpt")
     train(make_model(), *make_loaders(), config)
 
-    with pytest.raises(TrainingError, match=r"learning_rate: 0\.0004 -> 0\.001"):
+    with pytest.raises(TrainingError, match=r"learning_rate: saved 0\.0004, now 0\.001\)"):
         other = quick_config(max_steps=4, learning_rate=1e-3, checkpoint_dir=tmp_path / "ckpt")
         train(make_model(), *make_loaders(), other, resume_from=tmp_path / "ckpt")
     short_loader = create_dataloader(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmcourse import datasets
 from llmcourse.errors import CourseError
-from llmcourse.instruction import write_json_atomic
+from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
 
 _COLUMNS = ("name", "bytes", "license", "local copy", "url")

@@ -20,6 +20,7 @@ from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
 from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.profiles import current_profile
+from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import EvalRecord
@@ -47,6 +48,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int) -> No
     parser.add_argument("--base", required=True, metavar="MODEL",
                         help="checkpoint directory, GPT-2 directory or GPT-2 name (gpt2 ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to save into")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier output of this command in --out")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1)
@@ -96,7 +99,7 @@ def run_classify(args: argparse.Namespace) -> int:
     _check_common_arguments(args)
     options.at_least("--rank", args.rank)
     options.positive_number("--alpha", args.alpha)
-    cls.check_save_destination(args.out)
+    cls.check_save_destination(args.out, overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.base, device=args.device)
     split = cls.balanced_split(cls.load_sms_spam(), seed=args.seed).truncated(args.max_examples)
@@ -195,7 +198,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     _check_common_arguments(args)
     options.at_least("--max-new-tokens", args.max_new_tokens)
     options.at_least("--max-length", args.max_length)
-    inst.check_save_destination(out)
+    inst.check_save_destination(out, overwrite=args.overwrite)
     data = args.data if args.data is not None else current_profile().instruction_data
     # Every --data but stories is read and checked now, before the model is loaded.
     loaded = None if data == "stories" else _load_instruction_split(data)
@@ -275,7 +278,7 @@ def run_prefer(args: argparse.Namespace) -> int:
     options.at_least("--instructions", args.instructions)
     options.at_least("--max-new-tokens", args.max_new_tokens)
     options.positive_number("--beta", args.beta)
-    inst.check_save_destination(out)
+    inst.check_save_destination(out, overwrite=args.overwrite)
     tuned = inst.load_instruction_model(args.base, device=args.device)
     model, fmt, tokenizer = tuned.model, tuned.prompt_format, tuned.tokenizer
     if tokenizer is None:
@@ -313,7 +316,7 @@ def run_prefer(args: argparse.Namespace) -> int:
                                     prompt_format=fmt)
     inst.save_responses(out / inst.RESPONSES_FILE, after)
     scores = scores_with_baselines(after, instruction_tuned=before)
-    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    write_json_atomic(out / inst.SCORES_FILE, scores)
     print(f"test set: {len(after)} responses, scored beside the instruction-tuned model's (in "
           f"{out / inst.SCORES_FILE}):")
     print(scores_table(scores, model_name="after DPO"))
@@ -399,7 +402,7 @@ def _save_test_answers(
     print the scores."""
     inst.save_responses(out / inst.RESPONSES_FILE, responses)
     scores = scores_with_baselines(responses, pretrained_responses)
-    inst.write_json_atomic(out / inst.SCORES_FILE, scores)
+    write_json_atomic(out / inst.SCORES_FILE, scores)
     print(f"test set: {len(responses)} responses (in {out / inst.RESPONSES_FILE}), scored beside "
           f"the baselines (in {out / inst.SCORES_FILE}):")
     print(scores_table(scores))

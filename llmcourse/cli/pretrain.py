@@ -12,7 +12,7 @@ import torch
 from llmcourse.cli import options
 from llmcourse.distributed import DistributedContext, cleanup, init_distributed
 from llmcourse.model import PRESETS, GPTConfig
-from llmcourse.pretraining import PretrainingRun, pretrain, run_tokenizer
+from llmcourse.pretraining import PretrainingRun, check_output, pretrain, run_tokenizer
 from llmcourse.training import TrainingConfig, TrainingInterrupted
 
 
@@ -24,7 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "the-verdict, or a UTF-8 text file) and save the checkpoint, with its tokenizer, in "
         "--out. The corpus is tokenized once and cached. The checkpoint is rewritten every "
         "--checkpoint-every steps, so an interrupted "
-        "run continues exactly with --resume. Under torchrun --nproc_per_node=N it trains with "
+        "run continues exactly with --resume; a checkpoint already in --out is replaced only "
+        "with --overwrite. Under torchrun --nproc_per_node=N it trains with "
         "DistributedDataParallel on N processes (NCCL on GPUs, gloo on CPUs); --batch-size is "
         "then the global batch, split among them.",
     )
@@ -56,7 +57,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-characters", type=int, help="use only the corpus' first N chars")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or GPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue the run in --out")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="start a new run in --out, replacing the checkpoint there")
     parser.set_defaults(handler=run)
 
 
@@ -78,6 +82,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_options(args)
+    check_output(args.out, resume=args.resume, overwrite=args.overwrite)
     overrides = {"dropout": args.dropout}
     if args.context_length is not None:
         overrides["context_length"] = args.context_length
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     spec = replace(spec, model=replace(spec.model, vocab_size=vocab_size))
     context = init_distributed()
     try:
-        _, history = pretrain(spec, args.out, resume=args.resume)
+        _, history = pretrain(spec, args.out, resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as interrupt:
         if not context.is_main:
             raise KeyboardInterrupt from None
@@ -145,7 +150,7 @@ def interrupted_message(
             when = f"the first comes after step {args.checkpoint_every}"
         return (f"{progress}, before the run's first checkpoint ({when}); nothing to resume. "
                 f"Start again with: {shlex.join([*launcher, *command_line])}")
-    if not args.resume:
-        command_line.append("--resume")
+    if not args.resume:  # --overwrite would start the run again: continue it instead
+        command_line = [*(arg for arg in command_line if arg != "--overwrite"), "--resume"]
     return (f"{progress}; the last checkpoint, of step {interrupt.checkpoint_step}, is in "
             f"{args.out}. Continue the run with: {shlex.join([*launcher, *command_line])}")

@@ -35,6 +35,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 from tqdm.auto import tqdm
 
 from llmcourse.errors import CourseError
+from llmcourse.saving import write_text_atomic
 from llmcourse.tokenizers.word import END_OF_TEXT, TokenizerError
 
 Pair = tuple[int, int]
@@ -418,8 +419,8 @@ class BPETokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the merges, special tokens and byte order to ``path`` as JSON; ``load`` reads
-        them back."""
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        them back. The file is replaced atomically: it holds the old content or all of the new."""
+        write_text_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:

@@ -26,6 +26,7 @@ from pathlib import Path
 import tiktoken
 
 from llmcourse.errors import CourseError
+from llmcourse.saving import write_text_atomic
 from llmcourse.tokenizers.bpe import BPETokenizer, TokenizerFileError
 from llmcourse.tokenizers.gpt2 import gpt2_tokenizer
 from llmcourse.tokenizers.word import END_OF_TEXT
@@ -139,10 +140,9 @@ def _file_content(tokenizer: BPETokenizer) -> str:
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> Path:
-    """Write ``tokenizer`` to ``directory/tokenizer.bpe.json``; returns the file's path."""
-    path = Path(directory) / TOKENIZER_FILE
-    path.write_text(_file_content(as_bpe(tokenizer)), encoding="utf-8")
-    return path
+    """Write ``tokenizer`` to ``directory/tokenizer.bpe.json`` (atomically); returns the file's
+    path."""
+    return write_text_atomic(Path(directory) / TOKENIZER_FILE, _file_content(as_bpe(tokenizer)))
 
 
 def load_tokenizer(
