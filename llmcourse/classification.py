@@ -45,6 +45,7 @@ from llmcourse.errors import CourseError
 from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
 from llmcourse.lora import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
+from llmcourse.model_state import eval_mode, model_device
 from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 from llmcourse.tokenizers.files import (
@@ -473,13 +474,11 @@ def evaluate(
     in evaluation mode (dropout off); the model's mode is restored afterwards. ``pad_id``
     defaults to the padding of the loader's ``SpamDataset``."""
     pad_id = _padding_of(loader, pad_id)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     labels: list[int] = []
     predictions: list[int] = []
     total_loss = 0.0
-    try:
+    with eval_mode(model):
         for index, (inputs, targets) in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
@@ -488,8 +487,6 @@ def evaluate(
             total_loss += F.cross_entropy(logits.float(), targets, reduction="sum").item()
             labels += targets.tolist()
             predictions += logits.argmax(dim=-1).tolist()
-    finally:
-        model.train(was_training)
     if not labels:
         raise ClassifierError("the loader yielded no batches to evaluate")
     return metrics_from_predictions(
@@ -584,7 +581,7 @@ def train_classifier(
         raise ClassifierError("no parameter is trainable; choose what trains with freeze_for")
     callbacks = list(callbacks)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    device = next(model.parameters()).device
+    device = model_device(model)
     history = ClassifierHistory()
     start = time.perf_counter()
     eval_settings = dict(read_position=read_position, pad_id=pad_id, max_batches=eval_batches)
@@ -665,14 +662,9 @@ def classify(
         ids = pad(ids, length, pad_id)
     if not ids:
         raise ClassifierError("cannot classify an empty text without max_length (padding)")
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        inputs = torch.tensor([ids], device=device)
+    with eval_mode(model):
+        inputs = torch.tensor([ids], device=model_device(model))
         logits = classification_logits(model, inputs, read_position, pad_id)[0]
-    finally:
-        model.train(was_training)
     probabilities = torch.softmax(logits.float(), dim=-1)
     predicted = int(probabilities.argmax())
     return class_names[predicted], probabilities[predicted].item()

@@ -48,6 +48,7 @@ from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint
 from llmcourse.errors import CourseError
 from llmcourse.generation import generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
+from llmcourse.model_state import model_device
 from llmcourse.pretraining import (
     TOKENIZER_TRAINER_VERSION,
     TRAINED_TOKENIZER,
@@ -273,7 +274,7 @@ def sample_generations(
     """Continue each of ``SAMPLE_PROMPTS`` greedily and by top-k sampling (seeded); returns
     ``{"prompt", "decoding", "text"}`` records, ``text`` without the prompt."""
     end_id = end_of_text_id(tokenizer)
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     decodings = {
         "greedy": {"temperature": 0.0},
         f"top-k {SAMPLE_TOP_K}, temperature {SAMPLE_TEMPERATURE}": {

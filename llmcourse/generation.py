@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from llmcourse.errors import CourseError
 from llmcourse.model import GPTConfig
+from llmcourse.model_state import eval_mode, model_device
 
 
 class GenerationError(CourseError, ValueError):
@@ -238,7 +238,7 @@ def generate_text(
     ``stream`` is called with each piece instead.
     """
     ids = tokenizer.encode(prompt, allowed_special=allowed_special)
-    device = next(model.parameters()).device
+    device = model_device(model)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     new_ids = stream_generate(
         model,
@@ -305,7 +305,7 @@ def _generate_steps(
     generator: torch.Generator | None,
 ) -> Iterator[torch.Tensor]:
     """Yield the token ids (B,) chosen at each step (arguments as in ``generate``)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         cache = _new_cache(model, idx, max_new_tokens) if use_cache else None
         output_matrix = _cpu_output_matrix(model)
         tokens = idx
@@ -363,17 +363,6 @@ def _new_cache(model: nn.Module, idx: torch.Tensor, max_new_tokens: int) -> KVCa
     config = model.config
     max_length = min(config.context_length, idx.size(1) + max_new_tokens)
     return KVCache(config, idx.size(0), max_length, parameter.dtype, parameter.device)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode (no dropout) for the block, then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _check_generation(

@@ -60,6 +60,7 @@ from llmcourse.checkpoints import load_model, write_checkpoint_files
 from llmcourse.errors import CourseError
 from llmcourse.generation import stream_generate
 from llmcourse.model import GPT
+from llmcourse.model_state import model_device
 from llmcourse.saving import check_destination, recover, staged_directory, write_json_atomic
 from llmcourse.tokenizers import GPT2_EOT_ID
 from llmcourse.tokenizers.files import (
@@ -583,7 +584,7 @@ def generate_response(
     if eos_id is None:
         eos_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     ids = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
-    device = next(model.parameters()).device
+    device = model_device(model)
     new_ids = stream_generate(
         model,
         torch.tensor([ids], device=device),

@@ -46,6 +46,7 @@ from llmcourse.instruction import (
     generation_prompt,
 )
 from llmcourse.model import GPT
+from llmcourse.model_state import model_device
 from llmcourse.story_instructions import criterion_met
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import StepState, TrainingConfig, TrainingHistory, train
@@ -79,7 +80,7 @@ def sample_responses(
     """``samples`` answers of ``model`` to ``entry``, sampled together as one batch."""
     eos_id = end_of_text_id(tokenizer)
     prompt = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
-    device = next(model.parameters()).device
+    device = model_device(model)
     idx = torch.tensor([prompt] * samples, device=device)  # (samples, T)
     out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
                    eos_id=eos_id, generator=generator)
@@ -131,7 +132,7 @@ def build_preference_pairs(
             "preference pairs need entries with a task whose criterion can be checked: use the "
             "story instructions (llmcourse.story_instructions)"
         )
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     pairs = []
     for entry in tqdm(entries, desc="sampling answers", unit="entry", disable=not progress):
         answers = sample_responses(model, tokenizer, entry, samples,

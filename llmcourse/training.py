@@ -54,6 +54,7 @@ from llmcourse.distributed import (
 )
 from llmcourse.errors import CourseError
 from llmcourse.model import GPT, IGNORE_INDEX, GPTConfig, count_parameters
+from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_scheduler
 from llmcourse.tokenizers.files import Tokenizer
 
@@ -123,10 +124,8 @@ def evaluate_loss(
     if max_batches is not None and max_batches < 1:
         raise TrainingConfigError(f"max_batches must be >= 1 or None, got {max_batches}")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     losses = []
-    try:
+    with eval_mode(model):
         batches = itertools.islice(loader, max_batches)
         with torch.no_grad(), _autocast(autocast_dtype, device):
             for inputs, targets in tqdm(batches, desc="evaluating", disable=not progress):
@@ -135,8 +134,6 @@ def evaluate_loss(
                 losses.append(loss.item())
                 if math.isnan(losses[-1]):
                     _check_has_targets(targets, "an evaluation batch")
-    finally:
-        model.train(was_training)
     if not losses:
         raise TrainingError("the loader yielded no batches to evaluate; check its dataset size")
     return sum(losses) / len(losses)
@@ -837,10 +834,6 @@ def _check_has_targets(targets: torch.Tensor, what: str) -> None:
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:

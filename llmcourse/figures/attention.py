@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 from llmcourse.errors import CourseError
 from llmcourse.figures.tokenization import Tokenizer, token_label
 from llmcourse.model import GPT
+from llmcourse.model_state import eval_mode, model_device
 from llmcourse.viz import layout_defaults
 
 COLOUR_SCALE = "Blues"
@@ -261,13 +262,8 @@ def text_attention(
     if not ids:
         raise AttentionFigureError("the text has no tokens: type at least one word")
     labels = [token_label(tokenizer.decode_single_token_bytes(token_id)) for token_id in ids]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        _, weights = model.forward_with_attention(torch.tensor([ids], device=device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        _, weights = model.forward_with_attention(torch.tensor([ids], device=model_device(model)))
     return labels, stack_layers(weights)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from llmcourse.errors import CourseError
 from llmcourse.generation import apply_temperature, top_k_filter, top_p_filter
+from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_lr
 from llmcourse.training import TrainingHistory
 from llmcourse.viz import layout_defaults
@@ -208,15 +209,9 @@ def next_token_probabilities(
 
 def next_token_logits(model: torch.nn.Module, tokenizer: object, prompt: str) -> torch.Tensor:
     """The logits (V,) a model gives the token after ``prompt`` (eval mode, no gradients)."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([tokenizer.encode(prompt)], device=device)  # (1, T)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(ids[:, -model.config.context_length :])[0, -1].cpu()
-    finally:
-        model.train(was_training)
+    ids = torch.tensor([tokenizer.encode(prompt)], device=model_device(model))  # (1, T)
+    with eval_mode(model), torch.no_grad():
+        return model(ids[:, -model.config.context_length :])[0, -1].cpu()
 
 
 def shown_tokens(
