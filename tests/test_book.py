@@ -26,7 +26,7 @@ from bs4 import BeautifulSoup  # installed with jupyter-book (pydata-sphinx-them
 from nbclient import NotebookClient
 from sphinx_external_toc.parsing import parse_toc_yaml
 
-from llmcourse import book as book_build
+from llmcourse import book_build
 from llmcourse.cli import main
 from llmcourse.errors import CourseError
 from llmcourse.profiles import current_profile

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build(args: argparse.Namespace) -> int:
     """Build the book and print the address of its first page."""
-    from llmcourse.book import build_book  # plotly and IPython: imported only to build
+    from llmcourse.book_build import build_book  # plotly and IPython: imported only to build
 
     index = build_book(args.root)
     print(f"The book is built: open {index.as_uri()}")

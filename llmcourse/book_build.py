@@ -1,4 +1,5 @@
-"""Build the course's Jupyter Book so that its pages work offline.
+"""Build tooling, not used by the course itself: build the course's Jupyter Book so that its
+pages work offline.
 
 The book's pages load no JavaScript from the network. Before a build,
 :func:`prepare_static_assets` fills ``book_assets/`` (git-ignored, served as static files):
@@ -40,7 +41,7 @@ NPM_TIMEOUT_S = 300
 
 BOOK_CSS_NAME = "llmcourse.css"  # named in _config.yml's html_css_files
 BOOK_CSS = """\
-/* The llmcourse book's own style rules (written by llmcourse.book; do not edit the copy in
+/* The llmcourse book's own style rules (written by llmcourse.book_build; do not edit the copy in
    book_assets/). */
 
 /* Code-cell outputs (printed text, reprs, tracebacks) wrap long lines instead of scrolling
