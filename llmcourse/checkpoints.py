@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,11 @@ def write_checkpoint_files(
     """Write the files of a checkpoint into the existing ``directory``, not atomically: a
     staging directory of ``llmcourse.saving.staged_directory`` (``save_checkpoint`` is the
     crash-safe way to save)."""
-    _write_config(directory / CONFIG_FILE, model.config)
+    write_config(directory / CONFIG_FILE, model.config)
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
-    save_file(unique_tensors(model), directory / WEIGHTS_FILE, metadata=weights_metadata(model))
+    save_file(unique_tensors(model.state_dict()), directory / WEIGHTS_FILE,
+              metadata=weights_metadata(model))
     if optimizer is not None or scheduler is not None or training_state is not None:
         state = {
             "version": TRAINING_STATE_VERSION,
@@ -215,15 +217,15 @@ def read_config(directory: str | os.PathLike[str]) -> GPTConfig:
         raise CheckpointError(f"{path} holds an invalid GPTConfig: {error}") from error
 
 
-def unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with each shared tensor kept once, under its first name.
+def unique_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with each shared tensor kept once, under its first name, on the CPU.
 
     safetensors refuses tensors that share memory; a tied matrix appears in the state dict under
     two names (``transformer.wte.weight`` and ``lm_head.weight``) but is one tensor.
     """
     unique: dict[str, torch.Tensor] = {}
     seen_addresses: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if tensor.numel() and tensor.data_ptr() in seen_addresses:
             continue
         seen_addresses.add(tensor.data_ptr())
@@ -242,7 +244,7 @@ def load_weights(model: GPT, path: str | os.PathLike[str]) -> None:
             f"{path} is not a readable safetensors file ({error}); the checkpoint is damaged: "
             "save it again or use another checkpoint"
         ) from error
-    expected = unique_tensors(model)
+    expected = unique_tensors(model.state_dict())
     _check_weights_match(saved, expected, path)
     targets = model.state_dict()
     with torch.no_grad():
@@ -319,5 +321,6 @@ def _require_file(path: Path) -> None:
         )
 
 
-def _write_config(path: Path, config: GPTConfig) -> None:
+def write_config(path: Path, config: GPTConfig) -> None:
+    """Write ``config`` as the JSON ``config.json`` of a checkpoint (``read_config`` reads it)."""
     path.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")

@@ -26,7 +26,7 @@ import json
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -40,7 +40,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
-from llmcourse.checkpoints import check_config_unchanged, read_config, weights_metadata
+from llmcourse.checkpoints import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    check_config_unchanged,
+    read_config,
+    unique_tensors,
+    weights_metadata,
+    write_config,
+)
 from llmcourse.errors import CourseError
 from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
 from llmcourse.lora import trainable_parameter_report as parameter_report
@@ -61,9 +69,7 @@ CLASS_NAMES = ("not spam", "spam")  # what classify() answers for class 0 and cl
 READ_POSITIONS = ("last", "last_real")
 STRATEGIES = ("head", "last_block", "full", "lora")
 
-CONFIG_FILE = "config.json"
 CLASSIFIER_FILE = "classifier.json"
-WEIGHTS_FILE = "model.safetensors"
 CLASSIFIER_FILES = (CONFIG_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
 CLASSIFIER_FORMAT = "llmcourse-classifier"
 
@@ -721,8 +727,8 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
     with staged_directory(directory) as staging:
         if classifier.tokenizer is not None:
             save_tokenizer(classifier.tokenizer, staging)
-        (staging / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-        save_file(_unique(merged_state_dict(model)), str(staging / WEIGHTS_FILE),
+        write_config(staging / CONFIG_FILE, model.config)
+        save_file(unique_tensors(merged_state_dict(model)), str(staging / WEIGHTS_FILE),
                   metadata=weights_metadata(model))
         (staging / CLASSIFIER_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     return directory
@@ -738,18 +744,6 @@ def check_save_destination(directory: str | Path, *, overwrite: bool = True) -> 
         directory, what="a classifier", own_names=CLASSIFIER_FILES, marker=CLASSIFIER_FILE,
         replace=overwrite, error=ClassifierCheckpointError,
     )
-
-
-def _unique(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, each shared tensor once (safetensors refuses shared ones)."""
-    unique: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        unique[name] = tensor.detach().cpu().contiguous()
-    return unique
 
 
 def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
