@@ -34,38 +34,31 @@ def solution_sources() -> dict[str, tuple[str, str, str]]:
             for cell in json.loads(notebook.read_text())["cells"]
             if cell["cell_type"] == "code"
         ]
-        imports = "\n".join(_imports(source) for source in cells)
+        imports = "\n".join(_top_level(source, IMPORTS) for source in cells)
+        definitions = [_top_level(source, DEFINITIONS) for source in cells]
         for index, source in enumerate(cells):
             for exercise_id, name in CHECK_CALL.findall(source):
                 definition = next(
                     cells[position] for position in range(index, -1, -1)
                     if _defines(cells[position], name)
                 )
-                earlier = "\n".join(_functions(cells[position]) for position in range(index))
+                earlier = "\n".join(definitions[:index])
                 found[exercise_id] = (notebook.name, f"{imports}\n{earlier}", definition)
     return found
 
 
-def _imports(source: str) -> str:
-    """The top-level import statements of a cell (the cells may also hold IPython magics)."""
+IMPORTS = (ast.Import, ast.ImportFrom)
+DEFINITIONS = (ast.FunctionDef, ast.ClassDef)  # the solutions of earlier exercises
+
+
+def _top_level(source: str, kinds: tuple[type[ast.stmt], ...]) -> str:
+    """The top-level statements of a cell of the given kinds, as source (a cell that is not
+    plain Python, such as one holding IPython magics, gives none)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return ""
-    return "\n".join(
-        ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-    )
-
-
-def _functions(source: str) -> str:
-    """The functions and classes a cell defines (the solutions of earlier exercises)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return ""
-    return "\n".join(
-        ast.unparse(node) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-    )
+    return "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, kinds))
 
 
 def _defines(source: str, name: str) -> bool:
