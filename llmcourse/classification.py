@@ -8,7 +8,8 @@ The recipe:
 3. ``replace_head`` swaps the 50,257-way output layer for a fresh ``num_classes``-way one;
    ``freeze_for`` chooses what trains ("head", "last_block", "full" or "lora").
 4. ``train_classifier`` minimises the cross-entropy of the logits read at one position of each
-   sequence; ``evaluate`` reports accuracy, precision, recall, F1 and the confusion matrix.
+   sequence, with the course's training loop (through ``ClassificationModel``); ``evaluate``
+   reports accuracy, precision, recall, F1 and the confusion matrix.
 5. ``classify`` labels new text; ``save_classifier``/``load_classifier`` keep the result.
 
 Which position to read: in a causal model only the last position has seen the whole message.
@@ -24,9 +25,8 @@ import csv
 import io
 import json
 import random
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -37,7 +37,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from llmcourse import datasets
 from llmcourse.checkpoints import (
@@ -61,6 +60,14 @@ from llmcourse.tokenizers.files import (
     end_of_text_id,
     load_tokenizer,
     save_tokenizer,
+)
+from llmcourse.training import (
+    EvalRecord,
+    StepState,
+    TrainingHistory,
+    fine_tuning_config,
+    preserved_rng,
+    train,
 )
 
 Example = tuple[str, int]  # (message text, class id)
@@ -508,53 +515,29 @@ def evaluate(
 # Training
 
 
-@dataclass(frozen=True)
-class LossRecord:
-    """Mean losses (nats per example) on a few batches after optimizer step ``step``."""
+class ClassificationModel(nn.Module):
+    """A GPT with a classification head, read as a classifier: ``forward(ids, labels)`` gives
+    the class logits (B, num_classes) read at ``read_position`` and, with labels (B,), their
+    mean cross-entropy (nats per message). That is the ``model(inputs, targets) -> (logits,
+    loss)`` form the course's training loop (``llmcourse.training.train``) trains and evaluates,
+    so classification fine-tuning uses the same loop as pretraining. The wrapped model is
+    ``gpt``; the wrapper adds no parameters."""
 
-    step: int
-    examples_seen: int
-    train_loss: float
-    val_loss: float
+    def __init__(self, gpt: GPT, read_position: str = "last", pad_id: int = GPT2_EOT_ID):
+        super().__init__()
+        _check_read_position(read_position)
+        self.gpt = gpt
+        self.config = gpt.config
+        self.read_position = read_position
+        self.pad_id = pad_id
 
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """Accuracies at the end of an epoch (on the same few batches as the loss records)."""
-
-    epoch: int
-    step: int
-    train_accuracy: float
-    val_accuracy: float
-
-
-@dataclass
-class ClassifierHistory:
-    """What ``train_classifier`` did: the loss of every step, the periodic loss evaluations,
-    the accuracies after each epoch, the examples trained on and the time taken (seconds)."""
-
-    train_losses: list[float] = field(default_factory=list)
-    evals: list[LossRecord] = field(default_factory=list)
-    epochs: list[EpochRecord] = field(default_factory=list)
-    examples_seen: int = 0
-    elapsed_seconds: float = 0.0
-
-
-class ClassifierCallback:
-    """Hooks of ``train_classifier``; override the ones you need (any object with some of these
-    methods works too)."""
-
-    def on_step(self, step: int, loss: float) -> None:
-        """After every optimizer step (``loss``: the batch's loss before the step)."""
-
-    def on_eval(self, record: LossRecord) -> None:
-        """After every loss evaluation."""
-
-    def on_epoch(self, record: EpochRecord) -> None:
-        """After every epoch."""
-
-    def on_end(self, history: ClassifierHistory) -> None:
-        """Once, at the end."""
+    def forward(
+        self, ids: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = classification_logits(self.gpt, ids, self.read_position, self.pad_id)
+        if labels is None:
+            return logits
+        return logits, F.cross_entropy(logits.float(), labels)
 
 
 def train_classifier(
@@ -563,79 +546,99 @@ def train_classifier(
     val_loader: DataLoader,
     epochs: int,
     *,
-    lr: float = 5e-5,
+    learning_rate: float = 5e-5,
     weight_decay: float = 0.1,
     eval_every: int = 50,
     eval_batches: int | None = 5,
     read_position: str = "last",
     pad_id: int | None = None,
+    seed: int = 123,
     callbacks: Iterable[object] = (),
     progress: bool = True,
-) -> ClassifierHistory:
-    """Fine-tune the trainable parameters with AdamW (as the book: ``lr``, ``weight_decay`` on
-    every trainable parameter) on the cross-entropy of ``classification_logits``.
+) -> TrainingHistory:
+    """Fine-tune the trainable parameters of ``model`` (chosen with ``freeze_for``) on the
+    cross-entropy of ``classification_logits``, with the course's training loop and the
+    settings of ``training.fine_tuning_config`` (AdamW at a constant ``learning_rate``).
 
-    Every ``eval_every`` steps the mean loss on ``eval_batches`` batches of each loader is
-    recorded; after every epoch, the accuracy on those batches. Returns the history.
+    Every ``eval_every`` steps the mean loss (nats per message) on ``eval_batches`` batches of
+    each loader is recorded in the returned history; ``seed`` fixes the batch order. For the
+    accuracy after each epoch pass an ``EpochAccuracy`` callback.
     """
-    _check_read_position(read_position)
-    pad_id = _padding_of(train_loader, pad_id)
-    if epochs < 1 or eval_every < 1:
-        raise ClassifierError(f"epochs and eval_every must be >= 1, got {epochs}, {eval_every}")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ClassifierError("no parameter is trainable; choose what trains with freeze_for")
-    callbacks = list(callbacks)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    device = model_device(model)
-    history = ClassifierHistory()
-    start = time.perf_counter()
-    eval_settings = dict(read_position=read_position, pad_id=pad_id, max_batches=eval_batches)
-    step = 0
-    with tqdm(total=epochs * len(train_loader), desc="fine-tuning", unit="step",
-              disable=not progress) as bar:
-        for epoch in range(1, epochs + 1):
-            for inputs, labels in train_loader:
-                model.train()
-                inputs, labels = inputs.to(device), labels.to(device)
-                logits = classification_logits(model, inputs, read_position, pad_id)
-                loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                history.train_losses.append(loss.item())
-                history.examples_seen += len(labels)
-                _notify(callbacks, "on_step", step, history.train_losses[-1])
-                bar.update()
-                bar.set_postfix(loss=f"{history.train_losses[-1]:.3f}")
-                if step % eval_every == 0:
-                    record = LossRecord(
-                        step,
-                        history.examples_seen,
-                        evaluate(model, train_loader, **eval_settings).loss,
-                        evaluate(model, val_loader, **eval_settings).loss,
-                    )
-                    history.evals.append(record)
-                    _notify(callbacks, "on_eval", record)
-            record = EpochRecord(
-                epoch,
-                step,
-                evaluate(model, train_loader, **eval_settings).accuracy,
-                evaluate(model, val_loader, **eval_settings).accuracy,
+    config = fine_tuning_config(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        seed=seed,
+        progress=progress,
+    )
+    classifier = ClassificationModel(model, read_position, _padding_of(train_loader, pad_id))
+    return train(classifier, train_loader, val_loader, config, callbacks=callbacks)
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    """Accuracies after epoch ``epoch`` (optimizer step ``step``), on a few batches."""
+
+    epoch: int
+    step: int
+    train_accuracy: float
+    val_accuracy: float
+
+
+class EpochAccuracy:
+    """A training callback that measures the accuracy on ``eval_batches`` batches of the
+    training and validation loaders after every epoch, into ``records``. With ``verbose`` it
+    prints each record, with the latest loss estimates of the run. The loaders' random state is
+    left as it was, so measuring does not change the batch order of the run."""
+
+    def __init__(
+        self,
+        model: GPT,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        *,
+        eval_batches: int | None = 5,
+        read_position: str = "last",
+        pad_id: int | None = None,
+        verbose: bool = False,
+    ):
+        _check_read_position(read_position)
+        self.model = model
+        self.loaders = (train_loader, val_loader)
+        self.settings = dict(
+            read_position=read_position,
+            pad_id=_padding_of(train_loader, pad_id),
+            max_batches=eval_batches,
+        )
+        self.verbose = verbose
+        self.records: list[AccuracyRecord] = []
+        self.last_losses: EvalRecord | None = None
+
+    def on_eval(self, record: EvalRecord) -> None:
+        self.last_losses = record
+
+    def on_step(self, state: StepState) -> None:
+        if state.step % len(self.loaders[0]):
+            return
+        with preserved_rng(*self.loaders):
+            train_accuracy, val_accuracy = (
+                evaluate(self.model, loader, **self.settings).accuracy for loader in self.loaders
             )
-            history.epochs.append(record)
-            _notify(callbacks, "on_epoch", record)
-    history.elapsed_seconds = time.perf_counter() - start
-    _notify(callbacks, "on_end", history)
-    return history
-
-
-def _notify(callbacks: Iterable[object], event: str, *payload: object) -> None:
-    for callback in callbacks:
-        method = getattr(callback, event, None)
-        if method is not None:
-            method(*payload)
+        record = AccuracyRecord(
+            state.step // len(self.loaders[0]), state.step, train_accuracy, val_accuracy
+        )
+        self.records.append(record)
+        if self.verbose:
+            losses = ""
+            if self.last_losses is not None:
+                losses = (f", train loss {self.last_losses.train_loss:.3f}, "
+                          f"val loss {self.last_losses.val_loss:.3f}")
+            print(f"epoch {record.epoch} (step {record.step}): train accuracy "
+                  f"{record.train_accuracy:.2%}, val accuracy {record.val_accuracy:.2%}{losses}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from llmcourse.tokenizers.files import (
     end_of_text_id,
     load_tokenizer,
 )
-from llmcourse.training import TrainingConfig, TrainingHistory, train
+from llmcourse.training import TrainingHistory, fine_tuning_config, train
 
 ENTRY_FIELDS = ("instruction", "input", "output")
 OPTIONAL_FIELDS = ("task",)  # an entry may name its task (llmcourse.story_instructions)
@@ -538,15 +538,14 @@ def train_instruction_model(
     **settings: Any,
 ) -> TrainingHistory:
     """Fine-tune every parameter of ``model`` on the batches of ``make_loaders`` with the
-    course's training loop (``llmcourse.training.train``) and the book's settings: AdamW at a
-    constant ``learning_rate``, no warmup, no gradient clipping, the loss of the batch's targets
-    that are not -100. Unlike the book, weight decay applies to matrices and embeddings only.
-    Every ``eval_every`` steps the loss on ``eval_batches`` batches of each loader is recorded.
+    course's training loop (``llmcourse.training.train``) and the book's settings
+    (``llmcourse.training.fine_tuning_config``), on the loss of the batch's targets that are not
+    -100. Every ``eval_every`` steps the loss on ``eval_batches`` batches of each loader is
+    recorded.
 
     ``settings`` override any other ``TrainingConfig`` field (``autocast_dtype``,
     ``checkpoint_dir``, ``grad_clip`` ...). Returns the training history."""
-    book_settings: dict[str, Any] = dict(warmup_steps=0, min_lr_ratio=1.0, grad_clip=None)
-    config = TrainingConfig(
+    config = fine_tuning_config(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         epochs=epochs,
@@ -554,7 +553,7 @@ def train_instruction_model(
         eval_batches=eval_batches,
         seed=seed,
         progress=progress,
-        **{**book_settings, **settings},
+        **settings,
     )
     return train(model, train_loader, val_loader, config, callbacks=callbacks)
 

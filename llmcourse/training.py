@@ -382,6 +382,34 @@ class TrainingConfig:
         return settings
 
 
+def fine_tuning_config(
+    *,
+    learning_rate: float,
+    weight_decay: float = 0.1,
+    epochs: int,
+    eval_every: int,
+    eval_batches: int | None,
+    seed: int,
+    progress: bool = True,
+    **settings: Any,
+) -> TrainingConfig:
+    """The book's fine-tuning recipe as a ``TrainingConfig``: AdamW at a constant
+    ``learning_rate`` (no warmup, no decay), no gradient clipping, for ``epochs`` epochs. Unlike
+    the book, weight decay applies to matrices and embeddings only. ``settings`` override any
+    other field (``autocast_dtype``, ``checkpoint_dir``, ``grad_clip`` ...)."""
+    book_settings: dict[str, Any] = dict(warmup_steps=0, min_lr_ratio=1.0, grad_clip=None)
+    return TrainingConfig(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        seed=seed,
+        progress=progress,
+        **{**book_settings, **settings},
+    )
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise TrainingConfigError(message)

@@ -13,9 +13,11 @@ from torch.utils.data import DataLoader
 
 from llmcourse.classification import (
     CLASS_NAMES,
+    ClassificationModel,
     Classifier,
     ClassifierCheckpointError,
     ClassifierError,
+    EpochAccuracy,
     SpamDataError,
     SpamDataset,
     Split,
@@ -227,21 +229,34 @@ def test_a_few_steps_of_fine_tuning_learn_the_training_set(data_mirror: Path):
     model = tiny_classifier(seed=0)
     freeze_for(model, "full")
     before = evaluate(model, train, read_position="last_real")
-    seen = []
-
-    class Recorder:
-        def on_epoch(self, record):
-            seen.append(record.epoch)
-
-    history = train_classifier(model, train, validation, epochs=2, lr=3e-3, eval_every=4,
-                               eval_batches=2, read_position="last_real", progress=False,
-                               callbacks=[Recorder()])
+    accuracy = EpochAccuracy(model, train, validation, eval_batches=2,
+                             read_position="last_real")
+    history = train_classifier(model, train, validation, epochs=2, learning_rate=3e-3,
+                               eval_every=4, eval_batches=2, read_position="last_real",
+                               progress=False, callbacks=[accuracy])
     after = evaluate(model, train, read_position="last_real")
-    assert len(history.train_losses) == 8 and history.examples_seen == 64
+    assert history.steps == list(range(1, 9)) and len(history.train_losses) == 8
     assert [record.step for record in history.evals] == [4, 8]
-    assert seen == [1, 2] and [record.step for record in history.epochs] == [4, 8]
+    assert [(record.epoch, record.step) for record in accuracy.records] == [(1, 4), (2, 8)]
+    assert accuracy.records[-1].train_accuracy == evaluate(
+        model, train, read_position="last_real", max_batches=2).accuracy
     assert after.loss < before.loss - 0.1
     assert after.accuracy >= 0.75  # chance is 0.5: 15 of the 32 messages are spam
+
+
+def test_classification_model_gives_the_logits_and_loss_the_training_loop_needs():
+    torch.manual_seed(0)
+    model = tiny_classifier(seed=0)
+    ids = torch.tensor([TEA_IDS + [P, P], TEA_IDS[:4] + [P] * 5])
+    labels = torch.tensor([1, 0])
+    wrapper = ClassificationModel(model, "last_real", pad_id=P)
+    expected = classification_logits(model, ids, "last_real", pad_id=P)
+    torch.testing.assert_close(wrapper(ids), expected, rtol=0, atol=0)
+    logits, loss = wrapper(ids, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(expected, labels), rtol=0, atol=0)
+    assert sum(p.numel() for p in wrapper.parameters()) == model.num_parameters()
+    with pytest.raises(ClassifierError, match="read_position"):
+        ClassificationModel(model, "first")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from llmcourse.classification import (
+    AccuracyRecord,
     Classifier,
     ClassifierError,
-    ClassifierHistory,
-    EpochRecord,
-    LossRecord,
     classification_logits,
     encode_message,
     pad,
@@ -29,6 +27,7 @@ from llmcourse.figures.finetuning import (
 from llmcourse.lora import DEFAULT_TARGETS
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
+from llmcourse.training import EvalRecord, TrainingHistory
 from llmcourse.viz import has_profile_label
 from llmcourse.widgets.spam_classifier import (
     positive_probability,
@@ -88,30 +87,31 @@ def test_token_length_figure_one_histogram_per_class_and_the_padded_length():
     assert has_profile_label(fig)
 
 
-def test_training_curves_figure_places_losses_by_examples_seen():
-    history = ClassifierHistory(
+def test_training_curves_figure_places_losses_by_step_and_accuracies_by_epoch():
+    history = TrainingHistory(
+        steps=[1, 2, 3, 4],
         train_losses=[0.7, 0.6, 0.5, 0.4],
-        evals=[LossRecord(2, 16, 0.6, 0.65), LossRecord(4, 32, 0.4, 0.5)],
-        epochs=[EpochRecord(1, 2, 0.6, 0.5), EpochRecord(2, 4, 0.875, 0.75)],
-        examples_seen=32,
+        learning_rates=[1e-3] * 4,
+        evals=[EvalRecord(2, 32, 0.6, 0.65, 1e-3), EvalRecord(4, 64, 0.4, 0.5, 1e-3)],
     )
-    fig = training_curves_figure(history, title="fine-tuning")
+    accuracies = [AccuracyRecord(1, 2, 0.6, 0.5), AccuracyRecord(2, 4, 0.875, 0.75)]
+    fig = training_curves_figure(history, accuracies, title="fine-tuning")
     steps, train_loss, val_loss, train_accuracy, val_accuracy = fig.data
-    assert list(steps.x) == [8, 16, 24, 32]
-    assert list(train_loss.x) == [16, 32] and list(train_loss.y) == [0.6, 0.4]
+    assert list(steps.x) == [1, 2, 3, 4] and list(steps.y) == [0.7, 0.6, 0.5, 0.4]
+    assert list(train_loss.x) == [2, 4] and list(train_loss.y) == [0.6, 0.4]
     assert list(val_loss.y) == [0.65, 0.5]
     assert list(train_accuracy.x) == [1, 2]
     assert list(train_accuracy.y) == [60.0, 87.5] and list(val_accuracy.y) == [50.0, 75.0]
     assert fig.layout.title.text == "fine-tuning"
+    assert fig.layout.xaxis.title.text == "optimizer step"
     assert fig.layout.xaxis2.title.text == "epoch"
 
 
-def test_training_curves_figure_without_evaluations():
-    history = ClassifierHistory(train_losses=[0.9], epochs=[EpochRecord(1, 1, 0.5, 0.5)],
-                                examples_seen=4)
+def test_training_curves_figure_without_evaluations_or_accuracies():
+    history = TrainingHistory(steps=[1], train_losses=[0.9], learning_rates=[1e-3])
     fig = training_curves_figure(history, title="short")
-    assert list(fig.data[0].x) == [4]
-    assert list(fig.data[1].x) == []
+    assert list(fig.data[0].x) == [1]
+    assert list(fig.data[1].x) == [] and list(fig.data[3].x) == []
 
 
 def test_confusion_matrix_figure_counts_and_row_shares():

@@ -111,17 +111,22 @@ def run_classify(args: argparse.Namespace) -> int:
     print(f"{args.strategy}: {report.trainable:,} of {report.total:,} parameters train "
           f"({report.percent:.2f}%); {len(split.train)} training messages of up to "
           f"{loaders[0].dataset.max_length} tokens")
+    epoch_accuracy = cls.EpochAccuracy(
+        model, loaders[0], loaders[1], eval_batches=args.eval_batches,
+        read_position=args.read_position, verbose=True,
+    )
     cls.train_classifier(
         model,
         loaders[0],
         loaders[1],
         args.epochs,
-        lr=args.lr,
+        learning_rate=args.lr,
         weight_decay=args.weight_decay,
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
         read_position=args.read_position,
-        callbacks=[_EpochPrinter()],
+        seed=args.seed,
+        callbacks=[epoch_accuracy],
     )
     for name, loader in zip(("train", "validation", "test"), loaders, strict=True):
         metrics = cls.evaluate(model, loader, read_position=args.read_position)
@@ -132,24 +137,6 @@ def run_classify(args: argparse.Namespace) -> int:
     cls.save_classifier(args.out, classifier)
     print(f"saved the classifier to {args.out}")
     return 0
-
-
-class _EpochPrinter:
-    """Prints the latest losses and the accuracies after each epoch."""
-
-    def __init__(self) -> None:
-        self.last_losses: cls.LossRecord | None = None
-
-    def on_eval(self, record: cls.LossRecord) -> None:
-        self.last_losses = record
-
-    def on_epoch(self, record: cls.EpochRecord) -> None:
-        losses = ""
-        if self.last_losses is not None:
-            losses = (f", train loss {self.last_losses.train_loss:.3f}, "
-                      f"val loss {self.last_losses.val_loss:.3f}")
-        print(f"epoch {record.epoch} (step {record.step}): train accuracy "
-              f"{record.train_accuracy:.2%}, val accuracy {record.val_accuracy:.2%}{losses}")
 
 
 def _register_instruct(actions: argparse._SubParsersAction) -> None:

@@ -22,12 +22,13 @@ from plotly.subplots import make_subplots
 
 from llmcourse.classification import (
     CLASS_NAMES,
+    AccuracyRecord,
     ClassifierError,
-    ClassifierHistory,
     replace_head,
 )
 from llmcourse.lora import DEFAULT_TARGETS, apply_lora
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.training import TrainingHistory
 from llmcourse.viz import layout_defaults
 
 # Training keeps, for every trainable float32 number, its gradient and AdamW's two moving
@@ -155,32 +156,32 @@ def token_length_figure(
 # Training
 
 
-def training_curves_figure(history: ClassifierHistory, *, title: str) -> go.Figure:
+def training_curves_figure(
+    history: TrainingHistory, accuracies: Sequence[AccuracyRecord] = (), *, title: str
+) -> go.Figure:
     """Left: the loss of every training step (light) and the periodic estimates of the training
-    and validation losses, against examples seen. Right: training and validation accuracy after
-    each epoch."""
+    and validation losses, against optimizer steps. Right: training and validation accuracy
+    after each epoch (the ``records`` of an ``EpochAccuracy`` callback)."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12)
-    steps = len(history.train_losses)
-    batch = history.examples_seen / steps if steps else 0
     fig.add_trace(go.Scatter(
-        x=[round(batch * (step + 1)) for step in range(steps)], y=history.train_losses,
+        x=history.steps, y=history.train_losses,
         mode="lines", name="loss of each training batch", line={"color": STEP_COLOUR},
-        hovertemplate="%{x} examples<br>batch loss %{y:.3f}<extra></extra>",
+        hovertemplate="step %{x}<br>batch loss %{y:.3f}<extra></extra>",
     ), row=1, col=1)
-    examples = [record.examples_seen for record in history.evals]
+    steps = [record.step for record in history.evals]
     for name, colour, values in (
         ("training", TRAIN_COLOUR, [record.train_loss for record in history.evals]),
         ("validation", VALIDATION_COLOUR, [record.val_loss for record in history.evals]),
     ):
         fig.add_trace(go.Scatter(
-            x=examples, y=values, mode="lines+markers", name=f"{name} loss (estimate)",
+            x=steps, y=values, mode="lines+markers", name=f"{name} loss (estimate)",
             line={"color": colour, "width": 2.5},
-            hovertemplate="%{x} examples<br>" + name + " loss %{y:.3f}<extra></extra>",
+            hovertemplate="step %{x}<br>" + name + " loss %{y:.3f}<extra></extra>",
         ), row=1, col=1)
-    epochs = [record.epoch for record in history.epochs]
+    epochs = [record.epoch for record in accuracies]
     for name, colour, values in (
-        ("training", TRAIN_COLOUR, [record.train_accuracy for record in history.epochs]),
-        ("validation", VALIDATION_COLOUR, [record.val_accuracy for record in history.epochs]),
+        ("training", TRAIN_COLOUR, [record.train_accuracy for record in accuracies]),
+        ("validation", VALIDATION_COLOUR, [record.val_accuracy for record in accuracies]),
     ):
         fig.add_trace(go.Scatter(
             x=epochs, y=[100 * value for value in values], mode="lines+markers",
@@ -189,7 +190,7 @@ def training_curves_figure(history: ClassifierHistory, *, title: str) -> go.Figu
         ), row=1, col=2)
     fig.update_layout(height=440, legend={"orientation": "h", "y": -0.25})
     layout_defaults(fig, title=title, x_title=None, y_title=None)
-    fig.update_xaxes(title_text="training examples seen", row=1, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=1, col=1)
     fig.update_yaxes(title_text="cross-entropy loss (nats per message)", row=1, col=1)
     fig.update_xaxes(title_text="epoch", tickvals=epochs, row=1, col=2)
     fig.update_yaxes(title_text="accuracy after each epoch (%)", row=1, col=2)
