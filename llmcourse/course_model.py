@@ -46,7 +46,7 @@ import torch
 from llmcourse import datasets
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint_files
 from llmcourse.errors import CourseError
-from llmcourse.generation import generate_text
+from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
 from llmcourse.model_state import model_device
 from llmcourse.pretraining import (
@@ -276,19 +276,18 @@ def sample_generations(
     end_id = end_of_text_id(tokenizer)
     generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     decodings = {
-        "greedy": {"temperature": 0.0},
-        f"top-k {SAMPLE_TOP_K}, temperature {SAMPLE_TEMPERATURE}": {
-            "temperature": SAMPLE_TEMPERATURE, "top_k": SAMPLE_TOP_K, "generator": generator,
-        },
+        "greedy": Sampling(eos_id=end_id),
+        f"top-k {SAMPLE_TOP_K}, temperature {SAMPLE_TEMPERATURE}": Sampling(
+            SAMPLE_TEMPERATURE, SAMPLE_TOP_K, eos_id=end_id, generator=generator
+        ),
     }
     return [
         {
             "prompt": prompt,
             "decoding": decoding,
-            "text": generate_text(model, tokenizer, prompt, SAMPLE_TOKENS,
-                                  eos_id=end_id, **options),
+            "text": generate_text(model, tokenizer, prompt, SAMPLE_TOKENS, sampling),
         }
-        for decoding, options in decodings.items()
+        for decoding, sampling in decodings.items()
         for prompt in SAMPLE_PROMPTS
     ]
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmcourse.errors import CourseError
@@ -23,6 +25,36 @@ from llmcourse.model_state import eval_mode, model_device
 
 class GenerationError(CourseError, ValueError):
     """A sampling or generation argument is out of range, or a cache is misused."""
+
+
+def _check_top_k(k: int) -> None:
+    if not _is_whole_number(k) or k < 1:
+        raise GenerationError(f"top_k must be a whole number of tokens, at least 1; got {k!r}")
+
+
+def _check_top_p(p: float) -> None:
+    if not _is_number(p) or not 0 < p <= 1:  # NaN fails the comparison too
+        raise GenerationError(
+            f"top_p must be a probability in (0, 1], got {p!r}; 1 keeps every token"
+        )
+
+
+def _is_whole_number(value: object) -> bool:
+    """An integer (a Python, NumPy or one-element tensor integer), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    """A real number: an int or a float, not a bool (a tensor of one number counts too)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class KVCache:
@@ -95,11 +127,11 @@ class KVCache:
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide logits (..., V) by ``temperature`` > 0: below 1 sharpens the distribution, above 1
-    flattens it. Temperature 0 (greedy decoding) is handled by ``sample_next_token``."""
+    flattens it. Temperature 0 (greedy decoding) is handled by ``Sampling``."""
     if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
         raise GenerationError(
             f"temperature must be positive (and finite) to scale logits, got {temperature!r}; "
-            "for greedy decoding call sample_next_token(logits, temperature=0)"
+            "for greedy decoding use Sampling(temperature=0)"
         )
     return logits / temperature
 
@@ -129,48 +161,93 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < smallest_kept, float("-inf"))
 
 
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Choose one token id per row of ``logits`` (B, V); returns (B,).
+@dataclass(frozen=True)
+class Sampling:
+    """How a generator chooses each next token, checked when it is made.
 
-    Temperature 0 is greedy decoding (the argmax). Otherwise the logits are scaled by the
-    temperature, filtered by top-k then top-p, and a token is drawn from their softmax."""
-    _check_sampling(temperature, top_k, top_p)
+    - ``temperature``: 0 is greedy decoding (the most likely token, no randomness); above 0 the
+      logits are divided by it and a token is drawn (below 1 sharper, above 1 flatter).
+    - ``top_k``: draw only from the ``top_k`` most likely tokens (None: no limit).
+    - ``top_p``: draw only from the smallest set of most likely tokens whose probabilities add
+      up to ``top_p`` (nucleus sampling; None: no limit). Top-k applies first.
+    - ``eos_id``: the end-of-text token: a sequence that produces it stops (None: never stop).
+    - ``generator``: the random generator draws come from (None: torch's global one); a seeded
+      one makes sampling reproducible.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_id: int | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.temperature) or not (
+            math.isfinite(self.temperature) and self.temperature >= 0
+        ):
+            raise GenerationError(
+                f"temperature must be 0 (greedy) or positive (and finite), got "
+                f"{self.temperature!r}"
+            )
+        if self.top_k is not None:
+            _check_top_k(self.top_k)
+        if self.top_p is not None:
+            _check_top_p(self.top_p)
+        if self.eos_id is not None and (not _is_whole_number(self.eos_id) or self.eos_id < 0):
+            raise GenerationError(
+                f"eos_id must be a token id (a whole number, 0 or more) or None, got "
+                f"{self.eos_id!r}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution (..., V), float32, that a token is drawn from for logits (..., V):
+        all the probability on the argmax when greedy; otherwise the softmax of the logits
+        divided by the temperature and filtered by top-k, then top-p."""
+        logits = logits.float()
+        if self.greedy:
+            return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+        logits = apply_temperature(logits, self.temperature)
+        if self.top_k is not None:
+            logits = top_k_filter(logits, self.top_k)
+        if self.top_p is not None:
+            logits = top_p_filter(logits, self.top_p)
+        return torch.softmax(logits, dim=-1)
+
+
+GREEDY = Sampling()
+
+
+def sample_next_token(logits: torch.Tensor, sampling: Sampling = GREEDY) -> torch.Tensor:
+    """Choose one token id per row of ``logits`` (B, V) as ``sampling`` says; returns (B,).
+
+    Greedy decoding takes the argmax; otherwise a token is drawn from
+    ``sampling.probabilities(logits)`` with ``sampling.generator``."""
     if logits.dim() != 2:
         raise GenerationError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
-    if temperature == 0:
+    if sampling.greedy:
         return logits.argmax(dim=-1)
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    probs = sampling.probabilities(logits)
+    return torch.multinomial(probs, num_samples=1, generator=sampling.generator).squeeze(-1)
 
 
 def generate(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
+    sampling: Sampling = GREEDY,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Continue the prompts ``idx`` (B, T) by up to ``max_new_tokens``; returns (B, T + n).
 
-    Greedy by default (temperature 0); see ``sample_next_token`` for the sampling arguments.
-    Generation stops early once every sequence has produced ``eos_id``; a sequence that finished
-    before the others gets ``eos_id`` as padding, so the batch stays rectangular.
+    Greedy by default; ``sampling`` chooses temperature, top-k, top-p, the end token and the
+    random generator. Generation stops early once every sequence has produced
+    ``sampling.eos_id``; a sequence that finished before the others gets ``eos_id`` as padding,
+    so the batch stays rectangular.
 
     Past the model's context the window slides: each step reads the last ``context_length``
     tokens. Sliding moves every token to a new absolute position, so no cached key stays valid;
@@ -180,10 +257,8 @@ def generate(
     The model runs in eval mode (its previous mode is restored afterwards) under
     ``torch.inference_mode``; the result is an ordinary tensor, usable in training code.
     """
-    _check_generation(model, idx, max_new_tokens, temperature, top_k, top_p)
-    steps = _generate_steps(
-        model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator
-    )
+    _check_generation(model, idx, max_new_tokens, sampling)
+    steps = _generate_steps(model, idx, max_new_tokens, sampling, use_cache)
     new_tokens = [token[:, None] for token in steps]  # each (B, 1), inference tensors
     # cat outside inference mode makes an ordinary tensor (one autograd may save)
     return torch.cat([idx, *new_tokens], dim=1)
@@ -193,26 +268,20 @@ def stream_generate(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
+    sampling: Sampling = GREEDY,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
 ) -> Iterator[int]:
     """Like ``generate`` for one prompt ``idx`` (1, T), but yield each new token id as soon as
-    it is chosen (``eos_id`` included, then stop). The model stays in eval mode until the
-    iterator is exhausted or closed."""
+    it is chosen (``sampling.eos_id`` included, then stop). The model stays in eval mode until
+    the iterator is exhausted or closed."""
     if idx.dim() == 2 and idx.size(0) != 1:
         raise GenerationError(
             f"stream_generate takes one prompt of shape (1, T), got {tuple(idx.shape)}; "
             "use generate for a batch"
         )
-    _check_generation(model, idx, max_new_tokens, temperature, top_k, top_p)
-    steps = _generate_steps(
-        model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator
-    )
+    _check_generation(model, idx, max_new_tokens, sampling)
+    steps = _generate_steps(model, idx, max_new_tokens, sampling, use_cache)
     return (int(token) for token in steps)
 
 
@@ -221,17 +290,14 @@ def generate_text(
     tokenizer: Any,
     prompt: str,
     max_new_tokens: int,
+    sampling: Sampling = GREEDY,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
     stream: bool | Callable[[str], object] = False,
     allowed_special: str | set[str] = "all",
 ) -> str:
-    """Continue ``prompt`` and return the new text (without the prompt, and without ``eos_id``).
+    """Continue ``prompt`` and return the new text (without the prompt, and without
+    ``sampling.eos_id``).
 
     ``tokenizer`` is tiktoken-like: ``encode(text, allowed_special=...)`` and ``decode(ids)``.
     With ``stream=True`` the text is printed piece by piece as it is generated; a callable
@@ -240,20 +306,11 @@ def generate_text(
     ids = tokenizer.encode(prompt, allowed_special=allowed_special)
     device = model_device(model)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    new_ids = stream_generate(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        use_cache=use_cache,
-        generator=generator,
-    )
+    new_ids = stream_generate(model, idx, max_new_tokens, sampling, use_cache=use_cache)
     if stream is True:
         stream = _print_piece
     pieces = []
+    eos_id = sampling.eos_id
     for piece in decode_stream(tokenizer, (token for token in new_ids if token != eos_id)):
         pieces.append(piece)
         if stream:
@@ -297,22 +354,18 @@ def _generate_steps(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    eos_id: int | None,
+    sampling: Sampling,
     use_cache: bool,
-    generator: torch.Generator | None,
 ) -> Iterator[torch.Tensor]:
     """Yield the token ids (B,) chosen at each step (arguments as in ``generate``)."""
+    eos_id = sampling.eos_id
     with eval_mode(model):
         cache = _new_cache(model, idx, max_new_tokens) if use_cache else None
-        output_matrix = _cpu_output_matrix(model)
         tokens = idx
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            logits = _next_token_logits(model, tokens, cache, output_matrix)
-            next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            logits = _next_token_logits(model, tokens, cache)
+            next_token = sample_next_token(logits, sampling)
             if eos_id is not None:
                 next_token = next_token.masked_fill(finished, eos_id)  # pad finished rows
                 finished |= next_token == eos_id
@@ -322,39 +375,18 @@ def _generate_steps(
                 return
 
 
-def _next_token_logits(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    cache: KVCache | None,
-    output_matrix: torch.Tensor | None,
-) -> torch.Tensor:
+def _next_token_logits(model: nn.Module, tokens: torch.Tensor, cache: KVCache | None
+                       ) -> torch.Tensor:
     """Logits (B, V) for the token after ``tokens`` (B, L), all the tokens so far.
 
     ``cache`` holds the keys and values of ``tokens[:, :cache.length]``: only the rest is read.
     """
-    options = {"last_only": True}
-    if output_matrix is not None:
-        options["output_matrix"] = output_matrix
     if cache is not None and tokens.size(1) <= cache.max_length:
-        return model(tokens[:, cache.length :], kv_cache=cache, **options)[:, -1, :]
+        return model(tokens[:, cache.length :], kv_cache=cache, last_only=True)[:, -1, :]
     # Past the context the window slides one token per step. With absolute position embeddings
     # that moves every token to a new position and changes every key and value, so nothing
     # cached stays valid: read the whole window, exactly as uncached generation does.
-    return model(tokens[:, -model.config.context_length :], **options)[:, -1, :]
-
-
-def _cpu_output_matrix(model: nn.Module) -> torch.Tensor | None:
-    """A contiguous copy (C, V) of the output layer's transposed weight, for a plain
-    ``nn.Linear`` output layer on the CPU; None otherwise (then ``lm_head`` itself runs).
-
-    Generation multiplies one token per step by the (V, C) output matrix, the largest in GPT-2
-    small; a CPU reads the contiguous transpose about 30% faster than the transposed view. The
-    copy costs V x C floats (154 MB for GPT-2) while generating. A LoRA-wrapped output layer is
-    left alone: its adapter must run."""
-    head = getattr(model, "lm_head", None)
-    if type(head) is not nn.Linear or head.weight.device.type != "cpu":
-        return None
-    return head.weight.t().contiguous()
+    return model(tokens[:, -model.config.context_length :], last_only=True)[:, -1, :]
 
 
 def _new_cache(model: nn.Module, idx: torch.Tensor, max_new_tokens: int) -> KVCache:
@@ -366,14 +398,14 @@ def _new_cache(model: nn.Module, idx: torch.Tensor, max_new_tokens: int) -> KVCa
 
 
 def _check_generation(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling
 ) -> None:
     context_length = model.config.context_length
+    if not isinstance(sampling, Sampling):
+        raise GenerationError(
+            f"sampling must be a Sampling, got {type(sampling).__name__}; for example "
+            "Sampling(temperature=0.8, top_k=40)"
+        )
     if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
         raise GenerationError(
             f"prompts must be an integer tensor of shape (batch, sequence), got "
@@ -388,45 +420,3 @@ def _check_generation(
         raise GenerationError(
             f"max_new_tokens must be 0 or more (a whole number), got {max_new_tokens!r}"
         )
-    _check_sampling(temperature, top_k, top_p)
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not _is_number(temperature) or not (math.isfinite(temperature) and temperature >= 0):
-        raise GenerationError(
-            f"temperature must be 0 (greedy) or positive (and finite), got {temperature!r}"
-        )
-    if top_k is not None:
-        _check_top_k(top_k)
-    if top_p is not None:
-        _check_top_p(top_p)
-
-
-def _check_top_k(k: int) -> None:
-    if not _is_whole_number(k) or k < 1:
-        raise GenerationError(f"top_k must be a whole number of tokens, at least 1; got {k!r}")
-
-
-def _check_top_p(p: float) -> None:
-    if not _is_number(p) or not 0 < p <= 1:  # NaN fails the comparison too
-        raise GenerationError(
-            f"top_p must be a probability in (0, 1], got {p!r}; 1 keeps every token"
-        )
-
-
-def _is_whole_number(value: object) -> bool:
-    """An integer (a Python, NumPy or one-element tensor integer), not a bool."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _is_number(value: object) -> bool:
-    """A real number: an int or a float, not a bool (a tensor of one number counts too)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and not value.dtype.is_complex
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -45,7 +45,7 @@ import json
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from llmcourse import datasets
 from llmcourse.checkpoints import load_model, write_checkpoint_files
 from llmcourse.errors import CourseError
-from llmcourse.generation import stream_generate
+from llmcourse.generation import GREEDY, Sampling, stream_generate
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
 from llmcourse.saving import check_destination, recover, staged_directory, write_json_atomic
@@ -567,34 +567,21 @@ def generate_response(
     tokenizer: Tokenizer,
     entry: Mapping[str, str],
     max_new_tokens: int = 256,
+    sampling: Sampling = GREEDY,
     *,
     prompt_format: str | PromptFormat = "alpaca",
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    generator: torch.Generator | None = None,
 ) -> str:
     """The model's answer to ``entry`` (its instruction and input; the output is not used).
 
-    Generates from ``generation_prompt`` (greedy by default) until ``eos_id`` (default: the
-    tokenizer's ``<|endoftext|>``) or ``max_new_tokens`` new tokens, and returns
+    Generates from ``generation_prompt`` (greedy by default) until ``sampling.eos_id`` (when
+    None: the tokenizer's ``<|endoftext|>``) or ``max_new_tokens`` new tokens, and returns
     ``extract_response`` of the new text."""
-    if eos_id is None:
-        eos_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
+    if sampling.eos_id is None:
+        sampling = replace(sampling, eos_id=end_of_text_id(tokenizer, default=GPT2_EOT_ID))
     ids = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
     device = model_device(model)
-    new_ids = stream_generate(
-        model,
-        torch.tensor([ids], device=device),
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        generator=generator,
-    )
-    text = tokenizer.decode([token for token in new_ids if token != eos_id])
+    new_ids = stream_generate(model, torch.tensor([ids], device=device), max_new_tokens, sampling)
+    text = tokenizer.decode([token for token in new_ids if token != sampling.eos_id])
     return extract_response(text, prompt_format)
 
 
@@ -603,17 +590,17 @@ def generate_responses(
     tokenizer: Tokenizer,
     entries: Sequence[Mapping[str, str]],
     max_new_tokens: int = 256,
+    sampling: Sampling = GREEDY,
     *,
     prompt_format: str | PromptFormat = "alpaca",
     response_key: str = RESPONSE_KEY,
     progress: bool = True,
-    **sampling: Any,
 ) -> list[dict[str, str]]:
     """A copy of each entry with the model's answer under ``response_key`` (the book's
-    "model_response"). ``sampling`` goes to ``generate_response`` (temperature, top_k ...)."""
+    "model_response"), each made by ``generate_response`` with ``sampling``."""
     return [
         {**entry, response_key: generate_response(
-            model, tokenizer, entry, max_new_tokens, prompt_format=prompt_format, **sampling
+            model, tokenizer, entry, max_new_tokens, sampling, prompt_format=prompt_format
         )}
         for entry in tqdm(entries, desc="generating responses", unit="entry", disable=not progress)
     ]

@@ -121,34 +121,43 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCacheLike | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend over ``x`` (B, T, C); returns the output (B, T, C) and, when asked, the
-        attention weights (B, H, T, T_keys), computed by the explicit formula."""
+    def forward(self, x: torch.Tensor, kv_cache: KVCacheLike | None = None) -> torch.Tensor:
+        """Attend over ``x`` (B, T, C) with PyTorch's fused kernel; returns (B, T, C)."""
         B, T, C = x.shape
         past = kv_cache.length if kv_cache is not None else 0
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self._heads(x)  # 3 x (B, H, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, H, past + T, D)
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if return_weights:
-            mask = causal_mask(T, past, x.device)  # (T, past + T), True where allowed
-            y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
-        elif past == 0:
+        if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif T == 1:  # a single new query sees every cached key: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
             mask = causal_mask(T, past, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # merge heads: (B, T, H * D)
-        return self.resid_dropout(self.c_proj(y)), weights
+        return self._output(y)
+
+    def explicit_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same attention over ``x`` (B, T, C) with the formula written out
+        (``explicit_attention``): slower than ``forward``, but it also returns the attention
+        weights (B, H, T, T) before dropout, for figures. Returns (output (B, T, C), weights)."""
+        q, k, v = self._heads(x)
+        mask = causal_mask(x.size(1), 0, x.device)  # (T, T), True where allowed
+        y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
+        return self._output(y), weights
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` (B, T, C), each split into heads: (B, H, T, D)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        """Merge the heads of ``y`` (B, H, T, D) and project: (B, T, C)."""
+        B, H, T, D = y.shape
+        y = y.transpose(1, 2).contiguous().view(B, T, H * D)
+        return self.resid_dropout(self.c_proj(y))
 
 
 def causal_mask(n_queries: int, n_past: int, device: torch.device | None = None) -> torch.Tensor:
@@ -201,16 +210,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCacheLike | None = None,
-        return_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attn(self.ln_1(x), kv_cache, return_weights)
-        x = x + attended  # shortcut connection around attention
+    def forward(self, x: torch.Tensor, kv_cache: KVCacheLike | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache)  # shortcut connection around attention
         x = x + self.mlp(self.ln_2(x))  # and around the feed-forward network
-        return x, weights
+        return x  # (B, T, C)
 
 
 class GPT(nn.Module):
@@ -229,6 +232,7 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self._transposed_head: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -254,7 +258,6 @@ class GPT(nn.Module):
         *,
         kv_cache: KVCacheLike | None = None,
         last_only: bool = False,
-        output_matrix: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Next-token logits (B, T, vocab_size) for token ids ``idx`` (B, T).
 
@@ -262,54 +265,60 @@ class GPT(nn.Module):
         -100. With ``kv_cache`` the ids continue the cached sequence (positions start after it).
         ``last_only=True`` returns the logits of the last position only, (B, 1, vocab_size): all
         that generation needs, and it skips the output layer's work for the other positions.
-        ``output_matrix`` (C, vocab_size), when given, replaces ``lm_head`` (logits = x @ it): a
-        contiguous copy of ``lm_head.weight.T``, which a CPU reads about 30% faster than the
-        transposed view when it multiplies one token (generation passes it on the CPU).
         """
         if last_only and targets is not None:
             raise InputError("last_only=True gives no loss: the loss needs every position's logits")
+        past = kv_cache.length if kv_cache is not None else 0
+        self.check_input(idx, past)
         if targets is not None:
             self.check_targets(targets, idx)
-        logits, _ = self._run(
-            idx, kv_cache, return_weights=False, last_only=last_only, output_matrix=output_matrix
-        )
+        x = embed_tokens_and_positions(self.transformer.wte, self.transformer.wpe, idx, past)
+        x = self.transformer.drop(x)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        logits = self._output_layer(self.transformer.ln_f(x))  # (B, T, V), T = 1 if last_only
         if targets is None:
             return logits
         return logits, self.loss(logits, targets)
 
-    def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (B, T, V) and the attention weights of every layer, each (B, H, T, T).
+    def train(self, mode: bool = True) -> GPT:
+        self._transposed_head = None  # a switch of mode frees generation's copy (see below)
+        return super().train(mode)
 
-        Uses the explicit attention formula (slower than the fused kernel, same result)."""
-        logits, weights = self._run(idx, None, return_weights=True)
-        return logits, weights
+    def _output_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """``lm_head(x)`` for x (B, T, C).
 
-    def _run(
-        self,
-        idx: torch.Tensor,
-        kv_cache: KVCacheLike | None,
-        return_weights: bool,
-        last_only: bool = False,
-        output_matrix: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        past = kv_cache.length if kv_cache is not None else 0
-        self.check_input(idx, past)
-        x = embed_tokens_and_positions(self.transformer.wte, self.transformer.wpe, idx, past)
-        x = self.transformer.drop(x)  # (B, T, C)
-        all_weights = []
-        for block in self.transformer.h:
-            x, weights = block(x, kv_cache, return_weights)
-            if weights is not None:
-                all_weights.append(weights)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x) if output_matrix is None else x @ output_matrix
-        return logits, all_weights  # (B, T, V), T = 1 when last_only
+        Generation multiplies one position at a time by the (V, C) output matrix, the largest of
+        GPT-2 small, and a CPU reads a contiguous copy of its transpose about twice as fast as
+        the transposed view ``nn.Linear`` uses. So for one position, without gradients, on the
+        CPU, a plain ``nn.Linear`` head multiplies by that copy. The copy (V x C floats, 154 MB
+        for GPT-2) is made again whenever the weight changes, and freed by ``train()`` or
+        ``eval()``, which generation calls when it starts and ends. A wrapped head (LoRA) runs
+        itself.
+        """
+        head = self.lm_head
+        if (
+            x.size(1) != 1
+            or torch.is_grad_enabled()
+            or type(head) is not nn.Linear
+            or head.weight.device.type != "cpu"
+        ):
+            return head(x)
+        weight = head.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._transposed_head is None or self._transposed_head[0] != key:
+            self._transposed_head = (key, weight.detach().t().contiguous())
+        return x @ self._transposed_head[1]
 
     def check_input(self, idx: torch.Tensor, past: int = 0) -> None:
         """Raise ``InputError`` unless ``idx`` is a (B, T) integer tensor of valid token ids
-        that fits in the context after ``past`` cached positions."""
+        that fits in the context after ``past`` cached positions.
+
+        On an accelerator the range of the ids is checked without waiting for the device
+        (``torch._assert_async``): a bad id fails the next time the device is read, with this
+        message."""
         if idx.dim() != 2:
             raise InputError(
                 f"token ids must have shape (batch, sequence), got {tuple(idx.shape)}; "
@@ -324,7 +333,15 @@ class GPT(nn.Module):
                 f"{self.config.context_length}; keep only the last "
                 f"{self.config.context_length} tokens (ids[:, -context_length:])"
             )
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+        if not idx.numel():
+            return
+        if idx.device.type != "cpu":  # reading the range back would wait for the device
+            torch._assert_async(
+                ((idx >= 0) & (idx < self.config.vocab_size)).all(),
+                f"token ids must lie in [0, {self.config.vocab_size - 1}] for this model's "
+                "vocabulary; was the text encoded with a different tokenizer?",
+            )
+        elif idx.min() < 0 or idx.max() >= self.config.vocab_size:
             raise InputError(
                 f"token ids must lie in [0, {self.config.vocab_size - 1}] for this model's "
                 f"vocabulary, got values from {int(idx.min())} to {int(idx.max())}; "
@@ -335,7 +352,8 @@ class GPT(nn.Module):
         """Raise ``InputError`` unless ``targets`` has the shape of the inputs ``idx`` and holds
         token ids of the vocabulary or -100 (a target to ignore). Checked before the forward
         pass: an id outside the vocabulary would otherwise fail deep inside the loss (an
-        IndexError on the CPU, a device-side assertion on a GPU)."""
+        IndexError on the CPU, a device-side assertion on a GPU). On an accelerator the range
+        is checked without waiting for the device, as in ``check_input``."""
         if targets.shape != idx.shape:
             raise InputError(
                 f"targets must have the shape of the inputs {tuple(idx.shape)}, "
@@ -348,7 +366,12 @@ class GPT(nn.Module):
             )
         vocab_size = self.config.vocab_size
         invalid = (targets >= vocab_size) | ((targets < 0) & (targets != IGNORE_INDEX))
-        if targets.numel() and invalid.any():
+        if targets.device.type != "cpu":  # reading the result back would wait for the device
+            torch._assert_async(
+                ~invalid.any(),
+                f"targets must be token ids in [0, {vocab_size - 1}] or {IGNORE_INDEX} (ignored)",
+            )
+        elif invalid.any():
             bad = targets[invalid]
             raise InputError(
                 f"targets must be token ids in [0, {vocab_size - 1}] or {IGNORE_INDEX} (ignored), "
@@ -380,6 +403,30 @@ class GPT(nn.Module):
             if not self.config.tie_embeddings:
                 count -= self.lm_head.weight.numel()
         return count
+
+
+def attention_weights(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
+    """The attention weights of every layer of ``model`` reading token ids ``idx`` (B, T): one
+    (B, H, T, T) tensor per layer, each row a softmax over the positions it may see.
+
+    A forward hook on each layer's attention hands its input to ``explicit_forward``, which
+    computes the weights that the fused kernel never returns; the model itself runs unchanged.
+    Weights are taken before dropout: put the model in eval mode to see what it computes at
+    inference. No gradients are tracked.
+    """
+    weights: list[torch.Tensor] = []
+
+    def record(module: CausalSelfAttention, args: tuple[torch.Tensor, ...], _: object) -> None:
+        weights.append(module.explicit_forward(args[0])[1])
+
+    handles = [block.attn.register_forward_hook(record) for block in model.transformer.h]
+    try:
+        with torch.no_grad():
+            model(idx)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return weights
 
 
 def count_parameters(config: GPTConfig) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from llmcourse.errors import CourseError
-from llmcourse.generation import generate
+from llmcourse.generation import Sampling, generate
 from llmcourse.instruction import (
     IGNORE_INDEX,
     PromptFormat,
@@ -73,17 +73,17 @@ class PreferencePair:
 
 
 def sample_responses(
-    model: GPT, tokenizer: Tokenizer, entry: Mapping[str, str], samples: int, *,
-    max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = 40,
-    prompt_format: str | PromptFormat = "alpaca", generator: torch.Generator | None = None,
+    model: GPT, tokenizer: Tokenizer, entry: Mapping[str, str], samples: int,
+    sampling: Sampling, *, max_new_tokens: int = 64,
+    prompt_format: str | PromptFormat = "alpaca",
 ) -> list[str]:
-    """``samples`` answers of ``model`` to ``entry``, sampled together as one batch."""
+    """``samples`` answers of ``model`` to ``entry``, sampled together as one batch with
+    ``sampling`` (its end token is the tokenizer's ``<|endoftext|>``)."""
     eos_id = end_of_text_id(tokenizer)
     prompt = generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
     device = model_device(model)
     idx = torch.tensor([prompt] * samples, device=device)  # (samples, T)
-    out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                   eos_id=eos_id, generator=generator)
+    out = generate(model, idx, max_new_tokens, replace(sampling, eos_id=eos_id))
     answers = []
     for row in out[:, len(prompt):].tolist():
         ids = row[:row.index(eos_id)] if eos_id in row else row
@@ -133,11 +133,11 @@ def build_preference_pairs(
             "story instructions (llmcourse.story_instructions)"
         )
     generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    sampling = Sampling(temperature=temperature, top_k=top_k, generator=generator)
     pairs = []
     for entry in tqdm(entries, desc="sampling answers", unit="entry", disable=not progress):
-        answers = sample_responses(model, tokenizer, entry, samples,
-                                   max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_k=top_k, prompt_format=prompt_format, generator=generator)
+        answers = sample_responses(model, tokenizer, entry, samples, sampling,
+                                   max_new_tokens=max_new_tokens, prompt_format=prompt_format)
         pair = choose_pair(entry, answers)
         if pair is not None:
             pairs.append(pair)

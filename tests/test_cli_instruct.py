@@ -13,7 +13,7 @@ import torch
 from llmcourse import instruction as inst
 from llmcourse.checkpoints import load_model, save_checkpoint
 from llmcourse.cli import main
-from llmcourse.generation import generate
+from llmcourse.generation import Sampling, generate
 from llmcourse.instruction_scores import response_scores, scores_table, scores_with_baselines
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.profiles import PROFILE_ENV
@@ -49,7 +49,8 @@ def greedy_answer(model: GPT, instruction: str, prompt_format: str, max_new_toke
     tokenizer = gpt2_tokenizer()
     entry = {"instruction": instruction, "input": ""}
     prompt = torch.tensor([inst.generation_prompt(tokenizer, entry, prompt_format, 96)])
-    new_ids = generate(model, prompt, max_new_tokens, eos_id=GPT2_EOT_ID)[0, prompt.size(1):]
+    out = generate(model, prompt, max_new_tokens, Sampling(eos_id=GPT2_EOT_ID))
+    new_ids = out[0, prompt.size(1):]
     return tokenizer.decode([token for token in new_ids.tolist() if token != GPT2_EOT_ID])
 
 

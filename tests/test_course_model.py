@@ -18,7 +18,7 @@ from llmcourse.cli import main
 from llmcourse.data import split_text
 from llmcourse.datasets import CACHE_ENV
 from llmcourse.errors import CourseError
-from llmcourse.generation import generate_text
+from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.pretrained import course_model
 from llmcourse.pretraining import make_loaders, read_corpus
@@ -219,7 +219,7 @@ def test_report_holds_the_run_and_its_numbers_can_be_reproduced(use_smoke_cache,
     assert [s["prompt"] for s in greedy] == list(course.SAMPLE_PROMPTS)
     assert len(report["samples"]) == 2 * len(course.SAMPLE_PROMPTS)
     first = generate_text(model, tokenizer, greedy[0]["prompt"], SAMPLE_TOKENS,
-                          eos_id=tokenizer.eot_token)
+                          Sampling(eos_id=tokenizer.eot_token))
     assert greedy[0]["text"] == first
 
 

@@ -24,7 +24,7 @@ from llmcourse.exercises.ch05_gpt_architecture import (
     reference_greedy_next_token,
     reference_layer_norm,
 )
-from llmcourse.generation import sample_next_token
+from llmcourse.generation import Sampling, sample_next_token
 from llmcourse.model import GPT, MLP, Block, GPTConfig
 
 
@@ -68,9 +68,8 @@ def test_reference_block_forward_equals_the_package_block():
     torch.manual_seed(0)
     block = Block(config).eval()
     x = torch.randn(2, 5, 8)
-    expected, _ = block(x)
-    attention = lambda h: block.attn(h)[0]  # noqa: E731
-    got = reference_block_forward(x, block.ln_1, attention, block.ln_2, block.mlp)
+    expected = block(x)
+    got = reference_block_forward(x, block.ln_1, block.attn, block.ln_2, block.mlp)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -108,7 +107,7 @@ def test_reference_count_of_gpt2_small_is_the_published_one():
 def test_reference_greedy_equals_the_package_sampler_at_temperature_zero():
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 11)
-    expected = sample_next_token(logits[:, -1, :], temperature=0)
+    expected = sample_next_token(logits[:, -1, :], Sampling(temperature=0))
     assert torch.equal(reference_greedy_next_token(logits), expected)
     assert reference_greedy_next_token(logits).dtype == torch.int64
 

@@ -18,7 +18,7 @@ from llmcourse.figures.attention import (
     stack_layers,
     text_attention,
 )
-from llmcourse.model import GPT, GPTConfig
+from llmcourse.model import GPT, GPTConfig, attention_weights
 from llmcourse.tokenizers import gpt2_tokenizer
 from llmcourse.viz import has_profile_label
 from llmcourse.widgets.attention_explorer import (
@@ -47,7 +47,7 @@ def tiny_gpt() -> GPT:
 # --- Inputs ------------------------------------------------------------------------------------
 
 
-def test_stack_layers_accepts_a_tensor_and_the_list_of_forward_with_attention():
+def test_stack_layers_accepts_a_tensor_and_the_list_of_attention_weights():
     weights = causal_weights(3, 2, 4)
     assert torch.equal(stack_layers(weights), weights)
     assert torch.equal(stack_layers(list(weights)), weights)
@@ -187,7 +187,7 @@ def test_text_attention_gives_the_tokens_and_the_model_weights(data_mirror, tiny
     assert labels == ["Your", "·journey", "·starts", "·with", "·one", "·step"]
     assert weights.shape == (2, 3, 6, 6)
     ids = torch.tensor([tokenizer.encode("Your journey starts with one step")])
-    _, expected = tiny_gpt.eval().forward_with_attention(ids)
+    expected = attention_weights(tiny_gpt.eval(), ids)
     assert torch.equal(weights, torch.stack([layer[0] for layer in expected]))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 6))
     assert torch.all(weights.triu(diagonal=1) == 0)

@@ -19,6 +19,7 @@ from llmcourse.figures.training import (
     next_token_probabilities,
     shown_tokens,
 )
+from llmcourse.generation import Sampling
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.schedules import warmup_cosine_lr
 from llmcourse.training import EvalRecord, StepState, TrainingHistory
@@ -127,17 +128,21 @@ def test_gradient_norm_figure_lines_and_threshold():
 
 
 def test_next_token_probabilities_greedy_temperature_and_filters():
-    greedy = next_token_probabilities(LOGITS, temperature=0)
+    greedy = next_token_probabilities(LOGITS, Sampling(temperature=0))
     assert greedy.tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0]
-    torch.testing.assert_close(next_token_probabilities(LOGITS, 2.0), torch.softmax(LOGITS / 2, 0))
-    top_2 = next_token_probabilities(LOGITS, 1.0, top_k=2)
+    warm = next_token_probabilities(LOGITS, Sampling(2.0))
+    torch.testing.assert_close(warm, torch.softmax(LOGITS / 2, 0))
+    top_2 = next_token_probabilities(LOGITS, Sampling(1.0, top_k=2))
     e_forward, e_toward = math.exp(6.75), math.exp(6.28)
     assert top_2[3].item() == pytest.approx(e_forward / (e_forward + e_toward), rel=1e-6)
     assert top_2.nonzero().flatten().tolist() == [3, 7]
     # softmax(LOGITS): forward 0.572, toward 0.358 (together 0.930), closer 0.061...
-    assert next_token_probabilities(LOGITS, 1.0, top_p=0.9).nonzero().flatten().tolist() == [3, 7]
-    assert next_token_probabilities(LOGITS, 1.0, top_p=0.95).nonzero().flatten().tolist() == [
-        0, 3, 7]
+    def kept(top_p: float) -> list[int]:
+        probabilities = next_token_probabilities(LOGITS, Sampling(1.0, top_p=top_p))
+        return probabilities.nonzero().flatten().tolist()
+
+    assert kept(0.9) == [3, 7]
+    assert kept(0.95) == [0, 3, 7]
     with pytest.raises(FigureInputError, match=r"\(V,\)"):
         next_token_probabilities(LOGITS.view(1, 9))
 
@@ -167,7 +172,7 @@ def test_next_token_figure_frames_slider_and_dropdown():
     assert list(fig.data[0].x) == [VOCABULARY[i] for i in order]
     for frame, temperature in zip(fig.frames, temperatures, strict=True):
         for trace, options in zip(frame.data, ({}, {"top_k": 3}, {"top_p": 0.9}), strict=True):
-            expected = next_token_probabilities(LOGITS, temperature, **options)[order]
+            expected = next_token_probabilities(LOGITS, Sampling(temperature, **options))[order]
             assert list(trace.y) == pytest.approx(expected.tolist(), abs=1e-7)
     hot_top_k = fig.frames[3].data[1].y
     assert sum(y > 0 for y in hot_top_k) == 3 and sum(hot_top_k) == pytest.approx(1.0)
@@ -244,11 +249,11 @@ def test_training_dashboard_as_a_callback_of_train():
 
 def test_decoding_explorer_sliders_change_the_distribution():
     explorer = DecodingExplorer(LOGITS, VOCABULARY, max_bars=4, samples=50)
-    assert explorer.settings() == {"temperature": 1.0, "top_k": None, "top_p": None}
+    assert explorer.settings() == Sampling(1.0)
     assert "9 of 9 tokens can be drawn" in explorer.chart.value
     assert explorer.chart.value.count("<tr>") == 5  # 4 tokens + all the others
     explorer.top_k.value = 2
-    assert explorer.settings()["top_k"] == 2
+    assert explorer.settings().top_k == 2
     assert "2 of 9 tokens can be drawn" in explorer.chart.value
     assert set(explorer.draw()) <= {"forward", "toward"}
     assert "forward" in explorer.drawn.value
@@ -256,7 +261,7 @@ def test_decoding_explorer_sliders_change_the_distribution():
     assert "greedy" in explorer.chart.value and explorer.drawn.value == ""
     assert explorer.draw() == ["forward"] * 50
     explorer.temperature.value, explorer.top_k.value, explorer.top_p.value = 1.0, 0, 0.95
-    assert explorer.settings() == {"temperature": 1.0, "top_k": None, "top_p": 0.95}
+    assert explorer.settings() == Sampling(1.0, top_p=0.95)
     assert "3 of 9 tokens can be drawn" in explorer.chart.value
 
 

@@ -13,6 +13,7 @@ from llmcourse.errors import CourseError
 from llmcourse.generation import (
     GenerationError,
     KVCache,
+    Sampling,
     apply_temperature,
     decode_stream,
     generate,
@@ -23,6 +24,11 @@ from llmcourse.generation import (
     top_p_filter,
 )
 from llmcourse.model import GPT, GPTConfig
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
 
 CONFIG = GPTConfig(vocab_size=97, context_length=16, n_layer=2, n_head=2, n_embd=32)
 NEG_INF = float("-inf")
@@ -236,18 +242,21 @@ def test_top_p_must_be_a_probability(p):
 
 def test_temperature_zero_is_greedy():
     logits = torch.tensor([[0.1, 2.0, -1.0], [5.0, 4.9, 0.0]])
-    assert torch.equal(sample_next_token(logits, temperature=0), torch.tensor([1, 0]))
+    assert torch.equal(sample_next_token(logits, Sampling(temperature=0)), torch.tensor([1, 0]))
+    assert torch.equal(sample_next_token(logits), torch.tensor([1, 0]))  # greedy by default
 
 
 def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy():
     logits = torch.randn(8, 97, generator=torch.Generator().manual_seed(0))
-    first = sample_next_token(logits, generator=torch.Generator().manual_seed(3))
-    second = sample_next_token(logits, generator=torch.Generator().manual_seed(3))
+    first, second = (
+        sample_next_token(logits, Sampling(1.0, generator=torch.Generator().manual_seed(3)))
+        for _ in range(2)
+    )
     assert torch.equal(first, second)
     greedy = logits.argmax(dim=-1)
     assert not torch.equal(first, greedy)  # plain sampling does wander off the argmax
     for temperature in (0.5, 1.0, 5.0):
-        assert torch.equal(sample_next_token(logits, temperature, top_k=1), greedy)
+        assert torch.equal(sample_next_token(logits, Sampling(temperature, top_k=1)), greedy)
 
 
 @pytest.mark.parametrize(
@@ -260,9 +269,8 @@ def test_sampling_frequencies_match_the_distribution(temperature, top_k, top_p):
         scaled[scaled.argsort(descending=True)[top_k:]] = NEG_INF
     expected = torch.softmax(scaled, dim=-1)
     n_draws = 20_000
-    draws = sample_next_token(
-        logits.expand(n_draws, -1), temperature, top_k, top_p, torch.Generator().manual_seed(0)
-    )
+    sampling = Sampling(temperature, top_k, top_p, generator=torch.Generator().manual_seed(0))
+    draws = sample_next_token(logits.expand(n_draws, -1), sampling)
     frequencies = torch.bincount(draws, minlength=5) / n_draws
     assert (frequencies - expected).abs().max() < 0.02
     assert torch.equal(frequencies == 0, expected == 0)
@@ -271,23 +279,35 @@ def test_sampling_frequencies_match_the_distribution(temperature, top_k, top_p):
 def test_sampling_with_top_p_draws_only_from_the_nucleus():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
     draws = sample_next_token(
-        logits.expand(20_000, -1), top_p=0.8, generator=torch.Generator().manual_seed(0)
+        logits.expand(20_000, -1),
+        Sampling(1.0, top_p=0.8, generator=torch.Generator().manual_seed(0)),
     )
     frequencies = torch.bincount(draws, minlength=4) / 20_000
     assert (frequencies - torch.tensor([0.625, 0.375, 0.0, 0.0])).abs().max() < 0.02
     assert frequencies[2:].sum() == 0
 
 
-def test_sampling_arguments_are_checked():
-    logits = torch.zeros(2, 5)
+def test_sampling_settings_are_checked_when_made():
     with pytest.raises(GenerationError, match="temperature must be 0 .greedy. or positive"):
-        sample_next_token(logits, temperature=-0.5)
+        Sampling(temperature=-0.5)
     with pytest.raises(GenerationError, match="top_k"):
-        sample_next_token(logits, temperature=0, top_k=0)
+        Sampling(temperature=0, top_k=0)
     with pytest.raises(GenerationError, match="top_p"):
-        sample_next_token(logits, top_p=2.0)
+        Sampling(1.0, top_p=2.0)
+    for eos_id in (-1, 2.5, "7"):
+        with pytest.raises(GenerationError, match="eos_id must be a token id"):
+            Sampling(eos_id=eos_id)
     with pytest.raises(GenerationError, match=r"shape \(batch, vocab\)"):
         sample_next_token(torch.zeros(5))
+
+
+def test_sampling_probabilities_are_what_is_drawn_from():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    torch.testing.assert_close(Sampling().probabilities(logits), torch.tensor([[1.0, 0, 0, 0]]))
+    torch.testing.assert_close(Sampling(2.0).probabilities(logits), torch.softmax(logits / 2, -1))
+    top_2 = Sampling(1.0, top_k=2).probabilities(logits)
+    torch.testing.assert_close(top_2[0, :2], torch.softmax(logits[0, :2], -1))
+    assert top_2[0, 2:].sum() == 0
 
 
 # --- generation -------------------------------------------------------------------------------
@@ -316,11 +336,8 @@ def test_sampled_generation_with_and_without_cache_agree():
             model,
             prompts,
             30,
-            temperature=0.8,
-            top_k=20,
-            top_p=0.9,
+            Sampling(0.8, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(7)),
             use_cache=use_cache,
-            generator=torch.Generator().manual_seed(7),
         )
         for use_cache in (True, False)
     ]
@@ -337,14 +354,14 @@ def test_generation_stops_when_the_model_predicts_eos():
         model.lm_head.weight[eos_id] += 10.0
     prompts = random_prompts(2, 4)
     for use_cache in (True, False):
-        out = generate(model, prompts, 10, eos_id=eos_id, use_cache=use_cache)
+        out = generate(model, prompts, 10, Sampling(eos_id=eos_id), use_cache=use_cache)
         assert torch.equal(out, torch.cat([prompts, torch.full((2, 1), eos_id)], dim=1))
 
 
 def test_finished_sequences_are_padded_with_eos_until_all_finish():
     model = BigramModel(successor=[(token + 1) % 10 for token in range(10)])
     prompts = torch.tensor([[3], [1]])
-    out = generate(model, prompts, 8, eos_id=5, use_cache=False)
+    out = generate(model, prompts, 8, Sampling(eos_id=5), use_cache=False)
     assert torch.equal(out, torch.tensor([[3, 4, 5, 5, 5], [1, 2, 3, 4, 5]]))
     no_eos = generate(model, prompts, 8, use_cache=False)
     assert torch.equal(no_eos[0], torch.tensor([3, 4, 5, 6, 7, 8, 9, 0, 1]))
@@ -373,8 +390,8 @@ def test_bad_generation_arguments_are_rejected():
     model, prompts = random_gpt(), random_prompts(1, 3)
     with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more"):
         generate(model, prompts, -1)
-    with pytest.raises(GenerationError, match="top_k"):
-        generate(model, prompts, 3, temperature=1.0, top_k=0)
+    with pytest.raises(GenerationError, match="sampling must be a Sampling"):
+        generate(model, prompts, 3, {"temperature": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -391,10 +408,9 @@ def test_bad_generation_arguments_are_rejected():
         ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must be a probability"),
     ],
 )
-@pytest.mark.parametrize("function", [generate, stream_generate])
-def test_sampling_arguments_are_checked_before_generating(function, options, match):
+def test_bad_sampling_settings_are_course_errors(options, match):
     with pytest.raises(GenerationError, match=match) as error:
-        function(random_gpt(), random_prompts(1, 3), 3, **options)
+        Sampling(**options)
     assert isinstance(error.value, CourseError)
 
 
@@ -404,8 +420,6 @@ def test_bad_numbers_of_new_tokens_and_temperatures_are_rejected_everywhere():
         with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more .a whole"):
             generate(model, prompts, count)
     logits = torch.zeros(1, 97)
-    with pytest.raises(GenerationError, match="temperature"):
-        sample_next_token(logits, temperature=float("nan"))
     with pytest.raises(GenerationError, match="temperature must be positive .and finite."):
         apply_temperature(logits, float("inf"))
 
@@ -428,18 +442,16 @@ def test_generation_runs_in_eval_mode_and_restores_training_mode():
 def test_stream_generate_yields_the_tokens_of_generate(temperature):
     model = random_gpt()
     prompt = random_prompts(1, 5)
-    options = dict(temperature=temperature, top_k=30, use_cache=True)
-    out = generate(model, prompt, 30, generator=torch.Generator().manual_seed(1), **options)
-    streamed = stream_generate(
-        model, prompt, 30, generator=torch.Generator().manual_seed(1), **options
-    )
+    out = generate(model, prompt, 30, Sampling(temperature, 30, generator=seeded(1)))
+    streamed = stream_generate(model, prompt, 30, Sampling(temperature, 30, generator=seeded(1)))
     assert list(streamed) == out[0, 5:].tolist()
 
 
 def test_stream_generate_stops_after_eos_and_takes_one_prompt():
     model = BigramModel(successor=[(token + 1) % 10 for token in range(10)])
     model.train()
-    assert list(stream_generate(model, torch.tensor([[3]]), 8, eos_id=5, use_cache=False)) == [4, 5]
+    streamed = stream_generate(model, torch.tensor([[3]]), 8, Sampling(eos_id=5), use_cache=False)
+    assert list(streamed) == [4, 5]
     assert model.training
     with pytest.raises(GenerationError, match="one prompt of shape"):
         stream_generate(model, torch.tensor([[3], [4]]), 8)
@@ -471,11 +483,13 @@ def test_generate_text_streams_whole_characters_and_drops_eos(capsys):
     model = byte_chain_model("é€ ok", start="x")
     pieces = []
     text = generate_text(
-        model, ByteTokenizer(), "x", 20, eos_id=0, use_cache=False, stream=pieces.append
+        model, ByteTokenizer(), "x", 20, Sampling(eos_id=0), use_cache=False, stream=pieces.append
     )
     assert text == "é€ ok"
     assert pieces == ["é", "€", " ", "o", "k"]
-    printed = generate_text(model, ByteTokenizer(), "x", 3, eos_id=0, use_cache=False, stream=True)
+    printed = generate_text(
+        model, ByteTokenizer(), "x", 3, Sampling(eos_id=0), use_cache=False, stream=True
+    )
     assert printed == "é\ufffd"  # the bytes of "é", then the first byte of "€" alone
     assert capsys.readouterr().out == "é\ufffd"
 

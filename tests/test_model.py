@@ -13,6 +13,7 @@ from llmcourse.model import (
     GPTConfig,
     GPTConfigError,
     InputError,
+    attention_weights,
     causal_mask,
     count_parameters,
     explicit_attention,
@@ -72,16 +73,32 @@ def test_future_tokens_do_not_change_earlier_logits(tiny_model):
 
 
 def test_explicit_attention_path_equals_fused(tiny_model):
+    attention = tiny_model.transformer.h[0].attn
+    x = torch.randn(2, 16, TINY.n_embd)
+    explicit, weights = attention.explicit_forward(x)
+    torch.testing.assert_close(explicit, attention(x), rtol=0, atol=1e-5)
+    assert weights.shape == (2, TINY.n_head, 16, 16)
+
+
+def test_attention_weights_are_each_layers_softmax_of_its_input(tiny_model):
     ids = torch.randint(0, 97, (2, 16))
-    fused = tiny_model(ids)
-    explicit, weights = tiny_model.forward_with_attention(ids)
-    torch.testing.assert_close(explicit, fused, rtol=0, atol=1e-5)
+    weights = attention_weights(tiny_model, ids)
     assert len(weights) == TINY.n_layer
+    # layer 0 by hand: its input is ln_1 of the embeddings
+    x = tiny_model.transformer.h[0].ln_1(
+        tiny_model.transformer.wte(ids) + tiny_model.transformer.wpe(torch.arange(16))
+    )
+    q, k, _ = tiny_model.transformer.h[0].attn.c_attn(x).split(TINY.n_embd, dim=2)
+    q, k = (t.view(2, 16, TINY.n_head, -1).transpose(1, 2) for t in (q, k))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(TINY.n_embd // TINY.n_head)
+    future = torch.triu(torch.ones(16, 16, dtype=torch.bool), diagonal=1)
+    expected = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    torch.testing.assert_close(weights[0], expected, rtol=0, atol=1e-6)
     for layer_weights in weights:
         assert layer_weights.shape == (2, TINY.n_head, 16, 16)
         torch.testing.assert_close(layer_weights.sum(-1), torch.ones(2, 4, 16))
-        upper = torch.triu(torch.ones(16, 16, dtype=torch.bool), diagonal=1)
-        assert (layer_weights[..., upper] == 0).all()  # no weight on future positions
+        assert (layer_weights[..., future] == 0).all()  # no weight on future positions
+    assert not any(attention._forward_hooks for attention in tiny_model.modules())
 
 
 def test_explicit_attention_matches_hand_computation():
@@ -224,3 +241,31 @@ def test_targets_must_be_long_integers(tiny_model):
     ids = torch.tensor([[1, 2, 3]])
     with pytest.raises(InputError, match="int64"):
         tiny_model(ids, ids.float())
+
+
+def test_one_position_without_gradients_reads_a_current_copy_of_the_output_matrix(tiny_model):
+    ids = torch.randint(0, 97, (3, 5))
+    with torch.no_grad():
+        hidden = tiny_model.transformer.ln_f(torch.randn(3, 1, TINY.n_embd))
+        torch.testing.assert_close(
+            tiny_model._output_layer(hidden), tiny_model.lm_head(hidden), rtol=0, atol=1e-6
+        )
+        first = tiny_model(ids, last_only=True)
+        tiny_model.lm_head.weight.add_(0.5)  # a training step changes the tied matrix in place
+        after = tiny_model(ids, last_only=True)
+    torch.testing.assert_close(after, tiny_model(ids)[:, -1:], rtol=0, atol=1e-5)
+    assert not torch.allclose(first, after)
+    assert tiny_model._transposed_head is not None
+    tiny_model.eval()  # generation's end: the copy is freed
+    assert tiny_model._transposed_head is None
+
+
+def test_input_checks_read_no_values_from_an_accelerator():
+    """On a device other than the CPU, the id checks must not wait for the device. Meta
+    tensors hold no values: reading one (min, max, any, item) would raise."""
+    model = GPT(TINY)
+    ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    model.check_input(ids)
+    model.check_targets(ids, ids)
+    with pytest.raises(InputError, match="longer than the model's context"):
+        model.check_input(torch.zeros(1, 17, dtype=torch.long, device="meta"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import tiktoken
@@ -42,13 +43,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options.sampling(args)  # before the model is loaded
     options.device(args.device)
+    sampling = options.sampling(args, device=args.device)  # before the model is loaded
     model, tokenizer, prompt_format = load_chat_model(args.checkpoint, args.format, args.device)
     end_id = end_of_text_id(tokenizer)
-    generator = None
-    if args.seed is not None:
-        generator = torch.Generator(args.device).manual_seed(args.seed)
+    sampling = replace(sampling, eos_id=end_id)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Chatting with {args.checkpoint} ({prompt_format.name} prompts). Type an "
@@ -57,14 +56,7 @@ def run(args: argparse.Namespace) -> int:
         entry = {"instruction": instruction, "input": ""}
         ids = inst.generation_prompt(tokenizer, entry, prompt_format, model.config.context_length)
         new_ids = stream_generate(
-            model,
-            torch.tensor([ids], device=args.device),
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_id=end_id,
-            generator=generator,
+            model, torch.tensor([ids], device=args.device), args.max_new_tokens, sampling
         )
         for piece in decode_stream(tokenizer, (token for token in new_ids if token != end_id)):
             sys.stdout.write(piece)

@@ -377,8 +377,7 @@ def _test_responses(
 ) -> list[dict[str, str]]:
     """The model's answers to the test entries, with the command's generation settings."""
     return inst.generate_responses(
-        model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format,
-        eos_id=end_of_text_id(tokenizer),
+        model, tokenizer, entries, args.max_new_tokens, prompt_format=args.format
     )
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import torch
+from dataclasses import replace
 
 from llmcourse.cli import options
 from llmcourse.generation import generate_text
@@ -47,9 +46,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options.sampling(args)  # before the model is loaded and the prompt printed
+    sampling = options.sampling(args)  # before the model is loaded and the prompt printed
     model, tokenizer = load_model_and_tokenizer(args.model)
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    if not args.keep_going:
+        sampling = replace(sampling, eos_id=end_of_text_id(tokenizer))
     stream = None if args.no_stream else _print_piece
     if stream is not None:
         _print_piece(args.prompt)
@@ -58,12 +58,8 @@ def run(args: argparse.Namespace) -> int:
         tokenizer,
         args.prompt,
         args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=None if args.keep_going else end_of_text_id(tokenizer),
+        sampling,
         use_cache=not args.no_cache,
-        generator=generator,
         stream=stream or False,
     )
     if stream is None:

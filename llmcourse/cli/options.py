@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 
+import torch
+
 from llmcourse.devices import check_device
 from llmcourse.errors import CourseError
+from llmcourse.generation import Sampling
 
 
 class OptionError(CourseError, ValueError):
@@ -49,13 +52,18 @@ def between(option: str, value: float | None, low: float, high: float, *,
         raise OptionError(f"{option} must lie in {interval}{meaning}, got {value}")
 
 
-def sampling(args: argparse.Namespace) -> None:
-    """The decoding options of ``generate`` and ``chat``: -n, -t, -k and -p."""
+def sampling(args: argparse.Namespace, device: str = "cpu") -> Sampling:
+    """The decoding options of ``generate`` and ``chat`` (-n, -t, -k, -p and --seed), checked,
+    as a ``Sampling`` whose generator, when --seed is given, lives on ``device``."""
     at_least("--max-new-tokens", args.max_new_tokens)
     non_negative_number("--temperature", args.temperature)
     at_least("--top-k", args.top_k)
     between("--top-p", args.top_p, 0, 1, include_high=True,
             meaning=" (the probability mass to sample from; 1 keeps every token)")
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device).manual_seed(args.seed)
+    return Sampling(args.temperature, args.top_k, args.top_p, generator=generator)
 
 
 def device(value: str) -> None:

@@ -365,18 +365,6 @@ BLOCK_MISTAKES = (
 )
 
 
-class AttentionOutput(nn.Module):
-    """The package's attention, returning its output (B, T, C) only (not the weights too)."""
-
-    def __init__(self, attention: nn.Module):
-        super().__init__()
-        self.attention = attention
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output, _ = self.attention(x)
-        return output
-
-
 @contextmanager
 def _global_seed(seed: int) -> Iterator[None]:
     """Seed torch's global generator inside the block, and leave the caller's state as it was."""
@@ -394,7 +382,7 @@ def random_block_parts(config: GPTConfig, seed: int) -> tuple[nn.Module, ...]:
         for norm in (block.ln_1, block.ln_2):
             norm.weight.copy_(1 + 0.5 * torch.randn_like(norm.weight))
             norm.bias.normal_(std=0.5)
-    return block.ln_1, AttentionOutput(block.attn), block.ln_2, block.mlp
+    return block.ln_1, block.attn, block.ln_2, block.mlp
 
 
 def _block_case(config: GPTConfig, batch: int, tokens: int, seed: int, label: str) -> LabelledArgs:

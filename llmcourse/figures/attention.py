@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from llmcourse.errors import CourseError
 from llmcourse.figures.tokenization import Tokenizer, token_label
-from llmcourse.model import GPT
+from llmcourse.model import GPT, attention_weights
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.viz import layout_defaults
 
@@ -44,7 +44,7 @@ def stack_layers(weights: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor
     """The attention weights of a model as one float tensor (L, H, T, T) on the CPU.
 
     Accepts a tensor (L, H, T, T), or one tensor per layer, each (H, T, T) or (1, H, T, T):
-    the list ``GPT.forward_with_attention`` returns for a batch of one sequence.
+    the list ``llmcourse.model.attention_weights`` returns for a batch of one sequence.
     """
     if isinstance(weights, torch.Tensor):
         stacked = weights
@@ -184,7 +184,7 @@ def attention_heatmap_figure(
     """The attention of every layer and head of a model over one sequence, one at a time.
 
     ``weights`` is (L, H, T, T), or a list with one (H, T, T) or (1, H, T, T) tensor per layer
-    (what ``GPT.forward_with_attention`` returns for one sequence); ``labels`` names the T
+    (what ``llmcourse.model.attention_weights`` returns for one sequence); ``labels`` names the T
     tokens. A dropdown picks the layer and a slider the head (numbered from 0, like
     ``model.transformer.h[layer]``); every heatmap is precomputed, one trace each, so the
     controls work in a static page. Layer 0, head 0 is shown first.
@@ -251,7 +251,7 @@ def text_attention(
     """The tokens of ``text`` and the attention the model gives them: (labels, weights).
 
     ``labels`` are the tokens' texts with spaces shown as ``·``; ``weights`` (L, H, T, T)
-    comes from ``model.forward_with_attention`` in evaluation mode (no dropout; the model's
+    comes from ``llmcourse.model.attention_weights`` in evaluation mode (no dropout; the model's
     mode is restored afterwards). Only the first ``max_tokens`` tokens are used, and at most
     the model's context length. ``tokenizer`` is a tiktoken encoding such as
     ``gpt2_tokenizer()``.
@@ -263,7 +263,7 @@ def text_attention(
         raise AttentionFigureError("the text has no tokens: type at least one word")
     labels = [token_label(tokenizer.decode_single_token_bytes(token_id)) for token_id in ids]
     with eval_mode(model):
-        _, weights = model.forward_with_attention(torch.tensor([ids], device=model_device(model)))
+        weights = attention_weights(model, torch.tensor([ids], device=model_device(model)))
     return labels, stack_layers(weights)
 
 

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 from llmcourse.errors import CourseError
-from llmcourse.generation import apply_temperature, top_k_filter, top_p_filter
+from llmcourse.generation import Sampling
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_lr
 from llmcourse.training import TrainingHistory
@@ -35,6 +35,8 @@ OTHER_TOKENS = "(all other tokens)"
 DEFAULT_TEMPERATURES = (0.0, 0.1, 0.5, 1.0, 1.5, 2.0, 5.0)
 
 Labels = Sequence[str] | Callable[[int], str]
+
+PLAIN_SAMPLING = Sampling(temperature=1.0)  # the softmax of the logits, unchanged
 
 
 class FigureInputError(CourseError, ValueError):
@@ -182,29 +184,15 @@ def gradient_norm_figure(
 
 
 def next_token_probabilities(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    logits: torch.Tensor, sampling: Sampling = PLAIN_SAMPLING
 ) -> torch.Tensor:
-    """The distribution (V,) that ``sample_next_token`` draws from, for logits (V,).
-
-    Temperature 0 is greedy decoding: all the probability on the argmax. Otherwise the logits
-    are divided by the temperature, filtered by top-k then top-p, and passed through softmax.
-    """
+    """The distribution (V,) that ``sample_next_token`` draws from with ``sampling``, for logits
+    (V,) of one position (``Sampling.probabilities``); by default the plain softmax."""
     if logits.dim() != 1:
         raise FigureInputError(
             f"expected the logits of one position, (V,), got shape {tuple(logits.shape)}"
         )
-    logits = logits.detach().float()
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(), logits.numel()).float()
-    scaled = apply_temperature(logits, temperature)
-    if top_k is not None:
-        scaled = top_k_filter(scaled, top_k)
-    if top_p is not None:
-        scaled = top_p_filter(scaled, top_p)
-    return torch.softmax(scaled, dim=-1)
+    return sampling.probabilities(logits.detach())
 
 
 def next_token_logits(model: torch.nn.Module, tokenizer: object, prompt: str) -> torch.Tensor:
@@ -264,13 +252,15 @@ def next_token_figure(
     if len(ids) < logits.numel():
         names = [*names, OTHER_TOKENS]
     filters = {"no filter": {}, f"top-k, k = {top_k}": {"top_k": top_k},
-               f"top-p, p = {top_p:g}": {"top_p": top_p}}
+               f"top-p, p = {top_p:g}": {"top_p": top_p}}  # Sampling fields of each
 
     def bars(temperature: float) -> list[go.Bar]:
         return [
             go.Bar(
                 x=names,
-                y=_bar_values(next_token_probabilities(logits, temperature, **options), ids),
+                y=_bar_values(
+                    next_token_probabilities(logits, Sampling(temperature, **options)), ids
+                ),
                 name=name, marker_color=TRAIN_COLOUR,
                 hovertemplate="%{x}<br>probability %{y:.4f}<extra></extra>",
             )

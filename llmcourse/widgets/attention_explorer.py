@@ -82,7 +82,7 @@ def attention_explorer(
     """A text box, a layer and a head picker, and the heatmap of that head's attention.
 
     The text is encoded with ``tokenizer`` (GPT-2's by default) and run through
-    ``model.forward_with_attention``; only its first ``max_tokens`` tokens are shown.
+    ``llmcourse.model.attention_weights``; only its first ``max_tokens`` tokens are shown.
     """
     tokenizer = tokenizer if tokenizer is not None else gpt2_tokenizer()
     config = model.config

@@ -21,6 +21,7 @@ from llmcourse.figures.training import (
     next_token_probabilities,
     shown_tokens,
 )
+from llmcourse.generation import Sampling
 
 BAR_WIDTH_PX = 320
 MAX_TOP_K = 50  # the top-k slider's range; beyond it the filter hardly matters
@@ -84,17 +85,17 @@ class DecodingExplorer:
         logits = next_token_logits(model, tokenizer, prompt)
         return cls(logits, lambda token: repr(tokenizer.decode([token])), **options)
 
-    def settings(self) -> dict[str, float | int | None]:
-        """The sliders as ``sample_next_token`` arguments (a filter that is off is None)."""
-        return {
-            "temperature": self.temperature.value,
-            "top_k": self.top_k.value or None,
-            "top_p": self.top_p.value if self.top_p.value < 1.0 else None,
-        }
+    def settings(self) -> Sampling:
+        """The sliders as a ``Sampling`` (a filter that is off is None)."""
+        return Sampling(
+            temperature=self.temperature.value,
+            top_k=self.top_k.value or None,
+            top_p=self.top_p.value if self.top_p.value < 1.0 else None,
+        )
 
     def probabilities(self) -> torch.Tensor:
         """The distribution (V,) the current settings sample from."""
-        return next_token_probabilities(self.logits, **self.settings())
+        return next_token_probabilities(self.logits, self.settings())
 
     def chart_html(self) -> str:
         """A bar per shown token: the current probability over the plain one."""
