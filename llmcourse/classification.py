@@ -28,7 +28,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import tiktoken
 import torch
@@ -546,35 +546,21 @@ def train_classifier(
     val_loader: DataLoader,
     epochs: int,
     *,
-    learning_rate: float = 5e-5,
-    weight_decay: float = 0.1,
-    eval_every: int = 50,
-    eval_batches: int | None = 5,
     read_position: str = "last",
     pad_id: int | None = None,
-    seed: int = 123,
     callbacks: Iterable[object] = (),
-    progress: bool = True,
+    **settings: Any,
 ) -> TrainingHistory:
     """Fine-tune the trainable parameters of ``model`` (chosen with ``freeze_for``) on the
     cross-entropy of ``classification_logits``, with the course's training loop and the
-    settings of ``training.fine_tuning_config`` (AdamW at a constant ``learning_rate``).
-
-    Every ``eval_every`` steps the mean loss (nats per message) on ``eval_batches`` batches of
-    each loader is recorded in the returned history; ``seed`` fixes the batch order. For the
-    accuracy after each epoch pass an ``EpochAccuracy`` callback.
+    settings of ``training.fine_tuning_config`` (AdamW at a constant learning rate of 5e-5),
+    except that the losses (nats per message) are measured every 50 steps. ``settings``
+    override any ``TrainingConfig`` field (``learning_rate``, ``eval_every``, ``eval_batches``,
+    ``seed`` ...). For the accuracy after each epoch pass an ``EpochAccuracy`` callback.
     """
     if not any(p.requires_grad for p in model.parameters()):
         raise ClassifierError("no parameter is trainable; choose what trains with freeze_for")
-    config = fine_tuning_config(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        epochs=epochs,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        seed=seed,
-        progress=progress,
-    )
+    config = fine_tuning_config(epochs, **{"eval_every": 50, **settings})
     classifier = ClassificationModel(model, read_position, _padding_of(train_loader, pad_id))
     return train(classifier, train_loader, val_loader, config, callbacks=callbacks)
 

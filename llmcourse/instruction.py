@@ -528,33 +528,16 @@ def train_instruction_model(
     val_loader: DataLoader | None,
     *,
     epochs: int = 2,
-    learning_rate: float = 5e-5,
-    weight_decay: float = 0.1,
-    eval_every: int = 5,
-    eval_batches: int | None = 5,
-    seed: int = 123,
     callbacks: Iterable[object] = (),
-    progress: bool = True,
     **settings: Any,
 ) -> TrainingHistory:
     """Fine-tune every parameter of ``model`` on the batches of ``make_loaders`` with the
     course's training loop (``llmcourse.training.train``) and the book's settings
-    (``llmcourse.training.fine_tuning_config``), on the loss of the batch's targets that are not
-    -100. Every ``eval_every`` steps the loss on ``eval_batches`` batches of each loader is
-    recorded.
-
-    ``settings`` override any other ``TrainingConfig`` field (``autocast_dtype``,
-    ``checkpoint_dir``, ``grad_clip`` ...). Returns the training history."""
-    config = fine_tuning_config(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        epochs=epochs,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        seed=seed,
-        progress=progress,
-        **settings,
-    )
+    (``llmcourse.training.fine_tuning_config``: a constant learning rate of 5e-5, the losses
+    measured every 5 steps on 5 batches ...), on the loss of the batch's targets that are not
+    -100. ``settings`` override any ``TrainingConfig`` field (``learning_rate``,
+    ``eval_every``, ``autocast_dtype``, ``checkpoint_dir`` ...). Returns the training history."""
+    config = fine_tuning_config(epochs, **settings)
     return train(model, train_loader, val_loader, config, callbacks=callbacks)
 
 

@@ -49,7 +49,7 @@ from llmcourse.model import GPT
 from llmcourse.model_state import model_device
 from llmcourse.story_instructions import criterion_met
 from llmcourse.tokenizers.files import end_of_text_id
-from llmcourse.training import StepState, TrainingConfig, TrainingHistory, train
+from llmcourse.training import StepState, TrainingHistory, fine_tuning_config, train
 
 
 class PreferenceError(CourseError, ValueError):
@@ -277,20 +277,17 @@ class DPOMetrics:
 
 def train_dpo(
     policy: GPT, reference: GPT, train_loader: DataLoader, val_loader: DataLoader | None = None,
-    *, beta: float = 0.1, epochs: int = 1, learning_rate: float = 5e-5,
-    weight_decay: float = 0.0, eval_every: int = 20, eval_batches: int | None = 5,
-    seed: int = 123, callbacks: Iterable[object] = (), progress: bool = True,
-    **settings: Any,
+    *, beta: float = 0.1, epochs: int = 1, callbacks: Iterable[object] = (), **settings: Any,
 ) -> tuple[TrainingHistory, DPOMetrics]:
     """Train ``policy`` with DPO against the frozen ``reference`` on ``pair_loader`` batches,
-    with the course's loop (AdamW at a constant learning rate, no warmup). Returns the history
+    with the course's loop and ``training.fine_tuning_config`` (AdamW at a constant learning
+    rate of 5e-5), except: no weight decay, gradients clipped to norm 1, the losses measured
+    every 20 steps. ``settings`` override any ``TrainingConfig`` field. Returns the history
     (its losses are DPO losses) and the per-step ``DPOMetrics``."""
     objective = DPOObjective(policy, reference, beta)
     metrics = DPOMetrics(objective)
-    config = TrainingConfig(learning_rate=learning_rate, weight_decay=weight_decay, epochs=epochs,
-                            eval_every=eval_every, eval_batches=eval_batches, seed=seed,
-                            progress=progress, warmup_steps=0, min_lr_ratio=1.0,
-                            **settings)
+    dpo_settings = dict(weight_decay=0.0, grad_clip=1.0, eval_every=20)
+    config = fine_tuning_config(epochs, **{**dpo_settings, **settings})
     history = train(objective, train_loader, val_loader, config,
                     callbacks=[metrics, *callbacks])
     return history, metrics
