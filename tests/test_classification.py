@@ -244,6 +244,25 @@ def test_a_few_steps_of_fine_tuning_learn_the_training_set(data_mirror: Path):
     assert after.accuracy >= 0.75  # chance is 0.5: 15 of the 32 messages are spam
 
 
+def test_measuring_accuracy_each_epoch_does_not_change_the_run(data_mirror: Path):
+    split = balanced_split(load_sms_spam(), seed=123).truncated(24)
+
+    def run(callbacks_for) -> list[float]:
+        train, validation, _ = make_loaders(split, gpt2_tokenizer(), batch_size=8,
+                                            context_length=TINY.context_length, seed=0)
+        model = tiny_classifier(seed=0)
+        freeze_for(model, "head")
+        history = train_classifier(model, train, validation, epochs=3, learning_rate=1e-2,
+                                   progress=False, callbacks=callbacks_for(model, train,
+                                                                           validation))
+        return history.train_losses
+
+    plain = run(lambda *_: [])
+    measured = run(lambda model, train, validation: [
+        EpochAccuracy(model, train, validation, eval_batches=1, verbose=False)])
+    assert measured == plain and len(plain) == 9
+
+
 def test_classification_model_gives_the_logits_and_loss_the_training_loop_needs():
     torch.manual_seed(0)
     model = tiny_classifier(seed=0)
