@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CourseError, InputError
 from llmcourse.generation import (
-    GenerationError,
     KVCache,
     apply_temperature,
     decode_stream,
@@ -124,7 +123,7 @@ def test_cache_shape_defaults_and_reset():
 
 @pytest.mark.parametrize("max_length", [17, 0])
 def test_cache_length_must_fit_the_context(max_length):
-    with pytest.raises(GenerationError, match="context length 16") as error:
+    with pytest.raises(InputError, match="context length 16") as error:
         KVCache(CONFIG, batch_size=1, max_length=max_length)
     assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
 
@@ -134,17 +133,17 @@ def test_cache_refuses_to_overflow():
     cache = KVCache(CONFIG, batch_size=1, max_length=6)
     with torch.no_grad():
         model(random_prompts(1, 5), kv_cache=cache)
-        with pytest.raises(GenerationError, match="at most 6 positions; 5 are cached and 2 more"):
+        with pytest.raises(InputError, match="at most 6 positions; 5 are cached and 2 more"):
             model(random_prompts(1, 2), kv_cache=cache)
 
 
 def test_cache_rejects_wrong_dtype_and_shape():
     cache = KVCache(CONFIG, batch_size=2, dtype=torch.float64)
     keys = torch.zeros(2, 2, 3, 16)
-    with pytest.raises(GenerationError, match="create the KVCache with the model's dtype"):
+    with pytest.raises(InputError, match="create the KVCache with the model's dtype"):
         cache.update(0, keys, keys)
     wrong_batch = torch.zeros(1, 2, 3, 16, dtype=torch.float64)
-    with pytest.raises(GenerationError, match=r"\(2, 2, 3, 16\)"):
+    with pytest.raises(InputError, match=r"\(2, 2, 3, 16\)"):
         cache.update(0, wrong_batch, wrong_batch)
 
 
@@ -160,7 +159,7 @@ def test_temperature_divides_logits():
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(temperature):
-    with pytest.raises(GenerationError, match="temperature must be positive"):
+    with pytest.raises(InputError, match="temperature must be positive"):
         apply_temperature(torch.zeros(1, 3), temperature)
 
 
@@ -187,7 +186,7 @@ def test_top_k_keeps_ties_at_the_boundary():
 
 @pytest.mark.parametrize("k", [0, -2, 1.5, True])
 def test_top_k_must_be_a_positive_whole_number(k):
-    with pytest.raises(GenerationError, match="top_k must be a whole number"):
+    with pytest.raises(InputError, match="top_k must be a whole number"):
         top_k_filter(torch.zeros(1, 4), k)
 
 
@@ -227,7 +226,7 @@ def test_top_p_always_keeps_the_most_probable_token_and_its_ties():
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.01])
 def test_top_p_must_be_a_probability(p):
-    with pytest.raises(GenerationError, match=r"top_p must be a probability in \(0, 1\]"):
+    with pytest.raises(InputError, match=r"top_p must be a probability in \(0, 1\]"):
         top_p_filter(torch.zeros(1, 4), p)
 
 
@@ -280,13 +279,13 @@ def test_sampling_with_top_p_draws_only_from_the_nucleus():
 
 def test_sampling_arguments_are_checked():
     logits = torch.zeros(2, 5)
-    with pytest.raises(GenerationError, match="temperature must be 0 .greedy. or positive"):
+    with pytest.raises(InputError, match="temperature must be 0 .greedy. or positive"):
         sample_next_token(logits, temperature=-0.5)
-    with pytest.raises(GenerationError, match="top_k"):
+    with pytest.raises(InputError, match="top_k"):
         sample_next_token(logits, temperature=0, top_k=0)
-    with pytest.raises(GenerationError, match="top_p"):
+    with pytest.raises(InputError, match="top_p"):
         sample_next_token(logits, top_p=2.0)
-    with pytest.raises(GenerationError, match=r"shape \(batch, vocab\)"):
+    with pytest.raises(InputError, match=r"shape \(batch, vocab\)"):
         sample_next_token(torch.zeros(5))
 
 
@@ -365,15 +364,15 @@ def test_zero_new_tokens_returns_the_prompt():
     ],
 )
 def test_bad_prompts_are_rejected(prompts, message):
-    with pytest.raises(GenerationError, match=message):
+    with pytest.raises(InputError, match=message):
         generate(random_gpt(), prompts, 3)
 
 
 def test_bad_generation_arguments_are_rejected():
     model, prompts = random_gpt(), random_prompts(1, 3)
-    with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more"):
+    with pytest.raises(InputError, match="max_new_tokens must be 0 or more"):
         generate(model, prompts, -1)
-    with pytest.raises(GenerationError, match="top_k"):
+    with pytest.raises(InputError, match="top_k"):
         generate(model, prompts, 3, temperature=1.0, top_k=0)
 
 
@@ -393,7 +392,7 @@ def test_bad_generation_arguments_are_rejected():
 )
 @pytest.mark.parametrize("function", [generate, stream_generate])
 def test_sampling_arguments_are_checked_before_generating(function, options, match):
-    with pytest.raises(GenerationError, match=match) as error:
+    with pytest.raises(InputError, match=match) as error:
         function(random_gpt(), random_prompts(1, 3), 3, **options)
     assert isinstance(error.value, CourseError)
 
@@ -401,12 +400,12 @@ def test_sampling_arguments_are_checked_before_generating(function, options, mat
 def test_bad_numbers_of_new_tokens_and_temperatures_are_rejected_everywhere():
     model, prompts = random_gpt(), random_prompts(1, 3)
     for count in (-1, 2.5, True):
-        with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more .a whole"):
+        with pytest.raises(InputError, match="max_new_tokens must be 0 or more .a whole"):
             generate(model, prompts, count)
     logits = torch.zeros(1, 97)
-    with pytest.raises(GenerationError, match="temperature"):
+    with pytest.raises(InputError, match="temperature"):
         sample_next_token(logits, temperature=float("nan"))
-    with pytest.raises(GenerationError, match="temperature must be positive .and finite."):
+    with pytest.raises(InputError, match="temperature must be positive .and finite."):
         apply_temperature(logits, float("inf"))
 
 
@@ -441,7 +440,7 @@ def test_stream_generate_stops_after_eos_and_takes_one_prompt():
     model.train()
     assert list(stream_generate(model, torch.tensor([[3]]), 8, eos_id=5, use_cache=False)) == [4, 5]
     assert model.training
-    with pytest.raises(GenerationError, match="one prompt of shape"):
+    with pytest.raises(InputError, match="one prompt of shape"):
         stream_generate(model, torch.tensor([[3], [4]]), 8)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import plotly.graph_objects as go
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.generation import apply_temperature, top_k_filter, top_p_filter
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_lr
@@ -37,10 +37,6 @@ DEFAULT_TEMPERATURES = (0.0, 0.1, 0.5, 1.0, 1.5, 2.0, 5.0)
 Labels = Sequence[str] | Callable[[int], str]
 
 
-class FigureInputError(CourseError, ValueError):
-    """The data given to a figure cannot be drawn (empty, or of mismatched sizes)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Loss curves
 
@@ -56,7 +52,7 @@ def loss_curves_figure(
     The lowest validation loss is marked.
     """
     if not history.steps:
-        raise FigureInputError("the history has no steps yet: train for at least one step")
+        raise InputError("the history has no steps yet: train for at least one step")
     tokens_per_step = history.tokens_seen / len(history.steps)
     evals = history.evals
     val_evals = [record for record in evals if record.val_loss is not None]
@@ -157,7 +153,7 @@ def gradient_norm_figure(
     """The global L2 norm of all gradients at each step (1-based) before and after
     ``clip_grad_norm_(..., max_norm)``, with the threshold as a dashed line."""
     if len(norms_before) != len(norms_after):
-        raise FigureInputError(
+        raise InputError(
             f"got {len(norms_before)} norms before clipping but {len(norms_after)} after; "
             "record both at every step"
         )
@@ -193,7 +189,7 @@ def next_token_probabilities(
     are divided by the temperature, filtered by top-k then top-p, and passed through softmax.
     """
     if logits.dim() != 1:
-        raise FigureInputError(
+        raise InputError(
             f"expected the logits of one position, (V,), got shape {tuple(logits.shape)}"
         )
     logits = logits.detach().float()
@@ -221,7 +217,7 @@ def shown_tokens(
 
     ``labels`` is a list of V strings or a function from token id to string."""
     if not callable(labels) and len(labels) != logits.numel():
-        raise FigureInputError(
+        raise InputError(
             f"got {len(labels)} labels for {logits.numel()} logits; give one label per token "
             "or a function from token id to label"
         )
@@ -259,7 +255,7 @@ def next_token_figure(
     vocabulary is larger, one more bar holds the probability of all the others.
     """
     if not temperatures:
-        raise FigureInputError("give at least one temperature")
+        raise InputError("give at least one temperature")
     ids, names = shown_tokens(logits, labels, max_bars)
     if len(ids) < logits.numel():
         names = [*names, OTHER_TOKENS]
