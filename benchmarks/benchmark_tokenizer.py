@@ -37,7 +37,8 @@ from typing import Any
 import tiktoken
 from timing import cpu_name, race
 
-from llmcourse.datasets import DataUnavailableError, fetch
+from llmcourse.datasets import fetch
+from llmcourse.errors import MissingFileError
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.tokenizers.bpe import gpt2_byte_characters
 from llmcourse.tokenizers.word import END_OF_TEXT
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
     try:
         text = fetch("tinystories-2mib").read_text(encoding="utf-8")
-    except DataUnavailableError as error:
+    except MissingFileError as error:
         sys.exit(f"{error}\n(offline, set LLMCOURSE_DATA_MIRROR to a copy of the course's data)")
     results = run_benchmark(settings, text)
     print(report(results))

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import plotly
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError, MissingFileError, ToolError
 from llmcourse.viz import PLOTLY_MIMETYPE
 
 ASSETS_FOLDER = "book_assets"  # under the book root; named in _config.yml's html_static_path
@@ -176,7 +176,7 @@ def fetch_npm_tarball(package: NpmPackage, folder: Path) -> Path:
         f"with a file {STAMP_NAME} holding '{_stamp_text(package)}'"
     )
     if npm is None:
-        raise CourseError(
+        raise ToolError(
             f"the book serves {package.spec} from a local copy, fetched with npm, which is not "
             f"installed: install Node.js and npm (Debian: apt-get install -y npm), {manual}"
         )
@@ -191,19 +191,19 @@ def fetch_npm_tarball(package: NpmPackage, folder: Path) -> Path:
         )
     except subprocess.CalledProcessError as error:
         said = error.stderr.strip().splitlines()[-3:]
-        raise CourseError(
+        raise ToolError(
             f"could not fetch {package.spec} from the npm registry (npm said: {' / '.join(said)}). "
             f"Run the build once with network access (npm caches the package), {manual}"
         ) from error
     except subprocess.TimeoutExpired as error:
-        raise CourseError(
+        raise ToolError(
             f"npm took more than {NPM_TIMEOUT_S} s to fetch {package.spec}: check the network, "
             f"{manual}"
         ) from error
     tarball = folder / json.loads(result.stdout)[0]["filename"]
     found = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
     if found != package.integrity:
-        raise CourseError(
+        raise ToolError(
             f"{package.spec} from the npm registry has digest {found}, expected "
             f"{package.integrity}: the download is corrupt or the package changed; delete npm's "
             "cache entry (npm cache clean --force) and try again"
@@ -267,7 +267,7 @@ def check_figure_outputs(book_root: Path) -> None:
         for index in figures_missing_html(notebook)
     ]
     if problems:
-        raise CourseError(
+        raise InputError(
             "these saved plotly figures have no HTML form and would be missing from the book: "
             f"{', '.join(problems)}. Display figures with llmcourse.viz.show(fig), not "
             "fig.show(), and run the notebook again"
@@ -279,7 +279,7 @@ def jupyter_book_command() -> str:
     beside_python = Path(sys.executable).with_name("jupyter-book")
     found = str(beside_python) if beside_python.is_file() else shutil.which("jupyter-book")
     if found is None:
-        raise CourseError(
+        raise ToolError(
             "jupyter-book is not installed: install the course with its dev extra "
             "(pip install -e '.[dev]', or run make book)"
         )
@@ -296,7 +296,7 @@ def build_book(book_root: Path | str = ".", *, quiet: bool = False) -> Path:
     root = Path(book_root).resolve()
     for required in ("_config.yml", "_toc.yml"):
         if not (root / required).is_file():
-            raise CourseError(f"{root} has no {required}: pass the folder that holds the book")
+            raise MissingFileError(f"{root} has no {required}: pass the folder that holds the book")
     command = [jupyter_book_command(), "build", "-W", "-n", "--keep-going", str(root)]
     check_figure_outputs(root)
     prepare_static_assets(root)
@@ -305,7 +305,7 @@ def build_book(book_root: Path | str = ".", *, quiet: bool = False) -> Path:
     if result.returncode != 0:
         advice = "the book did not build: every warning counts as an error; fix the warnings"
         if not quiet:
-            raise CourseError(f"{advice} reported above (each names its file and line)")
+            raise ToolError(f"{advice} reported above (each names its file and line)")
         log = f"{result.stdout}\n{result.stderr}".splitlines()[-60:]
-        raise CourseError(f"{advice} at the end of the build's output:\n" + "\n".join(log))
+        raise ToolError(f"{advice} at the end of the build's output:\n" + "\n".join(log))
     return root / "_build" / "html" / "index.html"

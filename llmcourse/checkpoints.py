@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, CourseError, MissingFileError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers.files import TOKENIZER_FILE, Tokenizer, check_vocab_fits, save_tokenizer
@@ -44,14 +44,6 @@ CHECKPOINT_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, TRAINING_STATE_FI
 TRAINING_STATE_VERSION = 1
 CONFIG_METADATA_KEY = "gpt_config"  # the GPTConfig as JSON, in the weights' safetensors metadata
 TRAINING_ONLY_FIELDS = ("dropout",)  # GPTConfig fields that a loader may change
-
-
-class CheckpointError(CourseError, ValueError):
-    """A checkpoint is damaged, inconsistent, or cannot be written where asked."""
-
-
-class CheckpointNotFoundError(CourseError, FileNotFoundError):
-    """A checkpoint directory, or a file it must hold, does not exist."""
 
 
 @dataclass
@@ -306,7 +298,7 @@ def _checkpoint_directory(path_dir: str | os.PathLike[str]) -> Path:
     directory = Path(path_dir)
     recover(directory)
     if not directory.is_dir():
-        raise CheckpointNotFoundError(
+        raise MissingFileError(
             f"no checkpoint directory at {directory}; pass the directory save_checkpoint wrote "
             f"(it holds {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
@@ -315,7 +307,7 @@ def _checkpoint_directory(path_dir: str | os.PathLike[str]) -> Path:
 
 def _require_file(path: Path) -> None:
     if not path.is_file():
-        raise CheckpointNotFoundError(
+        raise MissingFileError(
             f"{path.parent} has no {path.name}: a checkpoint directory holds {CONFIG_FILE} and "
             f"{WEIGHTS_FILE} (and {TRAINING_STATE_FILE} to resume training)"
         )

@@ -48,7 +48,7 @@ from llmcourse.checkpoints import (
     weights_metadata,
     write_config,
 )
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, DataError, InputError
 from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
 from llmcourse.lora import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
@@ -81,18 +81,6 @@ CLASSIFIER_FILES = (CONFIG_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
 CLASSIFIER_FORMAT = "llmcourse-classifier"
 
 
-class SpamDataError(CourseError, ValueError):
-    """A line of the SMS spam file is not ``ham<TAB>text`` or ``spam<TAB>text``."""
-
-
-class ClassifierError(CourseError, ValueError):
-    """A classification setting or input cannot be used as asked."""
-
-
-class ClassifierCheckpointError(CourseError, ValueError):
-    """A classifier checkpoint is missing, damaged, or does not fit its description."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Data
 
@@ -117,20 +105,20 @@ def parse_sms_spam(text: str, source: str = "<text>") -> list[Example]:
     start = line = 1
     for fields in reader:
         if len(fields) != 2:
-            raise SpamDataError(
+            raise DataError(
                 f"{source}, line {line}: expected 'label<TAB>message', found "
                 f"{_describe(fields)}; fix or remove that line"
             )
         label, message = fields
         if label not in LABEL_IDS:
-            raise SpamDataError(
+            raise DataError(
                 f"{source}, line {line}: unknown label {label!r}; expected "
                 f"{' or '.join(map(repr, LABEL_IDS))}"
             )
         examples.append((message, LABEL_IDS[label]))
         start, line = line, reader.line_num + 1
     if examples and examples[-1][0].endswith(("\n", "\r")):
-        raise SpamDataError(
+        raise DataError(
             f"{source}, line {start}: the quote that opens this message is never closed, so the "
             'rest of the file was read as one message; close it with " or remove it'
         )
@@ -158,7 +146,7 @@ class Split:
         if max_examples is None:
             return self
         if max_examples < 1:
-            raise ClassifierError(f"max_examples must be >= 1 or None, got {max_examples}")
+            raise ConfigError(f"max_examples must be >= 1 or None, got {max_examples}")
         return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
 
 
@@ -176,18 +164,18 @@ def balanced_split(
     so which messages land in which part differs from the book's split (the sizes do not).
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
-        raise ClassifierError(
+        raise ConfigError(
             f"fractions must be three non-negative numbers (train, validation, test) that sum "
             f"to 1, got {fractions}"
         )
     if not rows:
-        raise ClassifierError("no examples to split")
+        raise DataError("no examples to split")
     rng = random.Random(seed)
     by_class: dict[int, list[Example]] = {}
     for row in rows:
         by_class.setdefault(row[1], []).append(row)
     if len(by_class) < 2:
-        raise ClassifierError(
+        raise DataError(
             f"the data holds one class only ({class_counts(rows)}): a classifier needs examples "
             "of both ham and spam; check the data file (lines 'ham<TAB>text' and "
             "'spam<TAB>text')"
@@ -246,19 +234,19 @@ class SpamDataset(Dataset):
         if pad_id is None:
             pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
         if not rows:
-            raise ClassifierError("a SpamDataset needs at least one message")
+            raise DataError("a SpamDataset needs at least one message")
         encoded = [encode_message(tokenizer, text) for text, _ in rows]
         if max_length is None:
             max_length = max(len(ids) for ids in encoded)
             if context_length is not None:
                 max_length = min(max_length, context_length)
         elif context_length is not None and max_length > context_length:
-            raise ClassifierError(
+            raise ConfigError(
                 f"max_length {max_length} is longer than the model's context of "
                 f"{context_length} tokens; use at most {context_length}"
             )
         if max_length < 1:
-            raise ClassifierError(f"max_length must be >= 1, got {max_length}")
+            raise ConfigError(f"max_length must be >= 1, got {max_length}")
         self.max_length = max_length
         self.pad_id = pad_id
         self.inputs = torch.tensor([pad(ids, max_length, pad_id) for ids in encoded])  # (N, L)
@@ -288,14 +276,14 @@ def make_loaders(
     its own generator seeded by ``seed``) and drops a last incomplete batch; validation and test
     use the training set's ``max_length``."""
     if len({label for _, label in split.train}) < 2:
-        raise ClassifierError(
+        raise DataError(
             f"the training part holds one class only ({class_counts(split.train)}): the "
             "classifier would learn to give that answer whatever the text; use more examples "
             "(--max-examples) or a split with both classes"
         )
     train = SpamDataset(split.train, tokenizer, context_length=context_length)
     if len(train) < batch_size:
-        raise ClassifierError(
+        raise ConfigError(
             f"{len(train)} training examples make no full batch of {batch_size}; use more "
             "examples or a smaller batch size"
         )
@@ -324,7 +312,7 @@ def replace_head(model: GPT, num_classes: int = 2) -> nn.Linear:
     (seed torch for a reproducible head).
     """
     if num_classes < 2:
-        raise ClassifierError(f"a classifier needs at least 2 classes, got {num_classes}")
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     embedding = model.transformer.wte.weight
     model.lm_head = nn.Linear(
         model.config.n_embd, num_classes, device=embedding.device, dtype=embedding.dtype
@@ -349,7 +337,7 @@ def read_positions(ids: torch.Tensor, read_position: str, pad_id: int) -> torch.
 
 def _check_read_position(read_position: str) -> None:
     if read_position not in READ_POSITIONS:
-        raise ClassifierError(
+        raise ConfigError(
             f"read_position must be one of {READ_POSITIONS}, got {read_position!r}"
         )
 
@@ -376,9 +364,9 @@ def freeze_for(
       linear layer, plus the whole head.
     """
     if strategy not in STRATEGIES:
-        raise ClassifierError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if model.lm_head.out_features == model.config.vocab_size:
-        raise ClassifierError(
+        raise ConfigError(
             "the model still has its language-model head; call replace_head(model, "
             "num_classes) before choosing what to train"
         )
@@ -437,7 +425,7 @@ def metrics_from_predictions(
 ) -> ClassificationMetrics:
     """``ClassificationMetrics`` of predicted against true class ids."""
     if len(labels) != len(predictions) or not labels:
-        raise ClassifierError(
+        raise InputError(
             f"need as many predictions as labels, at least one: got {len(predictions)} "
             f"predictions for {len(labels)} labels"
         )
@@ -501,7 +489,7 @@ def evaluate(
             labels += targets.tolist()
             predictions += logits.argmax(dim=-1).tolist()
     if not labels:
-        raise ClassifierError("the loader yielded no batches to evaluate")
+        raise InputError("the loader yielded no batches to evaluate")
     return metrics_from_predictions(
         labels,
         predictions,
@@ -559,7 +547,7 @@ def train_classifier(
     ``seed`` ...). For the accuracy after each epoch pass an ``EpochAccuracy`` callback.
     """
     if not any(p.requires_grad for p in model.parameters()):
-        raise ClassifierError("no parameter is trainable; choose what trains with freeze_for")
+        raise ConfigError("no parameter is trainable; choose what trains with freeze_for")
     config = fine_tuning_config(epochs, **{"eval_every": 50, **settings})
     classifier = ClassificationModel(model, read_position, _padding_of(train_loader, pad_id))
     return train(classifier, train_loader, val_loader, config, callbacks=callbacks)
@@ -656,7 +644,7 @@ def classify(
     if max_length is not None:
         ids = pad(ids, length, pad_id)
     if not ids:
-        raise ClassifierError("cannot classify an empty text without max_length (padding)")
+        raise InputError("cannot classify an empty text without max_length (padding)")
     with eval_mode(model):
         inputs = torch.tensor([ids], device=model_device(model))
         logits = classification_logits(model, inputs, read_position, pad_id)[0]
@@ -701,7 +689,7 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
     check_save_destination(directory)
     model = classifier.model
     if len(classifier.class_names) != model.lm_head.out_features:
-        raise ClassifierError(
+        raise InputError(
             f"{len(classifier.class_names)} class names for a head with "
             f"{model.lm_head.out_features} outputs"
         )
@@ -724,14 +712,14 @@ def save_classifier(directory: str | Path, classifier: Classifier) -> Path:
 
 
 def check_save_destination(directory: str | Path, *, overwrite: bool = True) -> None:
-    """Raise ``ClassifierCheckpointError`` if ``save_classifier`` would refuse ``directory``.
+    """Raise ``CheckpointError`` if ``save_classifier`` would refuse ``directory``.
 
     It accepts a new or empty directory, or an earlier classifier (which it replaces, unless
     ``overwrite`` is False). Anything else is refused: a base model's checkpoint has files of
     the same names, but no ``classifier.json``."""
     check_destination(
         directory, what="a classifier", own_names=CLASSIFIER_FILES, marker=CLASSIFIER_FILE,
-        replace=overwrite, error=ClassifierCheckpointError,
+        replace=overwrite, error=CheckpointError,
     )
 
 
@@ -741,14 +729,14 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
     recover(directory)
     settings_path = directory / CLASSIFIER_FILE
     if not settings_path.is_file():
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"{directory} is not a classifier checkpoint (it has no {CLASSIFIER_FILE}); a base "
             "model becomes one with `llmcourse finetune classify --base MODEL --out DIR`"
         )
     settings = _read_settings(settings_path)
     config = read_config(directory)
     if settings["pad_id"] is not None and settings["pad_id"] >= config.vocab_size:
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"{settings_path}: field 'pad_id' is {settings['pad_id']}, not a token id of the "
             f"model's vocabulary of {config.vocab_size} (in {CONFIG_FILE}); save the "
             "classifier again"
@@ -760,11 +748,11 @@ def load_classifier(directory: str | Path, *, device: str | torch.device = "cpu"
         state = load_file(directory / WEIGHTS_FILE)
         model.load_state_dict(state, strict=True, assign=True)
     except (FileNotFoundError, SafetensorError, RuntimeError) as error:
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"the weights in {directory} do not fit its {CONFIG_FILE} and {CLASSIFIER_FILE} "
             f"({error}); save the classifier again"
         ) from None
-    check_config_unchanged(directory, config, error=ClassifierCheckpointError)
+    check_config_unchanged(directory, config, error=CheckpointError)
     return Classifier(
         model=model.to(device).eval(),
         max_length=settings["max_length"],
@@ -783,13 +771,13 @@ def _read_settings(path: Path) -> dict:
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ClassifierCheckpointError(f"{path} is not valid JSON ({error})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(settings, dict):
-        raise ClassifierCheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object")
     keys = ("num_classes", "class_names", "max_length", "read_position", "pad_id")
     missing = [key for key in keys if key not in settings]
     if settings.get("format") != CLASSIFIER_FORMAT or missing:
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"{path} is not a classifier description written by save_classifier "
             f"(format {settings.get('format')!r}, missing {missing})"
         )
@@ -799,7 +787,7 @@ def _read_settings(path: Path) -> dict:
     _check_setting(path, settings, "class_names", isinstance(names, list) and all(
         isinstance(name, str) and name for name in names), "a list of non-empty strings")
     if len(names) != settings["num_classes"]:
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"{path} names {len(names)} classes but says num_classes is "
             f"{settings['num_classes']}; save the classifier again"
         )
@@ -820,10 +808,10 @@ def _is_whole(value: object) -> bool:
 
 
 def _check_setting(path: Path, settings: dict, name: str, valid: bool, expected: str) -> None:
-    """Raise ``ClassifierCheckpointError`` naming the field and the file unless ``valid``."""
+    """Raise ``CheckpointError`` naming the field and the file unless ``valid``."""
     if not valid:
         value = settings[name]
-        raise ClassifierCheckpointError(
+        raise CheckpointError(
             f"{path}: field {name!r} must be {expected}, got {json.dumps(value)} (a JSON "
             f"{_json_type(value)}); the file was changed or damaged: save the classifier again"
         )

@@ -45,7 +45,7 @@ import torch
 
 from llmcourse import datasets
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint_files
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, MissingFileError
 from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
 from llmcourse.model_state import model_device
@@ -81,14 +81,6 @@ SAMPLE_TEMPERATURE = 0.8
 # cpu recipe (6 x 4.24M parameters x 3.89M tokens = 99 TFLOP, dropout 0.1) trained in 19.4
 # minutes on two idle cores of this course's reference machine, 85 GFLOP/s.
 LAPTOP_TRAINING_FLOPS = 85e9
-
-
-class NoCourseModelError(CourseError, ValueError):
-    """The profile has no course model: its chapters start from OpenAI's GPT-2 weights."""
-
-
-class CourseModelNotCachedError(CourseError, FileNotFoundError):
-    """The course model is not in the cache and may not be trained now."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +143,7 @@ def recipe_for(profile: str | Profile | None = None) -> CourseModelRecipe:
     """
     profile = _profile(profile)
     if not profile.model_preset.startswith("course-"):
-        raise NoCourseModelError(
+        raise ConfigError(
             f"profile {profile.name!r} uses OpenAI's GPT-2 sizes ({profile.model_preset}) and "
             f"starts from OpenAI's weights: load them with "
             f"llmcourse.pretrained.load_gpt2({profile.model_preset!r}). The course's own model "
@@ -202,7 +194,7 @@ def _vocab_size(tokenizer: str) -> int:
         return int(match[1])
     if tokenizer == "gpt2":
         return GPT2_VOCAB_SIZE
-    raise CourseError(f"course tokenizer {tokenizer!r} must be 'gpt2' or 'bpe-N'")
+    raise ConfigError(f"course tokenizer {tokenizer!r} must be 'gpt2' or 'bpe-N'")
 
 
 def course_model_dir(profile: str | Profile | None = None) -> Path:
@@ -303,14 +295,14 @@ def course_model(
     mode on ``device``.
 
     Loaded from the cache; when it is not there it is trained first (on the CPU) and saved, unless
-    ``train_if_missing`` is False, which raises ``CourseModelNotCachedError`` instead.
+    ``train_if_missing`` is False, which raises ``MissingFileError`` instead.
     ``retrain`` trains it again and replaces the cached copy.
     """
     recipe = recipe_for(profile)
     directory = _cached_model_dir(profile)
     if retrain or not directory.is_dir():
         if not (train_if_missing or retrain):
-            raise CourseModelNotCachedError(
+            raise MissingFileError(
                 f"the course model of profile {recipe.profile!r} is not in the cache "
                 f"({directory}); train it with `llmcourse course-model --profile "
                 f"{recipe.profile}` (about {_duration(recipe)} on a 2-core laptop CPU), or call "
@@ -350,7 +342,7 @@ def course_model_report(profile: str | Profile | None = None) -> dict[str, Any]:
     ``samples`` (greedy and top-k continuations of a few prompts)."""
     path = _cached_model_dir(profile) / REPORT_FILE
     if not path.is_file():
-        raise CourseModelNotCachedError(
+        raise MissingFileError(
             f"no course model report at {path}: the model is not cached yet; run "
             f"`llmcourse course-model --profile {recipe_for(profile).profile}`"
         )

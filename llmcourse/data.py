@@ -15,11 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmcourse.errors import CourseError
-
-
-class TooShortError(CourseError, ValueError):
-    """The token stream is too short to cut a single (input, target) window."""
+from llmcourse.errors import DataError
 
 
 class Encoder(Protocol):
@@ -54,7 +50,7 @@ class SlidingWindowDataset(Dataset):
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
         if len(ids) < max_length + 1:
-            raise TooShortError(
+            raise DataError(
                 f"{len(ids)} token ids cannot fill one window: an input of max_length={max_length} "
                 f"plus its shifted target needs at least {max_length + 1}; use a longer text or a "
                 "smaller max_length"
@@ -104,7 +100,7 @@ def create_dataloader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if drop_last and len(dataset) < batch_size:
-        raise TooShortError(
+        raise DataError(
             f"the dataset has {len(dataset)} examples, fewer than one batch of {batch_size}, and "
             "drop_last=True would leave no batch at all; lower batch_size or the stride"
         )

@@ -24,7 +24,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import (
+    ConfigError,
+    DataError,
+    DestinationError,
+    MissingFileError,
+)
 from llmcourse.saving import publish_file, scratch_directory
 
 MIRROR_ENV = "LLMCOURSE_DATA_MIRROR"
@@ -32,22 +37,6 @@ CACHE_ENV = "LLMCOURSE_CACHE_DIR"
 DEFAULT_CACHE_ROOT = Path("~/.cache/llmcourse")
 DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 16
-
-
-class DataUnavailableError(CourseError, FileNotFoundError):
-    """A data file is in neither the mirror nor the cache and could not be downloaded."""
-
-
-class DataChecksumError(CourseError, ValueError):
-    """A data file (in the mirror, or just downloaded) is not the published file."""
-
-
-class UnknownDataFileError(CourseError, LookupError):
-    """A name that is not in the registry."""
-
-
-class CacheDirectoryError(CourseError, NotADirectoryError):
-    """The cache folder's path is a file, or lies inside one."""
 
 
 @dataclass(frozen=True)
@@ -152,13 +141,13 @@ def get(name: str) -> DataFile:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(_REGISTRY)
-        raise UnknownDataFileError(f"unknown data file {name!r}; known names: {known}") from None
+        raise ConfigError(f"unknown data file {name!r}; known names: {known}") from None
 
 
 def cache_root() -> Path:
     """The course's cache folder (data files, trained models): ``$LLMCOURSE_CACHE_DIR`` or
     ``~/.cache/llmcourse``. It need not exist yet, but a file in its place (or in place of one
-    of the folders above it) raises ``CacheDirectoryError``."""
+    of the folders above it) raises ``DestinationError``."""
     from_environment = bool(os.environ.get(CACHE_ENV))
     root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
     blocking = next((path for path in (root, *root.parents) if path.exists()), None)
@@ -170,7 +159,7 @@ def cache_root() -> Path:
             else f"move that file away, or set {CACHE_ENV} to a directory"
         )
         source = f" (from ${CACHE_ENV})" if from_environment else ""
-        raise CacheDirectoryError(
+        raise DestinationError(
             f"the cache folder {root}{source} {where}, not a directory; {remedy}"
         )
     return root
@@ -223,14 +212,14 @@ def open_url(url: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
 def fetch(name: str, *, quiet: bool = False) -> Path:
     """A verified local copy of data file ``name``: mirror, else cache, else download.
 
-    ``quiet`` hides the download progress bar. Raises ``DataChecksumError`` for a corrupted
-    mirror file or download, ``DataUnavailableError`` when no copy can be obtained.
+    ``quiet`` hides the download progress bar. Raises ``DataError`` for a corrupted
+    mirror file or download, ``MissingFileError`` when no copy can be obtained.
     """
     entry = get(name)
     mirrored = mirror_path(name)
     if mirrored is not None and mirrored.is_file():
         if not is_intact(mirrored, entry):
-            raise DataChecksumError(
+            raise DataError(
                 f"mirror file {mirrored} is not the published {entry.relative_path} (expected "
                 f"{entry.size} bytes, sha256 {entry.sha256}). Replace it with an unmodified copy "
                 f"from {entry.url} or unset {MIRROR_ENV}."
@@ -256,12 +245,12 @@ def _download(entry: DataFile, target: Path, quiet: bool) -> None:
         try:
             _download_from(url, entry, target, quiet)
             return
-        except DataChecksumError as error:
+        except DataError as error:
             wrong_content.append(str(error))
         except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, cut-offs
             unreachable.append(f"{url} ({error})")
     reasons = "; ".join(wrong_content + unreachable)
-    error_type = DataChecksumError if wrong_content else DataUnavailableError
+    error_type = DataError if wrong_content else MissingFileError
     raise error_type(
         f"could not download {entry.name} ({entry.relative_path}): {reasons}. "
         + _how_to_place(entry, target)
@@ -275,7 +264,7 @@ def _download_from(url: str, entry: DataFile, target: Path, quiet: bool) -> None
         _copy_url_to_file(url, downloaded, entry, quiet)
         result = _extract_member(downloaded, entry, url) if entry.extract else downloaded
         if not is_intact(result, entry):
-            raise DataChecksumError(
+            raise DataError(
                 f"{url} gave {result.stat().st_size} bytes with sha256 {sha256_of(result)}, "
                 f"expected {entry.size} bytes with sha256 {entry.sha256}"
             )
@@ -314,9 +303,9 @@ def _extract_member(archive: Path, entry: DataFile, url: str) -> Path:
             with member.open("wb") as sink:
                 shutil.copyfileobj(source, sink, CHUNK_BYTES)
     except zipfile.BadZipFile as error:
-        raise DataChecksumError(f"{url} did not serve a valid zip archive ({error})") from None
+        raise DataError(f"{url} did not serve a valid zip archive ({error})") from None
     except KeyError:
-        raise DataChecksumError(f"the zip from {url} has no member {entry.extract!r}") from None
+        raise DataError(f"the zip from {url} has no member {entry.extract!r}") from None
     return member
 
 

@@ -1,6 +1,6 @@
 """Which devices a model can run on here, and a check of a device a user names.
 
-``check_device("cuda")`` on a machine without a CUDA GPU raises ``DeviceError`` with a one-line
+``check_device("cuda")`` on a machine without a CUDA GPU raises ``ConfigError`` with a one-line
 message that lists the devices there are, instead of the assertion PyTorch raises when the model
 is first moved there.
 """
@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError
 
 SUPPORTED_TYPES = ("cpu", "cuda", "mps")
-
-
-class DeviceError(CourseError, ValueError):
-    """A device name that is not one, or a device this machine does not have."""
 
 
 def available_devices() -> list[str]:
@@ -31,36 +27,36 @@ def available_devices() -> list[str]:
 
 def check_device(name: str | torch.device, *, option: str = "device") -> torch.device:
     """``name`` as a ``torch.device``, once it is known to exist on this machine; otherwise
-    ``DeviceError`` names the problem and the devices available. ``option`` is how the message
+    ``ConfigError`` names the problem and the devices available. ``option`` is how the message
     calls the setting (``--device`` for a command-line option)."""
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(
+        raise ConfigError(
             f"{option} {name!r} is not a device name; use one of the devices available here: "
             f"{', '.join(available_devices())}"
         ) from None
     available = ", ".join(available_devices())
     if device.type not in SUPPORTED_TYPES:
-        raise DeviceError(
+        raise ConfigError(
             f"{option} {str(device)!r}: models run on {', '.join(SUPPORTED_TYPES)} devices only; "
             f"available here: {available}"
         )
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(
+            raise ConfigError(
                 f"{option} {str(device)!r} is not available: PyTorch finds no CUDA GPU on this "
                 f"machine (or was built without CUDA); use one of the devices available here: "
                 f"{available}"
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise DeviceError(
+            raise ConfigError(
                 f"{option} {str(device)!r} is not available: this machine has {count} CUDA "
                 f"GPU(s); use one of the devices available here: {available}"
             )
     if device.type == "mps" and not _mps_available():
-        raise DeviceError(
+        raise ConfigError(
             f"{option} 'mps' is not available: PyTorch finds no Apple GPU (Metal) on this "
             f"machine; use one of the devices available here: {available}"
         )

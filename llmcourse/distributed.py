@@ -46,18 +46,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from llmcourse.data import TooShortError
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, DataError
 
 BACKENDS = ("nccl", "gloo")
-
-
-class DistributedSetupError(CourseError, RuntimeError):
-    """The process group cannot be set up from the environment as asked."""
-
-
-class GlobalBatchError(CourseError, ValueError):
-    """A global batch cannot be split evenly among the processes."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +97,7 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     required = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     missing = [name for name in required if name not in os.environ]
     if missing:
-        raise DistributedSetupError(
+        raise ConfigError(
             f"WORLD_SIZE is {world_size} but {', '.join(missing)} not set; start the processes "
             "with torchrun --nproc_per_node=N, which sets all of them"
         )
@@ -156,7 +147,7 @@ def _environment_int(name: str, default: int | None = None) -> int:
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise DistributedSetupError(
+        raise ConfigError(
             f"the environment variable {name} must be an integer, got {value!r}; let torchrun "
             "set it"
         ) from None
@@ -164,12 +155,12 @@ def _environment_int(name: str, default: int | None = None) -> int:
 
 def _device_for(backend: str, local_rank: int) -> torch.device:
     if backend not in BACKENDS:
-        raise DistributedSetupError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        raise ConfigError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if backend == "gloo":
         return torch.device("cpu")
     gpus = torch.cuda.device_count()
     if local_rank >= gpus:
-        raise DistributedSetupError(
+        raise ConfigError(
             f"NCCL needs one GPU per process, but LOCAL_RANK is {local_rank} and this machine "
             f"has {gpus} GPU(s); start at most {gpus} processes per machine "
             "(torchrun --nproc_per_node), or use the gloo backend on CPUs"
@@ -312,9 +303,9 @@ class GlobalBatchSampler(Sampler[int]):
 def per_process_batch_size(global_batch_size: int, world_size: int) -> int:
     """global_batch_size / world_size: the examples each process reads per step."""
     if global_batch_size < 1:
-        raise GlobalBatchError(f"the global batch size must be >= 1, got {global_batch_size}")
+        raise ConfigError(f"the global batch size must be >= 1, got {global_batch_size}")
     if global_batch_size % world_size:
-        raise GlobalBatchError(
+        raise ConfigError(
             f"a global batch of {global_batch_size} examples does not split evenly among "
             f"{world_size} processes; choose a global batch size that is a multiple of "
             f"{world_size} (each process reads global batch size / number of processes)"
@@ -338,7 +329,7 @@ def distributed_loader(
     process it batches like ``create_dataloader``, with the order drawn from (seed, epoch).
     """
     if drop_last and len(dataset) < global_batch_size:
-        raise TooShortError(
+        raise DataError(
             f"the dataset has {len(dataset)} examples, fewer than one global batch of "
             f"{global_batch_size}, and drop_last=True would leave no batch at all; lower the "
             "batch size or the stride"

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError, ToolError
 from llmcourse.instruction import ENTRY_FIELDS, RESPONSE_KEY, format_alpaca
 
 WORD = re.compile(r"[^\W_]+")  # letters and digits, any script
@@ -41,18 +41,6 @@ MODEL_ENV = "LLMCOURSE_JUDGE_MODEL"
 DEFAULT_HOST = "http://localhost:11434"
 DEFAULT_JUDGE_MODEL = "llama3"
 OLLAMA_PORT = 11434
-
-
-class EvaluationError(CourseError, ValueError):
-    """Responses to score are missing or not text."""
-
-
-class JudgeUnavailableError(CourseError, ConnectionError):
-    """No Ollama server answers at the judge's host, or it lacks the judge model."""
-
-
-class JudgeResponseError(CourseError, ValueError):
-    """The server answered, but not as Ollama's API does."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +149,10 @@ def score_responses(
 
 
 def check_responses(entries: Sequence[Mapping[str, Any]], response_key: str) -> None:
-    """Raise ``EvaluationError`` naming the entries that lack one of the string fields
+    """Raise ``InputError`` naming the entries that lack one of the string fields
     "instruction", "input", "output" and ``response_key``."""
     if not entries:
-        raise EvaluationError("there are no responses to score")
+        raise InputError("there are no responses to score")
     fields = (*ENTRY_FIELDS, response_key)
     bad = [
         index
@@ -174,7 +162,7 @@ def check_responses(entries: Sequence[Mapping[str, Any]], response_key: str) -> 
     if bad:
         shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
         names = ", ".join(repr(name) for name in fields)
-        raise EvaluationError(
+        raise InputError(
             f"{len(bad)} of {len(entries)} entries lack one of the string fields {names} "
             f"(entries {shown}, counting from 0); generate the responses with "
             "llmcourse.instruction.generate_responses"
@@ -259,7 +247,7 @@ class OllamaJudge:
         """Whether an Ollama server answers at the host (the model may still be missing)."""
         try:
             self.models()
-        except (JudgeUnavailableError, JudgeResponseError):
+        except ToolError:
             return False
         return True
 
@@ -268,17 +256,17 @@ class OllamaJudge:
         listing = self._request("/api/tags")
         models = listing.get("models") if isinstance(listing, dict) else None
         if not isinstance(models, list):
-            raise JudgeResponseError(
+            raise ToolError(
                 f"{self.host}/api/tags did not answer a model list as Ollama does; is "
                 f"{self.host} an Ollama server?"
             )
         return [model.get("name", "") for model in models if isinstance(model, dict)]
 
     def check(self) -> None:
-        """Raise ``JudgeUnavailableError`` unless the server answers and has the judge model."""
+        """Raise ``ToolError`` unless the server answers and has the judge model."""
         pulled = self.models()
         if self.model not in pulled and f"{self.model}:latest" not in pulled:
-            raise JudgeUnavailableError(
+            raise ToolError(
                 f"the Ollama server at {self.host} does not have the model {self.model!r} "
                 f"(it has: {', '.join(pulled) or 'none'}); fetch it with `ollama pull "
                 f"{self.model}`, or choose one it has with {MODEL_ENV}"
@@ -296,7 +284,7 @@ class OllamaJudge:
         message = answer.get("message") if isinstance(answer, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise JudgeResponseError(
+            raise ToolError(
                 f"{self.host}/api/chat answered without a message content: {_shorten(answer)}; "
                 f"is {self.host} an Ollama server?"
             )
@@ -345,18 +333,18 @@ class OllamaJudge:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 raw = answer.read()
         except urllib.error.HTTPError as error:
-            raise JudgeResponseError(self._http_error_message(path, error)) from None
+            raise ToolError(self._http_error_message(path, error)) from None
         except (urllib.error.URLError, OSError) as error:
-            raise JudgeUnavailableError(self._unreachable_message(error)) from None
+            raise ToolError(self._unreachable_message(error)) from None
         except http.client.HTTPException as error:
-            raise JudgeResponseError(
+            raise ToolError(
                 f"{self.host}{path} did not answer in HTTP ({error!r}); is {self.host} an "
                 "Ollama server?"
             ) from None
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise JudgeResponseError(
+            raise ToolError(
                 f"{self.host}{path} answered with something that is not JSON "
                 f"({_shorten(raw)}); is {self.host} an Ollama server?"
             ) from None

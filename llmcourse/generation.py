@@ -18,23 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.model import GPTConfig
 from llmcourse.model_state import eval_mode, model_device
 
 
-class GenerationError(CourseError, ValueError):
-    """A sampling or generation argument is out of range, or a cache is misused."""
-
-
 def _check_top_k(k: int) -> None:
     if not _is_whole_number(k) or k < 1:
-        raise GenerationError(f"top_k must be a whole number of tokens, at least 1; got {k!r}")
+        raise InputError(f"top_k must be a whole number of tokens, at least 1; got {k!r}")
 
 
 def _check_top_p(p: float) -> None:
     if not _is_number(p) or not 0 < p <= 1:  # NaN fails the comparison too
-        raise GenerationError(
+        raise InputError(
             f"top_p must be a probability in (0, 1], got {p!r}; 1 keeps every token"
         )
 
@@ -77,13 +73,13 @@ class KVCache:
     ):
         max_length = config.context_length if max_length is None else max_length
         if not 1 <= max_length <= config.context_length:
-            raise GenerationError(
+            raise InputError(
                 f"KVCache max_length must be between 1 and the model's context length "
                 f"{config.context_length}, got {max_length}: the model has no position "
                 "embedding beyond its context"
             )
         if batch_size < 1:
-            raise GenerationError(f"KVCache batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"KVCache batch_size must be at least 1, got {batch_size}")
         shape = (config.n_layer, batch_size, config.n_head, max_length, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
@@ -102,18 +98,18 @@ class KVCache:
         n_layer, batch_size, n_head, _, head_dim = self.keys.shape
         expected = (batch_size, n_head, keys.size(2), head_dim)
         if keys.shape != expected or values.shape != expected:
-            raise GenerationError(
+            raise InputError(
                 f"keys and values must have shape (B, H, T, D) = {expected} for this cache, "
                 f"got {tuple(keys.shape)} and {tuple(values.shape)}"
             )
         if keys.dtype != self.keys.dtype:
-            raise GenerationError(
+            raise InputError(
                 f"the cache holds {self.keys.dtype} but the model computes {keys.dtype}; "
                 "create the KVCache with the model's dtype"
             )
         end = self.length + keys.size(2)
         if end > self.max_length:
-            raise GenerationError(
+            raise InputError(
                 f"the KV cache holds at most {self.max_length} positions; {self.length} are "
                 f"cached and {keys.size(2)} more were given. Call reset() and re-read the "
                 "last tokens instead"
@@ -129,7 +125,7 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide logits (..., V) by ``temperature`` > 0: below 1 sharpens the distribution, above 1
     flattens it. Temperature 0 (greedy decoding) is handled by ``Sampling``."""
     if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
-        raise GenerationError(
+        raise InputError(
             f"temperature must be positive (and finite) to scale logits, got {temperature!r}; "
             "for greedy decoding use Sampling(temperature=0)"
         )
@@ -185,7 +181,7 @@ class Sampling:
         if not _is_number(self.temperature) or not (
             math.isfinite(self.temperature) and self.temperature >= 0
         ):
-            raise GenerationError(
+            raise InputError(
                 f"temperature must be 0 (greedy) or positive (and finite), got "
                 f"{self.temperature!r}"
             )
@@ -194,7 +190,7 @@ class Sampling:
         if self.top_p is not None:
             _check_top_p(self.top_p)
         if self.eos_id is not None and (not _is_whole_number(self.eos_id) or self.eos_id < 0):
-            raise GenerationError(
+            raise InputError(
                 f"eos_id must be a token id (a whole number, 0 or more) or None, got "
                 f"{self.eos_id!r}"
             )
@@ -227,7 +223,7 @@ def sample_next_token(logits: torch.Tensor, sampling: Sampling = GREEDY) -> torc
     Greedy decoding takes the argmax; otherwise a token is drawn from
     ``sampling.probabilities(logits)`` with ``sampling.generator``."""
     if logits.dim() != 2:
-        raise GenerationError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
+        raise InputError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
     if sampling.greedy:
         return logits.argmax(dim=-1)
     probs = sampling.probabilities(logits)
@@ -276,7 +272,7 @@ def stream_generate(
     it is chosen (``sampling.eos_id`` included, then stop). The model stays in eval mode until
     the iterator is exhausted or closed."""
     if idx.dim() == 2 and idx.size(0) != 1:
-        raise GenerationError(
+        raise InputError(
             f"stream_generate takes one prompt of shape (1, T), got {tuple(idx.shape)}; "
             "use generate for a batch"
         )
@@ -402,21 +398,21 @@ def _check_generation(
 ) -> None:
     context_length = model.config.context_length
     if not isinstance(sampling, Sampling):
-        raise GenerationError(
+        raise InputError(
             f"sampling must be a Sampling, got {type(sampling).__name__}; for example "
             "Sampling(temperature=0.8, top_k=40)"
         )
     if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-        raise GenerationError(
+        raise InputError(
             f"prompts must be an integer tensor of shape (batch, sequence), got "
             f"{idx.dtype} of shape {tuple(idx.shape)}; for one prompt use ids.unsqueeze(0)"
         )
     if not 1 <= idx.size(1) <= context_length:
-        raise GenerationError(
+        raise InputError(
             f"prompts must hold between 1 and {context_length} tokens (the model's context), "
             f"got {idx.size(1)}; keep only the last ones with idx[:, -{context_length}:]"
         )
     if not _is_whole_number(max_new_tokens) or max_new_tokens < 0:
-        raise GenerationError(
+        raise InputError(
             f"max_new_tokens must be 0 or more (a whole number), got {max_new_tokens!r}"
         )

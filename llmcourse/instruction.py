@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from llmcourse import datasets
 from llmcourse.checkpoints import load_model, write_checkpoint_files
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from llmcourse.generation import GREEDY, Sampling, stream_generate
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
@@ -94,22 +94,6 @@ class Entry(TypedDict):
     output: str
 
 
-class InstructionDataError(CourseError, ValueError):
-    """Instruction data is not a JSON list of well-formed entries."""
-
-
-class InstructionFileNotFoundError(CourseError, FileNotFoundError):
-    """An instruction data or responses file does not exist."""
-
-
-class InstructionError(CourseError, ValueError):
-    """An instruction fine-tuning setting or input cannot be used as asked."""
-
-
-class InstructionCheckpointError(CourseError, ValueError):
-    """A fine-tuned model's directory is missing, damaged, or cannot be written where asked."""
-
-
 class Tokenizer(Protocol):
     """What instruction tuning needs of a tokenizer (tiktoken's ``Encoding`` has it)."""
 
@@ -126,7 +110,7 @@ def load_instruction_data(path: str | os.PathLike[str] | None = None) -> list[En
     """The entries of a JSON list of {"instruction", "input", "output"} objects.
 
     ``path`` defaults to the course's copy (``llmcourse.datasets.fetch("instruction-data")``,
-    1,100 entries). Every entry is checked: one ``InstructionDataError`` lists all the malformed
+    1,100 entries). Every entry is checked: one ``DataError`` lists all the malformed
     ones by index; none is skipped silently. An entry may also name its ``task`` (a string; the
     story instructions of ``llmcourse.story_instructions`` do).
     """
@@ -145,11 +129,11 @@ def load_responses(
 def read_json(path: Path) -> object:
     """The JSON value in the file at ``path``; a clear error when it is missing or not JSON."""
     if not path.is_file():
-        raise InstructionFileNotFoundError(f"no file at {path}; give the path of a JSON file")
+        raise MissingFileError(f"no file at {path}; give the path of a JSON file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InstructionDataError(
+        raise DataError(
             f"{path} is not valid UTF-8 JSON ({error}); fix or replace the file"
         ) from None
 
@@ -160,13 +144,13 @@ def validate_entries(
 ) -> list[Any]:
     """``values`` itself when it is a non-empty list of objects with exactly the string
     ``fields`` (and, in any of them, the string ``optional`` fields); otherwise one
-    ``InstructionDataError`` naming every bad entry by index."""
+    ``DataError`` naming every bad entry by index."""
     if not isinstance(values, list):
-        raise InstructionDataError(
+        raise DataError(
             f"{source} must hold a JSON list of entries, found {_json_type(values)}"
         )
     if not values:
-        raise InstructionDataError(f"{source} holds an empty list: there are no entries")
+        raise DataError(f"{source} holds an empty list: there are no entries")
     problems = [
         (index, problem)
         for index, value in enumerate(values)
@@ -181,7 +165,7 @@ def validate_entries(
         names = ", ".join(repr(name) for name in fields)
         if optional:
             names += " (and optionally " + ", ".join(repr(name) for name in optional) + ")"
-        raise InstructionDataError(
+        raise DataError(
             f"{source}: {len(problems)} of {len(values)} entries are malformed (entries count "
             f"from 0; each must be an object with exactly the string fields {names}):\n"
             f"{listed}\nfix or remove these entries"
@@ -236,7 +220,7 @@ class Split:
         if max_examples is None:
             return self
         if max_examples < 1:
-            raise InstructionError(f"max_examples must be >= 1 or None, got {max_examples}")
+            raise ConfigError(f"max_examples must be >= 1 or None, got {max_examples}")
         return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
 
     def filtered(self, keep: Callable[[Entry], bool]) -> Split:
@@ -259,7 +243,7 @@ def split_entries(
     With a ``seed``, a copy of the list is first shuffled by ``random.Random(seed)``.
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
-        raise InstructionError(
+        raise ConfigError(
             f"fractions must be three non-negative numbers (train, validation, test) that sum "
             f"to 1, got {fractions}"
         )
@@ -324,7 +308,7 @@ def get_prompt_format(prompt_format: str | PromptFormat) -> PromptFormat:
     if isinstance(prompt_format, PromptFormat):
         return prompt_format
     if prompt_format not in PROMPT_FORMATS:
-        raise InstructionError(
+        raise ConfigError(
             f"unknown prompt format {prompt_format!r}; choose one of: {', '.join(PROMPT_FORMATS)}"
         )
     return PROMPT_FORMATS[prompt_format]
@@ -439,9 +423,9 @@ def collate(
     -100]] with E = 50256.
     """
     if not batch:
-        raise InstructionError("cannot collate an empty batch")
+        raise ConfigError("cannot collate an empty batch")
     if max_length is not None and max_length < 1:
-        raise InstructionError(f"max_length must be >= 1 or None, got {max_length}")
+        raise ConfigError(f"max_length must be >= 1 or None, got {max_length}")
     sequences = [list(item.ids if isinstance(item, TokenizedEntry) else item) for item in batch]
     longest = max(len(ids) for ids in sequences)
     padded = torch.full((len(batch), longest + 1), pad_id, dtype=torch.long)
@@ -456,7 +440,7 @@ def collate(
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     if mask_prompt and bool((targets == ignore_index).all()):
-        raise InstructionError(
+        raise ConfigError(
             f"every target of this batch is masked: its prompts are at least max_length "
             f"({max_length}) tokens long, so no response token is left to learn from; use a "
             "larger max_length or leave out the longest entries"
@@ -469,7 +453,7 @@ def collate(
 
 def _prompt_lengths(batch: Sequence[TokenizedEntry | Sequence[int]]) -> torch.Tensor:
     if not all(isinstance(item, TokenizedEntry) for item in batch):
-        raise InstructionError(
+        raise ConfigError(
             "mask_prompt needs to know where each prompt ends: give TokenizedEntry items "
             "(from InstructionDataset or encode_entry), not plain lists of ids"
         )
@@ -496,9 +480,9 @@ def make_loaders(
     if pad_id is None:
         pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     if batch_size < 1:
-        raise InstructionError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if len(split.train) < batch_size:
-        raise InstructionError(
+        raise ConfigError(
             f"{len(split.train)} training entries make no full batch of {batch_size}; use more "
             "entries or a smaller batch size"
         )
@@ -641,11 +625,11 @@ def save_instruction_model(
 
 
 def check_save_destination(directory: str | os.PathLike[str], *, overwrite: bool = True) -> None:
-    """Raise ``InstructionCheckpointError`` unless ``directory`` is new, empty, or an earlier
+    """Raise ``CheckpointError`` unless ``directory`` is new, empty, or an earlier
     fine-tuned model's (which saving replaces, unless ``overwrite`` is False)."""
     check_destination(
         directory, what="an instruction-tuned model", own_names=OUTPUT_NAMES,
-        marker=INSTRUCTION_FILE, replace=overwrite, error=InstructionCheckpointError,
+        marker=INSTRUCTION_FILE, replace=overwrite, error=CheckpointError,
     )
 
 
@@ -657,16 +641,16 @@ def load_instruction_model(
     recover(directory)
     path = directory / INSTRUCTION_FILE
     if not path.is_file():
-        raise InstructionCheckpointError(
+        raise CheckpointError(
             f"{directory} is not an instruction-tuned model (it has no {INSTRUCTION_FILE}); "
             "make one with `llmcourse finetune instruct --base MODEL --out DIR`"
         )
     try:
         description = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InstructionCheckpointError(f"{path} is not valid JSON ({error})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(description, dict) or description.get("format") != INSTRUCTION_FORMAT:
-        raise InstructionCheckpointError(
+        raise CheckpointError(
             f"{path} was not written by save_instruction_model (no \"format\": "
             f"\"{INSTRUCTION_FORMAT}\"); save the model again"
         )

@@ -41,16 +41,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, MissingFileError
 from llmcourse.saving import atomic_file
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
 ADAPTER_FORMAT = "llmcourse-lora"
 ADAPTER_FORMAT_VERSION = "1"
-
-
-class LoRAError(CourseError, ValueError):
-    """LoRA cannot be applied, merged, saved or loaded as asked."""
 
 
 class LoRALinear(nn.Linear):
@@ -106,7 +102,7 @@ class LoRALinear(nn.Linear):
     @disabled.setter
     def disabled(self, value: bool) -> None:
         if value and self.merged:
-            raise LoRAError(
+            raise ConfigError(
                 "cannot disable a merged adapter: its update is inside the weight; call "
                 "unmerge() first (disable_adapters(model) does this for you)"
             )
@@ -140,7 +136,7 @@ class LoRALinear(nn.Linear):
         if self.merged:
             return
         if self._disabled:
-            raise LoRAError("cannot merge a disabled adapter; set disabled = False first")
+            raise ConfigError("cannot merge a disabled adapter; set disabled = False first")
         self.weight += self.delta_weight()
         self.merged = True
 
@@ -164,17 +160,17 @@ class LoRALinear(nn.Linear):
 
 def _check_settings(base: nn.Module, rank: int, alpha: float, dropout: float, groups: int) -> None:
     if isinstance(base, LoRALinear):
-        raise LoRAError("this layer already has a LoRA adapter; apply LoRA once per layer")
+        raise ConfigError("this layer already has a LoRA adapter; apply LoRA once per layer")
     if not isinstance(base, nn.Linear):
-        raise LoRAError(f"LoRA wraps nn.Linear layers, got {type(base).__name__}")
+        raise ConfigError(f"LoRA wraps nn.Linear layers, got {type(base).__name__}")
     if not isinstance(rank, int) or rank < 1:
-        raise LoRAError(f"rank must be a positive integer, got {rank!r}")
+        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
     if alpha <= 0:
-        raise LoRAError(f"alpha must be > 0, got {alpha}")
+        raise ConfigError(f"alpha must be > 0, got {alpha}")
     if not 0.0 <= dropout < 1.0:
-        raise LoRAError(f"dropout must lie in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
     if groups < 1 or base.out_features % groups:
-        raise LoRAError(
+        raise ConfigError(
             f"groups must divide the layer's {base.out_features} outputs, got {groups}"
         )
 
@@ -260,7 +256,7 @@ def apply_lora(
         targets = (targets,)
     chosen = _matching_linear_layers(model, targets)
     if not chosen:
-        raise LoRAError(f"no layer of the model matches the targets {list(targets)}")
+        raise ConfigError(f"no layer of the model matches the targets {list(targets)}")
     model.requires_grad_(False)
     shared = _shared_parameter_ids(model)
     for name in chosen:
@@ -276,7 +272,7 @@ def _matching_linear_layers(model: nn.Module, targets: Sequence[str]) -> list[st
     """Names of the modules the targets match; every target must match, and only linear layers."""
     linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linear_names:
-        raise LoRAError("the model has no nn.Linear layers for LoRA to adapt")
+        raise ConfigError("the model has no nn.Linear layers for LoRA to adapt")
     chosen: list[str] = []
     for target in targets:
         matches = [
@@ -286,15 +282,15 @@ def _matching_linear_layers(model: nn.Module, targets: Sequence[str]) -> list[st
         ]
         if not matches:
             leaf_names = sorted({name.split(".")[-1] for name in linear_names})
-            raise LoRAError(
+            raise ConfigError(
                 f"target {target!r} matches no module; the model's linear layers are called "
                 f"{', '.join(leaf_names)} (full names like {linear_names[0]!r})"
             )
         for name, module in matches:
             if isinstance(module, LoRALinear):
-                raise LoRAError(f"{name} already has a LoRA adapter; apply LoRA once per layer")
+                raise ConfigError(f"{name} already has a LoRA adapter; apply LoRA once per layer")
             if not isinstance(module, nn.Linear):
-                raise LoRAError(
+                raise ConfigError(
                     f"target {target!r} matches {name}, a {type(module).__name__}; LoRA wraps "
                     "nn.Linear layers only: name the linear layers inside it"
                 )
@@ -395,7 +391,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """
     layers = lora_layers(model)
     if not layers:
-        raise LoRAError("the model has no LoRA layers to save; call apply_lora(model, ...) first")
+        raise ConfigError("the model has no LoRA layers to save; call apply_lora(model, ...) first")
     tensors = {}
     for name, layer in layers.items():
         tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
@@ -443,7 +439,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> ParameterRep
             for key in ("lora_a", "lora_b"):
                 saved, parameter = tensors[f"{name}.{key}"], getattr(layer, key)
                 if saved.shape != parameter.shape:
-                    raise LoRAError(
+                    raise CheckpointError(
                         f"{path}: {name}.{key} has shape {tuple(saved.shape)}, the model's has "
                         f"{tuple(parameter.shape)}; the adapter belongs to a model of another size"
                     )
@@ -455,22 +451,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> ParameterRep
 
 def _read_adapter_file(path: Path) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     if not path.is_file():
-        raise LoRAError(f"no adapter file at {path}; save one with save_adapter(model, path)")
+        raise MissingFileError(
+            f"no adapter file at {path}; save one with save_adapter(model, path)"
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except SafetensorError as error:
-        raise LoRAError(f"{path} is not a readable safetensors file ({error})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
     if metadata.get("format") != ADAPTER_FORMAT or "layers" not in metadata:
-        raise LoRAError(
+        raise CheckpointError(
             f"{path} is not a LoRA adapter written by save_adapter (its metadata has no "
             f"format={ADAPTER_FORMAT!r}); a whole-model checkpoint loads with load_checkpoint"
         )
     settings = json.loads(metadata["layers"])
     expected = {f"{name}.{key}" for name in settings for key in ("lora_a", "lora_b")}
     if set(tensors) != expected:
-        raise LoRAError(f"{path} is damaged: its tensors do not match its list of layers")
+        raise CheckpointError(f"{path} is damaged: its tensors do not match its list of layers")
     return settings, tensors
 
 
@@ -478,7 +476,7 @@ def _wrap_one(model: nn.Module, name: str, settings: dict, path: Path) -> None:
     try:
         base = model.get_submodule(name)
     except AttributeError:
-        raise LoRAError(
+        raise CheckpointError(
             f"{path} has an adapter for {name}, which this model does not have; load it into "
             "a model of the architecture it was trained on"
         ) from None
@@ -490,7 +488,7 @@ def _check_adapter_fits(layers: dict[str, LoRALinear], settings: dict[str, dict]
     missing = [name for name in settings if name not in layers]
     extra = [name for name in layers if name not in settings]
     if missing or extra:
-        raise LoRAError(
+        raise CheckpointError(
             f"{path} holds adapters for other layers than the model's LoRA layers "
             f"(in the file only: {missing or 'none'}; in the model only: {extra or 'none'}); "
             "apply LoRA with the targets used in training, or load into a model without LoRA"
@@ -498,7 +496,7 @@ def _check_adapter_fits(layers: dict[str, LoRALinear], settings: dict[str, dict]
     for name, layer in layers.items():
         saved, ours = settings[name], _layer_settings(layer)
         if saved != ours:
-            raise LoRAError(
+            raise CheckpointError(
                 f"{path}: the adapter of {name} was saved with {saved}, the model's has {ours}; "
                 f"call apply_lora with rank={saved['rank']}, alpha={saved['alpha']}"
             )

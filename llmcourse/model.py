@@ -17,16 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmcourse.embeddings import embed_tokens_and_positions
-from llmcourse.errors import CourseError
-
-
-class InputError(CourseError, ValueError):
-    """The token ids or targets given to the model do not fit its configuration."""
-
-
-class GPTConfigError(CourseError, ValueError):
-    """A ``GPTConfig`` field has a value no model can be built with."""
-
+from llmcourse.errors import ConfigError, InputError
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss
 
@@ -53,11 +44,11 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GPTConfigError(
+                raise ConfigError(
                     f"GPTConfig.{name} must be a positive integer, got {value!r}"
                 )
         if self.n_embd % self.n_head:
-            raise GPTConfigError(
+            raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd / n_head dimensions"
             )
@@ -66,7 +57,7 @@ class GPTConfig:
             or isinstance(self.dropout, bool)
             or not 0.0 <= self.dropout < 1.0
         ):
-            raise GPTConfigError(
+            raise ConfigError(
                 f"GPTConfig.dropout must be a probability in [0, 1), got {self.dropout!r}"
             )
 
@@ -79,10 +70,10 @@ class GPTConfig:
         """A named configuration (see ``PRESETS``), with any field overridden by keyword."""
         if name not in PRESETS:
             known = ", ".join(PRESETS)
-            raise CourseError(f"unknown model preset {name!r}; choose one of: {known}")
+            raise ConfigError(f"unknown model preset {name!r}; choose one of: {known}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
-            raise CourseError(f"GPTConfig has no field(s) {sorted(unknown)}")
+            raise ConfigError(f"GPTConfig has no field(s) {sorted(unknown)}")
         return replace(PRESETS[name], **overrides)
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, DataError, InputError
 from llmcourse.generation import Sampling, generate
 from llmcourse.instruction import (
     IGNORE_INDEX,
@@ -50,10 +50,6 @@ from llmcourse.model_state import model_device
 from llmcourse.story_instructions import criterion_met
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import StepState, TrainingHistory, fine_tuning_config, train
-
-
-class PreferenceError(CourseError, ValueError):
-    """Preference pairs or DPO settings that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ def pick_answers(samples: Sequence[str], met: Sequence[bool], reference: str
     answer that meets it (else ``reference``, the reference answer) and the first that does
     not; None when every answer meets it (there is nothing to reject)."""
     if len(samples) != len(met):
-        raise PreferenceError(f"{len(samples)} samples but {len(met)} criterion results")
+        raise InputError(f"{len(samples)} samples but {len(met)} criterion results")
     rejected = next((sample for sample, ok in zip(samples, met, strict=True) if not ok), None)
     if rejected is None:
         return None
@@ -126,9 +122,9 @@ def build_preference_pairs(
     """Preference pairs of ``entries`` (story instructions) from ``samples`` sampled answers of
     ``model`` each (see ``choose_pair``), in the order of the entries."""
     if samples < 1:
-        raise PreferenceError(f"samples must be at least 1, got {samples}")
+        raise ConfigError(f"samples must be at least 1, got {samples}")
     if not all("task" in entry for entry in entries):
-        raise PreferenceError(
+        raise DataError(
             "preference pairs need entries with a task whose criterion can be checked: use the "
             "story instructions (llmcourse.story_instructions)"
         )
@@ -164,7 +160,7 @@ def dpo_loss(
     """The DPO loss of B pairs from the log-probabilities (B,) of each answer under the policy
     and the reference: ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``, averaged."""
     if beta <= 0:
-        raise PreferenceError(f"beta must be positive, got {beta}")
+        raise ConfigError(f"beta must be positive, got {beta}")
     chosen_rewards = beta * (policy_chosen - reference_chosen)
     rejected_rewards = beta * (policy_rejected - reference_rejected)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
@@ -207,7 +203,7 @@ def pair_loader(pairs: Sequence[PreferencePair], tokenizer: Tokenizer, *, batch_
                 shuffle: bool = True, seed: int = 123) -> DataLoader:
     """Batches of ``collate_pairs`` (shuffled with its own seeded generator when ``shuffle``)."""
     if len(pairs) < batch_size:
-        raise PreferenceError(
+        raise ConfigError(
             f"{len(pairs)} preference pairs make no full batch of {batch_size}: sample more "
             "instructions or use a smaller batch"
         )
@@ -232,7 +228,7 @@ class DPOObjective(nn.Module):
     def __init__(self, policy: GPT, reference: GPT, beta: float = 0.1) -> None:
         super().__init__()
         if policy is reference:
-            raise PreferenceError("the reference must be a separate, frozen copy of the policy")
+            raise InputError("the reference must be a separate, frozen copy of the policy")
         self.policy, self.reference, self.beta = policy, reference, beta
         self.reference.requires_grad_(False)
         self.reference.eval()

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from llmcourse.checkpoints import load_model
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, MissingFileError
 from llmcourse.model import GPT, PRESETS, GPTConfig
 from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers.files import check_vocab_fits, load_tokenizer
@@ -58,39 +58,35 @@ FIXED_SETTINGS: dict[str, Any] = {
 }
 
 
-class CheckpointFormatError(CourseError, ValueError):
-    """A checkpoint file or its config.json cannot be read as a GPT-2 model."""
+SHOWN = 5  # tensors named per kind of mismatch
 
 
-class WeightsUnavailableError(CourseError, FileNotFoundError):
-    """The checkpoint is neither on disk nor downloadable from the hub."""
-
-
-class CheckpointMismatchError(CourseError, ValueError):
-    """The tensors of a checkpoint do not match the model its config describes.
-
-    ``missing``, ``unexpected`` and ``wrong_shape`` list the tensor names of each kind."""
-
-    def __init__(
-        self,
-        path: Path,
-        expected: Mapping[str, tuple[int, ...]],
-        found: Mapping[str, tuple[int, ...]],
-    ):
-        self.missing = [name for name in expected if name not in found]
-        self.unexpected = [name for name in found if name not in expected]
-        self.wrong_shape = [n for n in expected if n in found and found[n] != expected[n]]
-        lines = [f"missing: {n} {expected[n]}" for n in self.missing]
-        lines += [f"unexpected: {n} {found[n]}" for n in self.unexpected]
-        lines += [f"wrong shape: {n} expected {expected[n]}, found {found[n]}"
-                  for n in self.wrong_shape]
-        advice = "Check that config.json belongs to these weights."
-        if "lm_head.weight" in self.unexpected:
-            advice += ' An lm_head.weight unlike wte needs "tie_word_embeddings": false there.'
-        super().__init__(
-            f"{path} does not fit the model its config describes (shapes as stored, Conv1D "
-            "weights as (in, out)):\n  " + "\n  ".join(lines) + "\n" + advice
-        )
+def _mismatch_error(
+    path: Path,
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+) -> CheckpointError:
+    """The error for a checkpoint whose tensors do not match the model its config describes:
+    one line that names the missing, unexpected and wrongly shaped tensors (the first few of
+    each kind)."""
+    missing = [f"{n} {expected[n]}" for n in expected if n not in found]
+    unexpected = [f"{n} {found[n]}" for n in found if n not in expected]
+    wrong_shape = [f"{n} expected {expected[n]}, found {found[n]}"
+                   for n in expected if n in found and found[n] != expected[n]]
+    kinds = [
+        f"{kind}: {'; '.join(names[:SHOWN])}"
+        + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+        for kind, names in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", wrong_shape))
+        if names
+    ]
+    advice = "check that config.json belongs to these weights"
+    if "lm_head.weight" in found and "lm_head.weight" not in expected:
+        advice += ' (an lm_head.weight unlike wte needs "tie_word_embeddings": false there)'
+    return CheckpointError(
+        f"{path} does not fit the model its config describes (shapes as stored, Conv1D "
+        f"weights as (in, out)): {'; '.join(kinds)}; {advice}"
+    )
 
 
 def gpt_config_from_hf(hf_config: Mapping[str, Any]) -> GPTConfig:
@@ -109,7 +105,7 @@ def gpt_config_from_hf(hf_config: Mapping[str, Any]) -> GPTConfig:
     if n_inner is not None and n_inner != 4 * hf_config.get("n_embd", 0):
         problems.append(f"n_inner is {n_inner}, the course's GPT supports only 4 * n_embd")
     if problems:
-        raise CheckpointFormatError("; ".join(problems))
+        raise CheckpointError("; ".join(problems))
     try:
         return GPTConfig(
             vocab_size=hf_config["vocab_size"],
@@ -122,7 +118,7 @@ def gpt_config_from_hf(hf_config: Mapping[str, Any]) -> GPTConfig:
             tie_embeddings=hf_config.get("tie_word_embeddings", True),
         )
     except ValueError as error:
-        raise CheckpointFormatError(str(error)) from None
+        raise CheckpointError(str(error)) from None
 
 
 def hf_config_from_gpt(config: GPTConfig) -> dict[str, Any]:
@@ -166,7 +162,7 @@ def load_gpt2(
     try:
         checkpoint = safe_open(str(weights_path), framework="pt", device="cpu")
     except SafetensorError as error:
-        raise CheckpointFormatError(
+        raise CheckpointError(
             f"{weights_path} is not a valid safetensors file ({error}). A file cut short by an "
             "interrupted download reads like this: download it again (pickled .bin/.pt "
             "checkpoints are never read)"
@@ -181,7 +177,7 @@ def load_gpt2(
             del shapes["lm_head.weight"]
         expected = {name: _stored_shape(name, p) for name, p in model.named_parameters()}
         if shapes != expected:
-            raise CheckpointMismatchError(weights_path, expected, shapes)
+            raise _mismatch_error(weights_path, expected, shapes)
         model = _allocate(model, dtype, device)
         with torch.no_grad():
             for name, parameter in tqdm(list(model.named_parameters()), desc=weights_path.name,
@@ -200,7 +196,7 @@ def save_gpt2_format(model: GPT, directory: str | Path) -> Path:
     directory holding other files is refused. Returns the directory."""
     directory = Path(directory)
     check_destination(directory, what="a GPT-2 checkpoint", own_names=(CONFIG_FILE, WEIGHTS_FILE),
-                      error=CheckpointFormatError)
+                      error=CheckpointError)
     tensors = {}
     for name, parameter in model.named_parameters():  # a tied lm_head is not listed again
         tensor = parameter.detach().cpu()
@@ -223,7 +219,7 @@ def _locate(name_or_path: str | Path, cache_dir: str | Path | None) -> tuple[Pat
     if path.is_dir():
         weights_path = path / WEIGHTS_FILE
         if not weights_path.is_file():
-            raise WeightsUnavailableError(
+            raise MissingFileError(
                 f"{path} has no {WEIGHTS_FILE}; GPT-2 weights are read from safetensors files "
                 "only (pickled .bin files are never loaded, for safety)"
             )
@@ -234,7 +230,7 @@ def _locate(name_or_path: str | Path, cache_dir: str | Path | None) -> tuple[Pat
         config_path = _download(repo_id, CONFIG_FILE, cache_dir)
         return _download(repo_id, WEIGHTS_FILE, cache_dir), config_path
     else:
-        raise WeightsUnavailableError(
+        raise MissingFileError(
             f"{str(name_or_path)!r} is no file or directory and no GPT-2 model name; give a "
             f"directory with {CONFIG_FILE} and {WEIGHTS_FILE}, a .safetensors file, or one of: "
             + ", ".join(HUB_REPOS)
@@ -249,7 +245,7 @@ def _download(repo_id: str, filename: str, cache_dir: str | Path | None) -> Path
         return Path(huggingface_hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir))
     except OSError as error:  # the hub's errors (not cached while offline, HTTP) are OSErrors
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise WeightsUnavailableError(
+        raise MissingFileError(
             f"could not get {filename} of {repo_id} from the Hugging Face hub "
             f"({type(error).__name__}: {reason}). The first download needs network access; "
             f"later loads use the cache. Without network, copy {CONFIG_FILE} and {WEIGHTS_FILE} "
@@ -260,8 +256,8 @@ def _download(repo_id: str, filename: str, cache_dir: str | Path | None) -> Path
 def _read_config(path: Path) -> GPTConfig:
     try:
         return gpt_config_from_hf(json.loads(path.read_text()))
-    except (json.JSONDecodeError, CheckpointFormatError) as error:
-        raise CheckpointFormatError(f"{path}: {error}") from None
+    except (json.JSONDecodeError, CheckpointError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 def _our_names(keys: Iterable[str], path: Path) -> dict[str, str]:
@@ -272,7 +268,7 @@ def _our_names(keys: Iterable[str], path: Path) -> dict[str, str]:
             continue
         name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         if name in names:
-            raise CheckpointFormatError(f"{path} holds both {names[name]!r} and {key!r}")
+            raise CheckpointError(f"{path} holds both {names[name]!r} and {key!r}")
         names[name] = key
     return names
 
@@ -280,7 +276,7 @@ def _our_names(keys: Iterable[str], path: Path) -> dict[str, str]:
 def _infer_config(shapes: Mapping[str, tuple[int, ...]], path: Path) -> GPTConfig:
     """The config of a checkpoint without config.json: only OpenAI's sizes fix the head count."""
     if "transformer.wte.weight" not in shapes or "transformer.wpe.weight" not in shapes:
-        raise CheckpointFormatError(f"{path} has no wte/wpe embedding tables: not a GPT-2 model")
+        raise CheckpointError(f"{path} has no wte/wpe embedding tables: not a GPT-2 model")
     vocab_size, n_embd = shapes["transformer.wte.weight"]
     context_length = shapes["transformer.wpe.weight"][0]
     layers = [int(m[1]) for n in shapes if (m := re.match(r"transformer\.h\.(\d+)\.", n))]
@@ -290,7 +286,7 @@ def _infer_config(shapes: Mapping[str, tuple[int, ...]], path: Path) -> GPTConfi
             tied = "lm_head.weight" not in shapes
             return replace(preset, vocab_size=vocab_size, context_length=context_length,
                            tie_embeddings=tied)
-    raise CheckpointFormatError(
+    raise CheckpointError(
         f"{path} has no {CONFIG_FILE} beside it. Its shapes give n_embd={n_embd}, "
         f"n_layer={n_layer}, vocab_size={vocab_size}, context_length={context_length}, but not "
         f"the number of attention heads (n_head): put the {CONFIG_FILE} that came with these "
@@ -339,7 +335,7 @@ def load_model_and_tokenizer(
     """``load_any(source)`` and the tokenizer that goes with it: the one saved in the checkpoint
     directory, else GPT-2's (OpenAI's checkpoints, and course checkpoints saved before they
     carried a tokenizer). A tokenizer that does not fit the model raises
-    ``TokenizerMismatchError``."""
+    ``CheckpointError``."""
     model = load_any(source, device=device)
     path = Path(source).expanduser()
     if path.is_dir() or path.is_file():

@@ -32,16 +32,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmcourse import datasets
-from llmcourse.checkpoints import CHECKPOINT_FILES, TRAINING_STATE_FILE, CheckpointError
+from llmcourse.checkpoints import CHECKPOINT_FILES, TRAINING_STATE_FILE
 from llmcourse.data import SlidingWindowDataset, split_text
 from llmcourse.distributed import current_context, distributed_loader
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.saving import check_destination
 from llmcourse.token_cache import TokenizedCorpus, tokenized_corpus
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import check_vocab_fits
-from llmcourse.training import TrainingConfig, TrainingConfigError, TrainingHistory, train
+from llmcourse.training import TrainingConfig, TrainingHistory, train
 
 TRAINED_TOKENIZER = re.compile(r"bpe-(\d+)")
 # Bump when BPETokenizer.train would learn different merges, so cached tokenizers are not reused.
@@ -71,19 +71,19 @@ class PretrainingRun:
 
     def __post_init__(self) -> None:
         if not _is_whole_number(self.batch_size) or self.batch_size < 1:
-            raise TrainingConfigError(
+            raise ConfigError(
                 f"batch_size must be a whole number of windows, at least 1; got "
                 f"{self.batch_size!r}"
             )
         if not isinstance(self.val_fraction, int | float) or not 0 < self.val_fraction < 1:
-            raise TrainingConfigError(
+            raise ConfigError(
                 f"val_fraction must lie strictly between 0 and 1 (the share of the corpus held "
                 f"out for validation, such as 0.1), got {self.val_fraction!r}"
             )
         if self.max_characters is not None and (
             not _is_whole_number(self.max_characters) or self.max_characters < 1
         ):
-            raise TrainingConfigError(
+            raise ConfigError(
                 f"max_characters must be None (the whole corpus) or a whole number of at least "
                 f"1, got {self.max_characters!r}"
             )
@@ -98,7 +98,7 @@ def corpus_path(corpus: str) -> Path:
     names = {entry.name for entry in datasets.registry()}
     path = datasets.fetch(corpus) if corpus in names else Path(corpus)
     if not path.is_file():
-        raise CourseError(
+        raise MissingFileError(
             f"corpus {corpus!r} is neither a data file of the registry "
             f"({', '.join(sorted(names))}) nor an existing text file"
         )
@@ -111,7 +111,7 @@ def read_corpus(corpus: str, max_characters: int | None = None) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise CourseError(f"{path} is not UTF-8 text ({error}); pass a plain text file") from None
+        raise DataError(f"{path} is not UTF-8 text ({error}); pass a plain text file") from None
     return text[:max_characters] if max_characters is not None else text
 
 
@@ -125,7 +125,7 @@ def run_tokenizer(run: PretrainingRun, *, progress: bool = True) -> tiktoken.Enc
         return trained_tokenizer(run, int(match[1]), progress=progress).to_tiktoken()
     if Path(spec).is_file():
         return BPETokenizer.load(spec).to_tiktoken()
-    raise CourseError(
+    raise ConfigError(
         f"tokenizer {spec!r} is not 'gpt2', not 'bpe-N' (a BPE of N tokens trained on the "
         "corpus, such as bpe-4096) and not an existing tokenizer file written by "
         "BPETokenizer.save"
@@ -212,7 +212,7 @@ def check_output(output_dir: str | os.PathLike[str], *, resume: bool, overwrite:
     hold a checkpoint that ``overwrite`` allows replacing. Raises a ``CourseError`` otherwise
     (``CheckpointError`` for a file or a directory of other files)."""
     if resume and overwrite:
-        raise CourseError("resume and overwrite exclude each other: continue the run in the "
+        raise ConfigError("resume and overwrite exclude each other: continue the run in the "
                           "output directory, or replace it")
     output_dir = Path(output_dir)
     check_destination(
@@ -221,7 +221,7 @@ def check_output(output_dir: str | os.PathLike[str], *, resume: bool, overwrite:
         error=CheckpointError,
     )
     if resume and not (output_dir / TRAINING_STATE_FILE).is_file():
-        raise CourseError(
+        raise MissingFileError(
             f"nothing to resume: {output_dir} holds no training checkpoint; "
             "start without --resume"
         )

@@ -21,14 +21,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError
 
 PROFILE_ENV = "LLMCOURSE_PROFILE"
 DEFAULT_PROFILE = "cpu"
-
-
-class UnknownProfile(CourseError, ValueError):
-    """The requested run profile does not exist."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +144,7 @@ PROFILES: dict[str, Profile] = {
 def get_profile(name: str) -> Profile:
     """The profile called ``name`` (one of ``PROFILES``)."""
     if name not in PROFILES:
-        raise UnknownProfile(f"unknown run profile {name!r}; {_choices()}")
+        raise ConfigError(f"unknown run profile {name!r}; {_choices()}")
     return PROFILES[name]
 
 
@@ -156,7 +152,7 @@ def current_profile() -> Profile:
     """The profile named by ``$LLMCOURSE_PROFILE``; ``cpu`` when it is unset or empty."""
     name = os.environ.get(PROFILE_ENV, "").strip() or DEFAULT_PROFILE
     if name not in PROFILES:
-        raise UnknownProfile(f"{PROFILE_ENV}={name!r} is not a run profile; {_choices()}")
+        raise ConfigError(f"{PROFILE_ENV}={name!r} is not a run profile; {_choices()}")
     return PROFILES[name]
 
 

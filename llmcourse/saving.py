@@ -41,13 +41,9 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CourseError, DestinationError
 
 WRITING, COMPLETE, RETIRED = "tmp", "new", "old"  # the suffixes of a swap's staging entries
-
-
-class DestinationError(CourseError, ValueError):
-    """A path given to save into cannot be used: it is a file, or holds other files."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,19 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from llmcourse.errors import CourseError
-
-
-class ScheduleError(CourseError, ValueError):
-    """The schedule's settings contradict each other (e.g. more warmup steps than steps)."""
+from llmcourse.errors import ConfigError
 
 
 def check_schedule_steps(*, warmup_steps: int, total_steps: int) -> None:
-    """Raise ``ScheduleError`` unless total_steps >= 1 and 0 <= warmup_steps <= total_steps."""
+    """Raise ``ConfigError`` unless total_steps >= 1 and 0 <= warmup_steps <= total_steps."""
     if total_steps < 1:
-        raise ScheduleError(f"total_steps must be >= 1, got {total_steps}")
+        raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ScheduleError(
+        raise ConfigError(
             f"warmup_steps must lie in [0, total_steps={total_steps}], got {warmup_steps}; "
             "use fewer warmup steps or train for more steps"
         )
@@ -45,7 +41,7 @@ def warmup_cosine_lr(
     """
     check_schedule_steps(warmup_steps=warmup_steps, total_steps=total_steps)
     if not 0.0 <= min_lr <= max_lr:
-        raise ScheduleError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+        raise ConfigError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:
@@ -84,7 +80,7 @@ def warmup_cosine_scheduler(
     ``s`` then runs at ``warmup_cosine_lr(s, max_lr=lr, min_lr=lr * min_lr_ratio, ...)``."""
     check_schedule_steps(warmup_steps=warmup_steps, total_steps=total_steps)
     if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ScheduleError(
+        raise ConfigError(
             f"min_lr_ratio (the final learning rate as a fraction of the peak) must lie in "
             f"[0, 1], got {min_lr_ratio}"
         )

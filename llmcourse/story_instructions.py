@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmcourse.data import split_text
-from llmcourse.errors import CourseError
+from llmcourse.errors import DataError
 from llmcourse.evaluation import lcs_length, words
 from llmcourse.instruction import RESPONSE_KEY, Split
 from llmcourse.pretraining import read_corpus
@@ -93,10 +93,6 @@ KIND_NAMED = re.compile(r"\ban? (?:[a-z]+ ){0,2}?(" + "|".join(KINDS) + r") name
 CAPITAL_INSIDE = re.compile(r"(?<=[a-z,;] )([A-Z][a-z]+)\b")
 LETTERS = re.compile(r"[A-Za-z]+")
 SENTENCE = re.compile(r"[^.!?]*[.!?]+[\"”']?")
-
-
-class StoryInstructionError(CourseError, ValueError):
-    """The text holds too few stories to build story instructions from."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +268,7 @@ def build_story_instructions(
     train_stories = split_stories(train_text)[:-1]  # the last one is cut by the split point
     held_out_stories = split_stories(held_out_text)[1:]  # and so is the first one here
     if len(train_stories) < 10 or len(held_out_stories) < 2:
-        raise StoryInstructionError(
+        raise DataError(
             f"the text holds {len(train_stories)} whole training and {len(held_out_stories)} "
             "held-out stories separated by <|endoftext|>; story instructions need at least 10 "
             "and 2: pass more of the TinyStories text"
@@ -319,7 +315,7 @@ def criterion_met(entry: Mapping[str, str], response: str) -> bool:
         asked = re.fullmatch(r"Write a short story that uses the words (\w+), (\w+) and (\w+)\.",
                              entry["instruction"])
         if asked is None:
-            raise StoryInstructionError(f"not a story_with_words instruction: {entry!r}")
+            raise DataError(f"not a story_with_words instruction: {entry!r}")
         return (_is_story(answer, entry["instruction"], response)
                 and uses_all_words(response, asked.groups()))
     if task == "story_about":
@@ -333,7 +329,7 @@ def criterion_met(entry: Mapping[str, str], response: str) -> bool:
                 and name in words_of(response))
     if task == "rename":
         return response.strip() == entry["output"].strip()
-    raise StoryInstructionError(
+    raise DataError(
         f"entry has task {task!r}; story instruction tasks are {', '.join(TASKS)}"
     )
 
@@ -355,7 +351,7 @@ def criterion_success(entries: Sequence[Mapping[str, str]], response_key: str = 
     per task (tasks in ``TASKS`` order, those without entries left out)."""
     for index, entry in enumerate(entries):
         if not isinstance(entry.get(response_key), str):
-            raise StoryInstructionError(f"entry {index} has no text response {response_key!r}")
+            raise DataError(f"entry {index} has no text response {response_key!r}")
     met = [criterion_met(entry, entry[response_key]) for entry in entries]
     counts = Counter(entry["task"] for entry in entries)
     by_task = {

@@ -28,7 +28,7 @@ import tiktoken
 from tqdm.auto import tqdm
 
 from llmcourse import datasets
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, DataError
 from llmcourse.saving import recover, staged_directory
 from llmcourse.tokenizers.bpe import encode_iterable
 from llmcourse.tokenizers.files import Tokenizer, as_encoding, tokenizer_fingerprint
@@ -83,9 +83,9 @@ def tokenized_corpus(
     """The training and validation ids of the UTF-8 text file ``path``, from the cache when
     they are there, else tokenized now (streaming) and cached."""
     if not 0.0 < val_fraction < 1.0:
-        raise CourseError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if max_characters is not None and max_characters < 1:
-        raise CourseError(f"max_characters must be >= 1 or None, got {max_characters}")
+        raise ConfigError(f"max_characters must be >= 1 or None, got {max_characters}")
     path = Path(path)
     directory = _cache_directory(path, tokenizer, val_fraction, max_characters)
     recover(directory)  # a publication that a crash interrupted
@@ -149,7 +149,7 @@ def _read_pieces(path: Path) -> Iterator[str]:
             while piece := file.read(READ_CHARACTERS):
                 yield piece
     except UnicodeDecodeError as error:
-        raise CourseError(f"{path} is not UTF-8 text ({error}); pass a plain text file") from None
+        raise DataError(f"{path} is not UTF-8 text ({error}); pass a plain text file") from None
 
 
 def _text_pieces(path: Path, begin: int, end: int, bar: tqdm) -> Iterator[str]:

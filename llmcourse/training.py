@@ -52,25 +52,13 @@ from llmcourse.distributed import (
     unwrap_model,
     wrap_model,
 )
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, TrainingError
 from llmcourse.model import GPT, IGNORE_INDEX, GPTConfig, count_parameters
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_scheduler
 from llmcourse.tokenizers.files import Tokenizer
 
 Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
-
-
-class TrainingConfigError(CourseError, ValueError):
-    """A training setting is invalid or contradicts another one."""
-
-
-class TrainingError(CourseError, RuntimeError):
-    """The data or checkpoint given to the training loop cannot be used as asked."""
-
-
-class TrainingOutOfMemoryError(TrainingError):
-    """A training step needed more memory than the device could allocate."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -122,7 +110,7 @@ def evaluate_loss(
     it was in. ``model(inputs, targets)`` must return ``(logits, loss)``.
     """
     if max_batches is not None and max_batches < 1:
-        raise TrainingConfigError(f"max_batches must be >= 1 or None, got {max_batches}")
+        raise ConfigError(f"max_batches must be >= 1 or None, got {max_batches}")
     device = model_device(model)
     losses = []
     with eval_mode(model):
@@ -147,7 +135,7 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     model compresses the text itself, whatever the tokenizer.
     """
     if not bytes_per_token > 0:
-        raise TrainingConfigError(f"bytes_per_token must be > 0, got {bytes_per_token}")
+        raise ConfigError(f"bytes_per_token must be > 0, got {bytes_per_token}")
     return float(loss) / math.log(2) / bytes_per_token
 
 
@@ -230,7 +218,7 @@ def estimate_training_memory(
     """
     sequence_length = config.context_length if sequence_length is None else sequence_length
     if batch_size < 1 or sequence_length < 1:
-        raise TrainingConfigError(
+        raise ConfigError(
             f"batch_size and sequence_length must be >= 1, got {batch_size} and "
             f"{sequence_length}"
         )
@@ -261,7 +249,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def _out_of_memory_error(model: nn.Module, batch: Batch, error: BaseException
-                         ) -> TrainingOutOfMemoryError:
+                         ) -> TrainingError:
     """The error that replaces an allocator's: what the step needed, by estimate, and what
     to lower."""
     batch_size, sequence_length = batch[0].shape[:2]
@@ -277,7 +265,7 @@ def _out_of_memory_error(model: nn.Module, batch: Batch, error: BaseException
     else:
         need = f"{shape} needs more memory than there is"
     device = model_device(model)
-    return TrainingOutOfMemoryError(
+    return TrainingError(
         f"out of memory on {device} in a training step{_requested(str(error))}: {need}; "
         "lower the batch size (--batch-size) or the context length (--context-length): the "
         "activations grow with both"
@@ -337,7 +325,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
-            raise TrainingConfigError(
+            raise ConfigError(
                 "give exactly one of max_steps and epochs (the run's length), got "
                 f"max_steps={self.max_steps}, epochs={self.epochs}"
             )
@@ -406,7 +394,7 @@ def fine_tuning_config(epochs: int, **settings: Any) -> TrainingConfig:
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise TrainingConfigError(message)
+        raise ConfigError(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +447,7 @@ def _choose_fused(requested: bool | None, parameters: list[nn.Parameter]) -> boo
     if reason is None:
         return True
     if requested:
-        raise TrainingConfigError(f"{reason}; set fused_optimizer=None to fall back to the default")
+        raise ConfigError(f"{reason}; set fused_optimizer=None to fall back to the default")
     warnings.warn(f"using the default AdamW: {reason}", RuntimeWarning, stacklevel=3)
     return False
 
@@ -734,7 +722,7 @@ def train(
     checkpoint's, raising ``TrainingError`` that names each difference.
 
     A KeyboardInterrupt (Ctrl-C) comes out as ``TrainingInterrupted``, which says which step the
-    last checkpoint holds. A step that runs out of memory raises ``TrainingOutOfMemoryError``
+    last checkpoint holds. A step that runs out of memory raises ``TrainingError``
     with an estimate of what the step needs (``estimate_training_memory``); a batch whose
     targets are all ignored (-100) raises ``TrainingError`` instead of training on a NaN loss.
 

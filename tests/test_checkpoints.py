@@ -14,14 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import llmcourse.checkpoints as checkpoints
-from llmcourse.checkpoints import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
-from llmcourse.errors import CourseError
+from llmcourse.checkpoints import load_checkpoint, load_model, save_checkpoint
+from llmcourse.errors import CheckpointError, CourseError, MissingFileError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.schedules import warmup_cosine_scheduler
 from llmcourse.tokenizers import BPETokenizer
@@ -197,13 +191,13 @@ def test_will_not_overwrite_a_directory_with_other_files(tmp_path: Path) -> None
 
 
 def test_missing_directory_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointNotFoundError, match="no checkpoint directory") as error:
+    with pytest.raises(MissingFileError, match="no checkpoint directory") as error:
         load_checkpoint(tmp_path / "nowhere")
     assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, CourseError)
 
     save_checkpoint(tmp_path / "run", make_model())
     (tmp_path / "run" / "model.safetensors").unlink()
-    with pytest.raises(CheckpointNotFoundError, match="has no model.safetensors"):
+    with pytest.raises(MissingFileError, match="has no model.safetensors"):
         load_model(tmp_path / "run")
 
 

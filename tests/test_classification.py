@@ -15,10 +15,7 @@ from llmcourse.classification import (
     CLASS_NAMES,
     ClassificationModel,
     Classifier,
-    ClassifierCheckpointError,
-    ClassifierError,
     EpochAccuracy,
-    SpamDataError,
     SpamDataset,
     Split,
     balanced_split,
@@ -36,7 +33,7 @@ from llmcourse.classification import (
     save_classifier,
     train_classifier,
 )
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, CourseError, DataError, InputError
 from llmcourse.lora import lora_layers
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
@@ -92,7 +89,7 @@ def test_parsing_quoted_fields_like_pandas():
     ],
 )
 def test_malformed_rows_name_their_line(text: str, message: str):
-    with pytest.raises(SpamDataError, match=message) as caught:
+    with pytest.raises(DataError, match=message) as caught:
         parse_sms_spam(text, source="sms.tsv")
     assert str(caught.value).startswith("sms.tsv, line")
     assert isinstance(caught.value, CourseError)
@@ -120,7 +117,7 @@ def test_balanced_split_on_a_small_example():
     assert sorted(t for t, label in everything if label) == [f"spam {i}" for i in range(4)]
     assert sum(1 for _, label in everything if label == 0) == 4
     assert split.truncated(1) == Split(split.train[:1], split.validation[:1], split.test[:1])
-    with pytest.raises(ClassifierError, match="sum to 1"):
+    with pytest.raises(ConfigError, match="sum to 1"):
         balanced_split(rows, fractions=(0.5, 0.5, 0.5))
 
 
@@ -139,7 +136,7 @@ def test_dataset_pads_with_the_end_token_and_truncates():
     assert capped.inputs.tolist() == [TEA_IDS[:4], [15496, 11, 0, 0]]
     special = SpamDataset([("<|endoftext|>", 0)], tokenizer)  # ordinary text, not the end token
     assert P not in special.inputs.tolist()[0]
-    with pytest.raises(ClassifierError, match="longer than the model's context of 4"):
+    with pytest.raises(ConfigError, match="longer than the model's context of 4"):
         SpamDataset(rows, tokenizer, max_length=5, context_length=4)
 
 
@@ -150,7 +147,7 @@ def test_loaders_share_the_training_length_and_drop_the_last_partial_batch():
     train, validation, test = make_loaders(split, gpt2_tokenizer(), batch_size=2)
     assert len(train) == 2  # 5 examples, batches of 2, the last one dropped
     assert validation.dataset.max_length == test.dataset.max_length == train.dataset.max_length
-    with pytest.raises(ClassifierError, match="no full batch of 8"):
+    with pytest.raises(ConfigError, match="no full batch of 8"):
         make_loaders(split, gpt2_tokenizer(), batch_size=8)
 
 
@@ -167,7 +164,7 @@ def test_last_and_last_real_positions_on_a_padded_batch():
     assert torch.equal(classification_logits(model, ids, "last"), logits[:, -1])
     expected = torch.stack([logits[0, 2], logits[1, 4], logits[2, 0]])
     assert torch.equal(classification_logits(model, ids, "last_real"), expected)
-    with pytest.raises(ClassifierError, match="read_position must be one of"):
+    with pytest.raises(ConfigError, match="read_position must be one of"):
         classification_logits(model, ids, "first")
 
 
@@ -216,9 +213,9 @@ def test_freezing_strategies_train_exactly_the_chosen_parameters():
     assert trainable_names(model) == head | adapters
     per_block = 2 * (8 + 24) + 2 * (8 + 8) + 2 * (8 + 32) + 2 * (32 + 8)
     assert report.trainable == 2 * per_block + 8 * 2 + 2
-    with pytest.raises(ClassifierError, match="call replace_head"):
+    with pytest.raises(ConfigError, match="call replace_head"):
         freeze_for(GPT(config), "head")
-    with pytest.raises(ClassifierError, match="unknown strategy"):
+    with pytest.raises(ConfigError, match="unknown strategy"):
         freeze_for(tiny_classifier(config=config), "everything")
 
 
@@ -274,7 +271,7 @@ def test_classification_model_gives_the_logits_and_loss_the_training_loop_needs(
     logits, loss = wrapper(ids, labels)
     torch.testing.assert_close(loss, F.cross_entropy(expected, labels), rtol=0, atol=0)
     assert sum(p.numel() for p in wrapper.parameters()) == model.num_parameters()
-    with pytest.raises(ClassifierError, match="read_position"):
+    with pytest.raises(ConfigError, match="read_position"):
         ClassificationModel(model, "first")
 
 
@@ -337,7 +334,7 @@ def test_classify_pads_to_max_length_and_returns_the_probability():
     with torch.no_grad():
         cut = torch.softmax(model(torch.tensor([TEA_IDS[:3]]))[0, -1], -1)
     assert probability == pytest.approx(cut.max().item(), abs=1e-6)
-    with pytest.raises(ClassifierError, match="empty text"):
+    with pytest.raises(InputError, match="empty text"):
         classify(model, gpt2_tokenizer(), "")
 
 
@@ -369,19 +366,19 @@ def test_classifier_checkpoint_round_trip(tmp_path: Path):
 
 def test_classifier_checkpoint_errors(tmp_path: Path):
     model = tiny_classifier()
-    with pytest.raises(ClassifierCheckpointError, match="not a classifier checkpoint"):
+    with pytest.raises(CheckpointError, match="not a classifier checkpoint"):
         load_classifier(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ClassifierCheckpointError, match="not part of a classifier \\(notes.txt\\)"):
+    with pytest.raises(CheckpointError, match="not part of a classifier \\(notes.txt\\)"):
         save_classifier(tmp_path, Classifier(model, max_length=8))
     directory = save_classifier(tmp_path / "clf", Classifier(model, max_length=8))
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "n_embd": 32}))
-    with pytest.raises(ClassifierCheckpointError, match="do not fit"):
+    with pytest.raises(CheckpointError, match="do not fit"):
         load_classifier(directory)
     (directory / "classifier.json").write_text('{"format": "something else"}')
-    with pytest.raises(ClassifierCheckpointError, match="not a classifier description"):
+    with pytest.raises(CheckpointError, match="not a classifier description"):
         load_classifier(directory)
 
 
@@ -405,7 +402,7 @@ def test_tampered_classifier_fields_name_the_field_and_the_file(tmp_path, field,
     path = directory / "classifier.json"
     settings = json.loads(path.read_text())
     path.write_text(json.dumps({**settings, field: value}))
-    with pytest.raises(ClassifierCheckpointError) as raised:
+    with pytest.raises(CheckpointError) as raised:
         load_classifier(directory)
     assert str(raised.value).startswith(f"{path}: field {field!r} must be {expected}")
     assert str(raised.value).endswith("save the classifier again")
@@ -415,18 +412,18 @@ def test_a_padding_id_outside_the_vocabulary_is_refused(tmp_path):
     directory = save_classifier(tmp_path / "clf", Classifier(tiny_classifier(), max_length=8))
     path = directory / "classifier.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "pad_id": 50257}))
-    with pytest.raises(ClassifierCheckpointError, match="'pad_id' is 50257, not a token id of the "
+    with pytest.raises(CheckpointError, match="'pad_id' is 50257, not a token id of the "
                        "model's vocabulary of 50257"):
         load_classifier(directory)
 
 
 def test_data_of_one_class_is_refused_with_the_counts():
     only_ham = [(f"ham {i}", 0) for i in range(40)]
-    with pytest.raises(ClassifierError, match=r"the data holds one class only \(40 ham, 0 spam\)"):
+    with pytest.raises(DataError, match=r"the data holds one class only \(40 ham, 0 spam\)"):
         balanced_split(only_ham)
     one_class_training = Split(train=[("win", 1), ("prize", 1)], validation=[("hi", 0)],
                                test=[("hi", 0)])
-    with pytest.raises(ClassifierError, match=r"the training part holds one class only "
+    with pytest.raises(DataError, match=r"the training part holds one class only "
                        r"\(0 ham, 2 spam\)"):
         make_loaders(one_class_training, gpt2_tokenizer(), batch_size=1)
 
@@ -436,6 +433,6 @@ def test_an_edited_head_count_is_found_in_a_classifier(tmp_path: Path):
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "n_head": 1}))  # every shape stays the same
-    with pytest.raises(ClassifierCheckpointError, match="config.json was edited after saving: "
+    with pytest.raises(CheckpointError, match="config.json was edited after saving: "
                        f"n_head: saved {config['n_head']}, now 1"):
         load_classifier(directory)

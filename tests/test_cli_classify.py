@@ -73,6 +73,18 @@ def test_errors_are_reported_without_a_traceback(data_mirror, base_checkpoint, t
               "--strategy", "everything"])
 
 
+def test_a_training_part_of_one_class_is_refused(data_mirror, base_checkpoint, tmp_path,
+                                                 capsys):
+    # the first message of the training part only: a classifier of one class learns nothing
+    assert finetune(base_checkpoint, tmp_path / "out", "--max-examples", "1") == 2
+    printed = capsys.readouterr().err
+    assert "Traceback" not in printed
+    error = printed.splitlines()[-1]  # after a note on the base's tokenizer
+    assert error.startswith("error: the training part holds one class only (")
+    assert error.endswith("use more examples (--max-examples) or a split with both classes")
+    assert not (tmp_path / "out").exists()
+
+
 def one_line_error(capsys) -> str:
     """The message of a command that failed with a one-line error and printed nothing else."""
     captured = capsys.readouterr()

@@ -17,7 +17,7 @@ from llmcourse.checkpoints import load_model
 from llmcourse.cli import main
 from llmcourse.data import split_text
 from llmcourse.datasets import CACHE_ENV
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, CourseError, MissingFileError
 from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.pretrained import course_model
@@ -159,7 +159,7 @@ def test_recipe_hash_ignores_evaluation_settings_and_is_stable() -> None:
 
 
 def test_gpt2_profile_has_no_course_model_and_says_what_to_load() -> None:
-    with pytest.raises(course.NoCourseModelError) as caught:
+    with pytest.raises(ConfigError) as caught:
         course.recipe_for("gpt2")
     assert "load_gpt2('gpt2-small')" in str(caught.value)
     assert isinstance(caught.value, CourseError)
@@ -225,13 +225,13 @@ def test_report_holds_the_run_and_its_numbers_can_be_reproduced(use_smoke_cache,
 
 def test_missing_model_without_training_names_the_command(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    with pytest.raises(course.CourseModelNotCachedError) as caught:
+    with pytest.raises(MissingFileError) as caught:
         course_model("smoke", train_if_missing=False)
     message = str(caught.value)
     assert "llmcourse course-model --profile smoke" in message
     assert str(course.course_model_dir("smoke")) in message
     assert isinstance(caught.value, CourseError) and isinstance(caught.value, FileNotFoundError)
-    with pytest.raises(course.CourseModelNotCachedError, match="llmcourse course-model"):
+    with pytest.raises(MissingFileError, match="llmcourse course-model"):
         course.course_model_report("smoke")
     assert not (tmp_path / "models").exists()
 

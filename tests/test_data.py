@@ -3,13 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse.data import (
-    SlidingWindowDataset,
-    TooShortError,
-    create_dataloader,
-    split_text,
-)
-from llmcourse.errors import CourseError
+from llmcourse.data import SlidingWindowDataset, create_dataloader, split_text
+from llmcourse.errors import CourseError, DataError
 
 
 def test_targets_are_inputs_shifted_by_one():
@@ -43,7 +38,7 @@ def test_exactly_one_window_fits():
 
 
 def test_too_short_for_one_window_is_a_clear_error():
-    with pytest.raises(TooShortError, match="at least 5") as error:
+    with pytest.raises(DataError, match="at least 5") as error:
         SlidingWindowDataset([1, 2, 3, 4], max_length=4, stride=1)
     assert isinstance(error.value, CourseError)
 
@@ -98,7 +93,7 @@ def test_batches_have_the_right_shape_and_drop_last():
 
 def test_fewer_examples_than_a_batch_with_drop_last_is_an_error():
     dataset = SlidingWindowDataset(list(range(9)), max_length=4, stride=4)
-    with pytest.raises(TooShortError, match="fewer than one batch"):
+    with pytest.raises(DataError, match="fewer than one batch"):
         create_dataloader(dataset, batch_size=8)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse.devices import DeviceError, available_devices, check_device
-from llmcourse.errors import CourseError
+from llmcourse.devices import available_devices, check_device
+from llmcourse.errors import ConfigError, CourseError
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_the_cpu_is_always_there(cpu_only: None) -> None:
 def test_gpus_are_listed_and_checked_by_index(two_gpus: None) -> None:
     assert available_devices() == ["cpu", "cuda", "cuda:0", "cuda:1"]
     assert check_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(DeviceError, match="'cuda:2' is not available: this machine has 2 CUDA"):
+    with pytest.raises(ConfigError, match="'cuda:2' is not available: this machine has 2 CUDA"):
         check_device("cuda:2")
 
 
@@ -47,7 +47,7 @@ def test_gpus_are_listed_and_checked_by_index(two_gpus: None) -> None:
     ],
 )
 def test_unavailable_devices_are_one_line_errors(cpu_only: None, name: str, message: str) -> None:
-    with pytest.raises(DeviceError) as raised:
+    with pytest.raises(ConfigError) as raised:
         check_device(name)
     assert str(raised.value) == message
     assert isinstance(raised.value, CourseError) and isinstance(raised.value, ValueError)

@@ -20,11 +20,9 @@ import torch
 
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_checkpoint
 from llmcourse.cli import main
-from llmcourse.data import SlidingWindowDataset, TooShortError
+from llmcourse.data import SlidingWindowDataset
 from llmcourse.distributed import (
     DistributedContext,
-    DistributedSetupError,
-    GlobalBatchError,
     GlobalBatchSampler,
     average_over_processes,
     barrier,
@@ -36,9 +34,9 @@ from llmcourse.distributed import (
     is_main_process,
     wrap_model,
 )
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, CourseError, DataError, TrainingError
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.training import StepState, TrainingConfig, TrainingError, TrainingHistory, train
+from llmcourse.training import StepState, TrainingConfig, TrainingHistory, train
 
 # No query/key/value bias: the key bias' gradient is zero up to rounding (softmax ignores a shift
 # shared by all keys) and Adam scales that rounding noise up to whole steps, so its value would
@@ -147,10 +145,10 @@ def test_the_loaders_of_two_ranks_together_yield_the_single_process_batches() ->
 
 def test_an_indivisible_global_batch_or_too_small_a_dataset_is_refused() -> None:
     dataset = SlidingWindowDataset(TRAIN_TOKENS, CONTEXT, CONTEXT)
-    with pytest.raises(GlobalBatchError, match="9 examples does not split evenly among 2") as error:
+    with pytest.raises(ConfigError, match="9 examples does not split evenly among 2") as error:
         distributed_loader(dataset, 9, DistributedContext(rank=0, world_size=2))
     assert isinstance(error.value, CourseError) and "multiple of 2" in str(error.value)
-    with pytest.raises(TooShortError, match="37 examples, fewer than one global batch of 40"):
+    with pytest.raises(DataError, match="37 examples, fewer than one global batch of 40"):
         distributed_loader(dataset, 40, DistributedContext())
 
 
@@ -176,7 +174,7 @@ def test_a_half_set_environment_fails_clearly(monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(DistributedSetupError, match="RANK.*not set.*torchrun") as error:
+    with pytest.raises(ConfigError, match="RANK.*not set.*torchrun") as error:
         init_distributed()
     assert isinstance(error.value, CourseError)
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from llmcourse import evaluation as ev
+from llmcourse.errors import InputError, ToolError
 
 ENTRY = {
     "instruction": "Name the capital of France.",
@@ -92,13 +93,13 @@ def test_score_responses_averages_the_per_item_scores():
 def test_score_responses_names_the_entries_without_a_response(tmp_path):
     entries = [{**ENTRY, "model_response": "Paris"}, ENTRY, {**ENTRY, "model_response": 3},
                {"output": "Paris", "model_response": "Paris"}]
-    with pytest.raises(ev.EvaluationError) as caught:
+    with pytest.raises(InputError) as caught:
         ev.score_responses(entries)
     assert str(caught.value).startswith(
         "3 of 4 entries lack one of the string fields 'instruction', 'input', 'output', "
         "'model_response' (entries 1, 2, 3, counting from 0)"
     )
-    with pytest.raises(ev.EvaluationError, match="no responses"):
+    with pytest.raises(InputError, match="no responses"):
         ev.score_responses([])
     summary = ev.score_responses(entries[:1], "model_response")
     assert summary.to_dict() == {
@@ -273,7 +274,7 @@ def test_environment_variables_choose_the_host_and_the_model(ollama: FakeOllama,
 def test_a_missing_judge_model_says_how_to_pull_it(ollama: FakeOllama):
     judge = ev.OllamaJudge(model="mistral", host=ollama.url, timeout=10)
     assert judge.is_available()  # the server answers, the model is missing
-    with pytest.raises(ev.JudgeUnavailableError) as caught:
+    with pytest.raises(ToolError) as caught:
         judge.judge_responses(entries_with("Paris"), progress=False)
     assert str(caught.value) == (
         f"the Ollama server at {ollama.url} does not have the model 'mistral' (it has: "
@@ -289,7 +290,7 @@ def test_an_unreachable_host_is_explained():
         port = probe.getsockname()[1]
     judge = ev.OllamaJudge(host=f"127.0.0.1:{port}", timeout=5)
     assert not judge.is_available()
-    with pytest.raises(ev.JudgeUnavailableError) as caught:
+    with pytest.raises(ToolError) as caught:
         judge.judge_responses(entries_with("Paris"), progress=False)
     message = str(caught.value)
     assert message.startswith(f"cannot reach an Ollama server at http://127.0.0.1:{port} (")
@@ -313,7 +314,7 @@ def test_an_unreachable_host_is_explained():
 def test_malformed_chat_answers_are_errors(ollama: FakeOllama, status, body, message):
     ollama.chat_override = (status, body)
     judge = ev.OllamaJudge(host=ollama.url, timeout=10)
-    with pytest.raises(ev.JudgeResponseError) as caught:
+    with pytest.raises(ToolError) as caught:
         judge.score(ENTRY, "Paris")
     assert message in str(caught.value)
     assert str(caught.value).startswith(f"{ollama.url}/api/chat ")
@@ -323,5 +324,5 @@ def test_a_server_that_is_not_ollama_is_not_available(ollama: FakeOllama):
     ollama.tags_override = b'{"status": "ok"}'
     judge = ev.OllamaJudge(host=ollama.url, timeout=10)
     assert not judge.is_available()
-    with pytest.raises(ev.JudgeResponseError, match="did not answer a model list"):
+    with pytest.raises(ToolError, match="did not answer a model list"):
         judge.check()

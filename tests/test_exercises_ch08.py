@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse.distributed import GlobalBatchError
+from llmcourse.errors import ConfigError
 from llmcourse.exercises import check
 from llmcourse.exercises.ch08_scaling import (
     reference_allreduce_mean,
@@ -27,7 +27,7 @@ def test_reference_per_process_batch_divides_or_refuses():
     assert reference_per_process_batch(8, 1) == 8
     with pytest.raises(ValueError, match="multiple of 2"):
         reference_per_process_batch(9, 2)
-    with pytest.raises(GlobalBatchError, match=">= 1"):
+    with pytest.raises(ConfigError, match=">= 1"):
         reference_per_process_batch(0, 2)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CourseError, InputError
 from llmcourse.figures.attention import (
     ZERO_WIDTH_SPACE,
-    AttentionFigureError,
     attention_heatmap_figure,
     attention_matrix_figure,
     attention_panels_figure,
@@ -66,7 +65,7 @@ def test_stack_layers_accepts_a_tensor_and_the_list_of_attention_weights():
     ],
 )
 def test_stack_layers_rejects_other_shapes(weights, message):
-    with pytest.raises(AttentionFigureError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         stack_layers(weights)
 
 
@@ -129,7 +128,7 @@ def test_heatmap_shows_values_only_for_short_sequences():
 
 
 def test_heatmap_needs_one_label_per_token():
-    with pytest.raises(AttentionFigureError, match="got 3 token labels for attention over 4"):
+    with pytest.raises(InputError, match="got 3 token labels for attention over 4"):
         attention_heatmap_figure(causal_weights(1, 1, 4), LABELS[:3])
 
 
@@ -149,7 +148,7 @@ def test_panels_share_one_colour_bar_and_keep_their_matrices():
 def test_matrix_figure_draws_one_matrix_only():
     fig = attention_matrix_figure(causal_weights(1, 1, 4)[0, 0], LABELS, title="One head")
     assert len(fig.data) == 1
-    with pytest.raises(AttentionFigureError, match=r"one attention matrix \(T, T\)"):
+    with pytest.raises(InputError, match=r"one attention matrix \(T, T\)"):
         attention_matrix_figure(causal_weights(1, 1, 4)[0], LABELS, title="One head")
 
 
@@ -225,7 +224,7 @@ def test_attention_table_has_a_cell_per_pair_with_its_weight():
     assert table.count("<td") == 4
     assert 'title="query 1 ·b → key 0 &lt;|endoftext|&gt;: 0.250"' in table
     assert "<|endoftext|>" not in table
-    with pytest.raises(AttentionFigureError, match=r"expected a \(3, 3\) matrix"):
+    with pytest.raises(InputError, match=r"expected a \(3, 3\) matrix"):
         attention_table_html(matrix, ["a", "b", "c"], "a caption")
 
 

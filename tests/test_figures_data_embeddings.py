@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmcourse.data import SlidingWindowDataset
+from llmcourse.errors import InputError
 from llmcourse.figures.data_sampling import (
     IDLE,
     INPUT,
@@ -24,7 +25,6 @@ from llmcourse.figures.embeddings import (
     principal_axes,
     project,
 )
-from llmcourse.figures.tokenization import TokenFigureError
 from llmcourse.viz import PROFILE_LABEL_NAME, figure_output
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_window_figure_is_labelled_and_serializable():
 
 
 def test_window_figure_rejects_bad_input():
-    with pytest.raises(TokenFigureError, match="one piece per id"):
+    with pytest.raises(InputError, match="one piece per id"):
         sliding_window_figure(["a"], [1, 2], max_length=1)
     with pytest.raises(ValueError, match="cannot fill one window"):
         sliding_window_figure(["a", "b"], [1, 2], max_length=2)

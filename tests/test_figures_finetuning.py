@@ -8,12 +8,12 @@ import torch
 from llmcourse.classification import (
     AccuracyRecord,
     Classifier,
-    ClassifierError,
     classification_logits,
     encode_message,
     pad,
     replace_head,
 )
+from llmcourse.errors import InputError
 from llmcourse.figures.finetuning import (
     TRAINING_STATE_BYTES_PER_PARAMETER,
     StrategyResult,
@@ -122,7 +122,7 @@ def test_confusion_matrix_figure_counts_and_row_shares():
     assert list(heatmap.x) == ["predicted not spam", "predicted spam"]
     assert [list(row) for row in heatmap.customdata] == [[75.0, 25.0], [0.0, 100.0]]
     assert fig.layout.yaxis.title.text == "true class"
-    with pytest.raises(ClassifierError, match="must be 2 x 2"):
+    with pytest.raises(InputError, match="must be 2 x 2"):
         confusion_matrix_figure([[1, 2, 3]])
     three = confusion_matrix_figure([[1, 0, 0], [0, 2, 0], [0, 0, 3]], ("a", "b", "c"))
     assert list(three.data[0].y) == ["true a", "true b", "true c"]
@@ -194,5 +194,5 @@ def test_positive_probability_needs_a_two_class_classifier():
     classifier = tiny_classifier()
     replace_head(classifier.model, 3)
     classifier.class_names = ("a", "b", "c")
-    with pytest.raises(ClassifierError, match="two-class classifier"):
+    with pytest.raises(InputError, match="two-class classifier"):
         positive_probability(classifier, "hello")

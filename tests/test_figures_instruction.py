@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmcourse.errors import InputError
 from llmcourse.figures.instruction import (
     IGNORED,
     ROLES,
-    InstructionFigureError,
     criterion_success_figure,
     input_roles,
     masking_grid_figure,
@@ -53,7 +53,7 @@ def test_target_roles_name_what_each_target_predicts():
 
 
 def test_target_roles_reject_a_batch_of_another_size():
-    with pytest.raises(InstructionFigureError, match=r"shape \(B, L\) with B = 2"):
+    with pytest.raises(InputError, match=r"shape \(B, L\) with B = 2"):
         target_roles(ITEMS, torch.zeros(3, 5, dtype=torch.long))
 
 
@@ -90,7 +90,7 @@ def test_masking_grid_cuts_to_max_length():
 
 
 def test_masking_grid_needs_entries():
-    with pytest.raises(InstructionFigureError, match="at least one entry"):
+    with pytest.raises(InputError, match="at least one entry"):
         masking_grid_figure([], NumberTokenizer())
 
 
@@ -106,7 +106,7 @@ def test_token_length_figure_overlays_histograms_and_marks_the_context():
 
 
 def test_token_length_figure_needs_lengths():
-    with pytest.raises(InstructionFigureError, match="non-empty list"):
+    with pytest.raises(InputError, match="non-empty list"):
         token_length_figure({"Alpaca": []})
 
 
@@ -131,5 +131,5 @@ def test_criterion_success_figure_draws_one_bar_group_per_task_and_overall():
 
 def test_criterion_success_figure_refuses_scores_without_tasks():
     scores = {"fine_tuned": {"criterion_success": None, "rouge_l": 0.2}, "baselines": {}}
-    with pytest.raises(InstructionFigureError, match="no task criteria"):
+    with pytest.raises(InputError, match="no task criteria"):
         criterion_success_figure(scores)

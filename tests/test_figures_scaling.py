@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from llmcourse.distributed import GlobalBatchSampler
+from llmcourse.errors import InputError
 from llmcourse.figures.scaling import (
-    ScalingFigureError,
     Speedup,
     allreduce_figure,
     benchmark_speedups,
@@ -61,11 +61,11 @@ def test_ring_allreduce_step_by_step():
 
 
 def test_ring_allreduce_needs_one_chunk_per_rank():
-    with pytest.raises(ScalingFigureError, match="3 numbers per rank for 3 ranks"):
+    with pytest.raises(InputError, match="3 numbers per rank for 3 ranks"):
         ring_allreduce_steps([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    with pytest.raises(ScalingFigureError, match="same, non-zero length"):
+    with pytest.raises(InputError, match="same, non-zero length"):
         ring_allreduce_steps([[1.0, 2.0], [3.0]])
-    with pytest.raises(ScalingFigureError, match="2 to 8 ranks; got 1"):
+    with pytest.raises(InputError, match="2 to 8 ranks; got 1"):
         ring_allreduce_steps([[1.0]])
 
 
@@ -146,9 +146,9 @@ def test_speedup_ratio_uses_the_medians():
     speedup = Speedup("fused attention", "explicit", "fused", [0.030, 0.010, 0.020], [0.010, 0.5])
     assert speedup.ratio == pytest.approx(0.020 / 0.255)
     assert speedup.summary() == "fused attention: 0.08x (explicit 20 ms -> fused 255 ms)"
-    with pytest.raises(ScalingFigureError, match="at least one time"):
+    with pytest.raises(InputError, match="at least one time"):
         Speedup("x", "a", "b", [], [1.0])
-    with pytest.raises(ScalingFigureError, match="positive"):
+    with pytest.raises(InputError, match="positive"):
         Speedup("x", "a", "b", [0.0], [1.0])
 
 
@@ -183,7 +183,7 @@ def test_benchmark_speedups_compare_ours_with_transformers():
     assert [round(speedup.ratio, 3) for speedup in speedups] == [3.0, 1.5, 2.0, 1.0]
     assert speedups[0].technique == "training step: ours vs transformers"
     assert speedups[2].baseline == "transformers, KV cache"
-    with pytest.raises(ScalingFigureError, match="benchmark_gpt.py --json"):
+    with pytest.raises(InputError, match="benchmark_gpt.py --json"):
         benchmark_speedups({"training": {}})
 
 
@@ -193,5 +193,5 @@ def test_loss_tracking_figure_has_one_line_per_run():
     assert list(fig.data[1].x) == [1, 2] and list(fig.data[1].y) == [4.01, 3.02]
     assert fig.data[0].line.dash != fig.data[1].line.dash  # overlapping lines stay visible
     assert fig.layout.yaxis.title.text.startswith("cross-entropy") and has_profile_label(fig)
-    with pytest.raises(ScalingFigureError):
+    with pytest.raises(InputError):
         loss_tracking_figure({"empty": []})

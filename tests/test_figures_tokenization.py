@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CourseError, InputError
 from llmcourse.figures.tokenization import (
     BOX_GAP,
     PALETTE,
-    TokenFigureError,
     bpe_merge_steps_figure,
     layout_boxes,
     token_colour,
@@ -70,7 +69,7 @@ def test_token_pieces_of_gpt2(gpt2) -> None:
 
 
 def test_token_pieces_rejects_other_objects() -> None:
-    with pytest.raises(TokenFigureError, match="WordTokenizer, a BPETokenizer") as error:
+    with pytest.raises(InputError, match="WordTokenizer, a BPETokenizer") as error:
         token_pieces(str.split, "a b")
     assert isinstance(error.value, CourseError)
 
@@ -121,7 +120,7 @@ def test_token_colour_figure_has_one_box_per_token_with_ids_on_hover() -> None:
 
 
 def test_token_colour_figure_rejects_mismatched_lengths() -> None:
-    with pytest.raises(TokenFigureError, match="got 2 pieces but 3 ids"):
+    with pytest.raises(InputError, match="got 2 pieces but 3 ids"):
         token_colour_figure(["a", "b"], [1, 2, 3], "mismatch")
 
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from llmcourse.errors import InputError
 from llmcourse.figures.training import (
     OTHER_TOKENS,
-    FigureInputError,
     gradient_norm_figure,
     learning_rate_figure,
     loss_curves_figure,
@@ -82,7 +82,7 @@ def test_loss_curves_without_validation_or_steps():
     fig = loss_curves_figure(history)
     assert [trace.name for trace in fig.data][-1] == "validation loss"
     assert list(fig.data[-1].y) == []
-    with pytest.raises(FigureInputError, match="no steps"):
+    with pytest.raises(InputError, match="no steps"):
         loss_curves_figure(TrainingHistory())
 
 
@@ -119,7 +119,7 @@ def test_gradient_norm_figure_lines_and_threshold():
     assert list(before.x) == [1, 2, 3] and list(before.y) == [3.0, 0.5, 1.5]
     assert list(after.y) == [1.0, 0.5, 1.0]
     assert [shape.y0 for shape in fig.layout.shapes if shape.type == "line"] == [1.0]
-    with pytest.raises(FigureInputError, match="3 norms before clipping but 2 after"):
+    with pytest.raises(InputError, match="3 norms before clipping but 2 after"):
         gradient_norm_figure([1.0, 2.0, 3.0], [1.0, 1.0], max_norm=1.0)
 
 
@@ -143,7 +143,7 @@ def test_next_token_probabilities_greedy_temperature_and_filters():
 
     assert kept(0.9) == [3, 7]
     assert kept(0.95) == [0, 3, 7]
-    with pytest.raises(FigureInputError, match=r"\(V,\)"):
+    with pytest.raises(InputError, match=r"\(V,\)"):
         next_token_probabilities(LOGITS.view(1, 9))
 
 
@@ -152,7 +152,7 @@ def test_shown_tokens_with_a_list_or_a_function():
     assert ids == [3, 7, 0] and names == ["forward", "toward", "closer"]
     ids, names = shown_tokens(LOGITS, lambda token: f"#{token}", max_bars=2)
     assert names == ["#3", "#7"]
-    with pytest.raises(FigureInputError, match="8 labels for 9 logits"):
+    with pytest.raises(InputError, match="8 labels for 9 logits"):
         shown_tokens(LOGITS, VOCABULARY[:8], max_bars=3)
 
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CourseError, InputError
 from llmcourse.generation import (
-    GenerationError,
     KVCache,
     Sampling,
     apply_temperature,
@@ -130,7 +129,7 @@ def test_cache_shape_defaults_and_reset():
 
 @pytest.mark.parametrize("max_length", [17, 0])
 def test_cache_length_must_fit_the_context(max_length):
-    with pytest.raises(GenerationError, match="context length 16") as error:
+    with pytest.raises(InputError, match="context length 16") as error:
         KVCache(CONFIG, batch_size=1, max_length=max_length)
     assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
 
@@ -140,17 +139,17 @@ def test_cache_refuses_to_overflow():
     cache = KVCache(CONFIG, batch_size=1, max_length=6)
     with torch.no_grad():
         model(random_prompts(1, 5), kv_cache=cache)
-        with pytest.raises(GenerationError, match="at most 6 positions; 5 are cached and 2 more"):
+        with pytest.raises(InputError, match="at most 6 positions; 5 are cached and 2 more"):
             model(random_prompts(1, 2), kv_cache=cache)
 
 
 def test_cache_rejects_wrong_dtype_and_shape():
     cache = KVCache(CONFIG, batch_size=2, dtype=torch.float64)
     keys = torch.zeros(2, 2, 3, 16)
-    with pytest.raises(GenerationError, match="create the KVCache with the model's dtype"):
+    with pytest.raises(InputError, match="create the KVCache with the model's dtype"):
         cache.update(0, keys, keys)
     wrong_batch = torch.zeros(1, 2, 3, 16, dtype=torch.float64)
-    with pytest.raises(GenerationError, match=r"\(2, 2, 3, 16\)"):
+    with pytest.raises(InputError, match=r"\(2, 2, 3, 16\)"):
         cache.update(0, wrong_batch, wrong_batch)
 
 
@@ -166,7 +165,7 @@ def test_temperature_divides_logits():
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(temperature):
-    with pytest.raises(GenerationError, match="temperature must be positive"):
+    with pytest.raises(InputError, match="temperature must be positive"):
         apply_temperature(torch.zeros(1, 3), temperature)
 
 
@@ -193,7 +192,7 @@ def test_top_k_keeps_ties_at_the_boundary():
 
 @pytest.mark.parametrize("k", [0, -2, 1.5, True])
 def test_top_k_must_be_a_positive_whole_number(k):
-    with pytest.raises(GenerationError, match="top_k must be a whole number"):
+    with pytest.raises(InputError, match="top_k must be a whole number"):
         top_k_filter(torch.zeros(1, 4), k)
 
 
@@ -233,7 +232,7 @@ def test_top_p_always_keeps_the_most_probable_token_and_its_ties():
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.01])
 def test_top_p_must_be_a_probability(p):
-    with pytest.raises(GenerationError, match=r"top_p must be a probability in \(0, 1\]"):
+    with pytest.raises(InputError, match=r"top_p must be a probability in \(0, 1\]"):
         top_p_filter(torch.zeros(1, 4), p)
 
 
@@ -288,16 +287,16 @@ def test_sampling_with_top_p_draws_only_from_the_nucleus():
 
 
 def test_sampling_settings_are_checked_when_made():
-    with pytest.raises(GenerationError, match="temperature must be 0 .greedy. or positive"):
+    with pytest.raises(InputError, match="temperature must be 0 .greedy. or positive"):
         Sampling(temperature=-0.5)
-    with pytest.raises(GenerationError, match="top_k"):
+    with pytest.raises(InputError, match="top_k"):
         Sampling(temperature=0, top_k=0)
-    with pytest.raises(GenerationError, match="top_p"):
+    with pytest.raises(InputError, match="top_p"):
         Sampling(1.0, top_p=2.0)
     for eos_id in (-1, 2.5, "7"):
-        with pytest.raises(GenerationError, match="eos_id must be a token id"):
+        with pytest.raises(InputError, match="eos_id must be a token id"):
             Sampling(eos_id=eos_id)
-    with pytest.raises(GenerationError, match=r"shape \(batch, vocab\)"):
+    with pytest.raises(InputError, match=r"shape \(batch, vocab\)"):
         sample_next_token(torch.zeros(5))
 
 
@@ -382,15 +381,15 @@ def test_zero_new_tokens_returns_the_prompt():
     ],
 )
 def test_bad_prompts_are_rejected(prompts, message):
-    with pytest.raises(GenerationError, match=message):
+    with pytest.raises(InputError, match=message):
         generate(random_gpt(), prompts, 3)
 
 
 def test_bad_generation_arguments_are_rejected():
     model, prompts = random_gpt(), random_prompts(1, 3)
-    with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more"):
+    with pytest.raises(InputError, match="max_new_tokens must be 0 or more"):
         generate(model, prompts, -1)
-    with pytest.raises(GenerationError, match="sampling must be a Sampling"):
+    with pytest.raises(InputError, match="sampling must be a Sampling"):
         generate(model, prompts, 3, {"temperature": 1.0})
 
 
@@ -409,7 +408,7 @@ def test_bad_generation_arguments_are_rejected():
     ],
 )
 def test_bad_sampling_settings_are_course_errors(options, match):
-    with pytest.raises(GenerationError, match=match) as error:
+    with pytest.raises(InputError, match=match) as error:
         Sampling(**options)
     assert isinstance(error.value, CourseError)
 
@@ -417,10 +416,10 @@ def test_bad_sampling_settings_are_course_errors(options, match):
 def test_bad_numbers_of_new_tokens_and_temperatures_are_rejected_everywhere():
     model, prompts = random_gpt(), random_prompts(1, 3)
     for count in (-1, 2.5, True):
-        with pytest.raises(GenerationError, match="max_new_tokens must be 0 or more .a whole"):
+        with pytest.raises(InputError, match="max_new_tokens must be 0 or more .a whole"):
             generate(model, prompts, count)
     logits = torch.zeros(1, 97)
-    with pytest.raises(GenerationError, match="temperature must be positive .and finite."):
+    with pytest.raises(InputError, match="temperature must be positive .and finite."):
         apply_temperature(logits, float("inf"))
 
 
@@ -453,7 +452,7 @@ def test_stream_generate_stops_after_eos_and_takes_one_prompt():
     streamed = stream_generate(model, torch.tensor([[3]]), 8, Sampling(eos_id=5), use_cache=False)
     assert list(streamed) == [4, 5]
     assert model.training
-    with pytest.raises(GenerationError, match="one prompt of shape"):
+    with pytest.raises(InputError, match="one prompt of shape"):
         stream_generate(model, torch.tensor([[3], [4]]), 8)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from llmcourse import instruction as inst
 from llmcourse.checkpoints import save_checkpoint
+from llmcourse.errors import CheckpointError, ConfigError, DataError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
 from llmcourse.training import evaluate_loss
@@ -71,13 +72,13 @@ def test_collate_with_other_pad_and_ignore_values_and_an_end_token_inside_the_te
 
 
 def test_collate_refuses_what_it_cannot_do():
-    with pytest.raises(inst.InstructionError, match="TokenizedEntry"):
+    with pytest.raises(ConfigError, match="TokenizedEntry"):
         inst.collate([[1, 2, 3]], mask_prompt=True)
-    with pytest.raises(inst.InstructionError, match="every target of this batch is masked"):
+    with pytest.raises(ConfigError, match="every target of this batch is masked"):
         inst.collate([inst.TokenizedEntry([1, 2, 3, 4], 4)], mask_prompt=True, max_length=2)
-    with pytest.raises(inst.InstructionError, match="empty batch"):
+    with pytest.raises(ConfigError, match="empty batch"):
         inst.collate([])
-    with pytest.raises(inst.InstructionError, match="max_length must be >= 1"):
+    with pytest.raises(ConfigError, match="max_length must be >= 1"):
         inst.collate([[1]], max_length=0)
 
 
@@ -102,7 +103,7 @@ def test_every_malformed_entry_is_reported_in_one_error(tmp_path: Path):
         "just a string",
     ]
     path = write_json(tmp_path / "data.json", entries)
-    with pytest.raises(inst.InstructionDataError) as caught:
+    with pytest.raises(DataError) as caught:
         inst.load_instruction_data(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: 6 of 8 entries are malformed")
@@ -128,7 +129,7 @@ def test_entries_may_name_their_task(tmp_path: Path):
         "'task' is null (must be a string); unexpected 'id'")
     assert inst.entry_problem({**WITH_INPUT, "task": "rename"}, optional=()) == (
         "unexpected 'task'")
-    with pytest.raises(inst.InstructionDataError) as caught:
+    with pytest.raises(DataError) as caught:
         inst.load_instruction_data(write_json(tmp_path / "bad.json", [{**WITH_INPUT, "task": 1}]))
     assert "exactly the string fields 'instruction', 'input', 'output' (and optionally " \
         "'task'))" in str(caught.value)
@@ -136,7 +137,7 @@ def test_entries_may_name_their_task(tmp_path: Path):
 
 def test_long_lists_of_problems_are_cut_with_a_count(tmp_path: Path):
     path = write_json(tmp_path / "data.json", [{"instruction": "a"}] * 25)
-    with pytest.raises(inst.InstructionDataError) as caught:
+    with pytest.raises(DataError) as caught:
         inst.load_instruction_data(path)
     lines = str(caught.value).splitlines()
     assert lines[20] == "  entry 19: missing 'input', 'output'"
@@ -154,7 +155,7 @@ def test_long_lists_of_problems_are_cut_with_a_count(tmp_path: Path):
 def test_files_that_are_not_lists_of_entries_are_refused(tmp_path: Path, content, message):
     path = tmp_path / "data.json"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(inst.InstructionDataError, match=message):
+    with pytest.raises(DataError, match=message):
         inst.load_instruction_data(path)
 
 
@@ -184,7 +185,7 @@ def test_a_seeded_split_shuffles_a_copy_into_parts_of_the_same_sizes():
     assert parts != entries and sorted(parts, key=lambda e: int(e["instruction"])) == entries
     assert inst.split_entries(entries, seed=1, fractions=(0.5, 0.25, 0.25)) == split
     assert split.truncated(2) == inst.Split(split.train[:2], split.validation[:2], split.test[:2])
-    with pytest.raises(inst.InstructionError, match="sum to 1"):
+    with pytest.raises(ConfigError, match="sum to 1"):
         inst.split_entries(entries, fractions=(0.5, 0.5, 0.5))
 
 
@@ -215,7 +216,7 @@ def test_phi3_prompts():
         "<|user|>\nWhat is an antonym of 'complicated'?"
         "\n<|assistant|>\nAn antonym of 'complicated' is 'simple'."
     )
-    with pytest.raises(inst.InstructionError, match="choose one of: alpaca, phi3"):
+    with pytest.raises(ConfigError, match="choose one of: alpaca, phi3"):
         inst.get_prompt_format("chatml")
 
 
@@ -295,7 +296,7 @@ def test_loaders_batch_as_the_book(data_mirror):
         mask_prompt=True,
     )
     assert torch.equal(inputs, expected_inputs) and torch.equal(targets, expected_targets)
-    with pytest.raises(inst.InstructionError, match="make no full batch of 11"):
+    with pytest.raises(ConfigError, match="make no full batch of 11"):
         inst.make_loaders(split, tokenizer, batch_size=11)
 
 
@@ -373,7 +374,7 @@ def test_generate_responses_adds_answers_and_save_responses_writes_them(data_mir
     assert json.loads(path.read_text(encoding="utf-8")) == answered
     assert inst.load_responses(path) == answered
     assert sorted(entry.name for entry in path.parent.iterdir()) == ["responses.json"]
-    with pytest.raises(inst.InstructionDataError, match="entry 0: missing 'model_response'"):
+    with pytest.raises(DataError, match="entry 0: missing 'model_response'"):
         inst.load_responses(write_json(tmp_path / "plain.json", [WITH_INPUT]))
 
 
@@ -398,7 +399,7 @@ def test_a_saved_instruction_model_loads_with_its_prompt_format(tmp_path: Path):
 def test_instruction_models_are_not_written_over_other_files(tmp_path: Path):
     model = GPT(GPTConfig(vocab_size=64, context_length=16, n_layer=1, n_head=2, n_embd=8))
     base = save_checkpoint(tmp_path / "base", model)
-    with pytest.raises(inst.InstructionCheckpointError, match="config.json, model.safetensors"):
+    with pytest.raises(CheckpointError, match="config.json, model.safetensors"):
         inst.save_instruction_model(base, model, "alpaca")
-    with pytest.raises(inst.InstructionCheckpointError, match="not an instruction-tuned model"):
+    with pytest.raises(CheckpointError, match="not an instruction-tuned model"):
         inst.load_instruction_model(base)

@@ -14,9 +14,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmcourse.classification import replace_head
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, CourseError, MissingFileError
 from llmcourse.lora import (
-    LoRAError,
     LoRALinear,
     apply_lora,
     disable_adapters,
@@ -111,11 +110,11 @@ def test_dropout_applies_to_the_adapter_input_only():
 
 
 def test_layer_settings_are_checked():
-    with pytest.raises(LoRAError, match="rank must be a positive integer"):
+    with pytest.raises(ConfigError, match="rank must be a positive integer"):
         LoRALinear(nn.Linear(4, 4), rank=0, alpha=1)
-    with pytest.raises(LoRAError, match="groups must divide"):
+    with pytest.raises(ConfigError, match="groups must divide"):
         LoRALinear(nn.Linear(4, 5), rank=1, alpha=1, groups=3)
-    with pytest.raises(LoRAError, match="already has a LoRA adapter"):
+    with pytest.raises(ConfigError, match="already has a LoRA adapter"):
         LoRALinear(LoRALinear(nn.Linear(4, 4), rank=1, alpha=1), rank=1, alpha=1)
 
 
@@ -202,7 +201,7 @@ def test_disabled_adapters_give_the_base_outputs():
         torch.testing.assert_close(model(token_ids()), base_outputs, rtol=0, atol=1e-6)
     assert layer.merged
     torch.testing.assert_close(model(token_ids()), adapted, rtol=0, atol=1e-6)
-    with pytest.raises(LoRAError, match="unmerge"):
+    with pytest.raises(ConfigError, match="unmerge"):
         layer.disabled = True
 
 
@@ -210,13 +209,13 @@ def test_targets_by_pattern_and_their_errors():
     model = tiny_gpt()
     apply_lora(model, rank=2, alpha=2, targets=("transformer.h.1.*c_proj",))
     assert list(lora_layers(model)) == ["transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_proj"]
-    with pytest.raises(LoRAError, match="already has a LoRA adapter"):
+    with pytest.raises(ConfigError, match="already has a LoRA adapter"):
         apply_lora(model, rank=2, alpha=2, targets=("c_proj",))
-    with pytest.raises(LoRAError, match="matches no module.*c_attn, c_fc, c_proj, lm_head"):
+    with pytest.raises(ConfigError, match="matches no module.*c_attn, c_fc, c_proj, lm_head"):
         apply_lora(tiny_gpt(), rank=2, alpha=2, targets=("q_proj",))
-    with pytest.raises(LoRAError, match="CausalSelfAttention"):
+    with pytest.raises(ConfigError, match="CausalSelfAttention"):
         apply_lora(tiny_gpt(), rank=2, alpha=2, targets=("attn",))
-    assert issubclass(LoRAError, CourseError) and issubclass(LoRAError, ValueError)
+    assert issubclass(ConfigError, CourseError) and issubclass(ConfigError, ValueError)
 
 
 def test_a_tied_output_layer_is_untied_before_adaptation():
@@ -255,15 +254,15 @@ def test_loading_an_adapter_into_a_different_lora_model_fails_clearly(tmp_path: 
     path = save_adapter(lora_gpt(), tmp_path / "adapter.safetensors")
     other_rank = tiny_gpt()
     apply_lora(other_rank, rank=2, alpha=8, targets=TARGETS)
-    with pytest.raises(LoRAError, match="call apply_lora with rank=4, alpha=8"):
+    with pytest.raises(CheckpointError, match="call apply_lora with rank=4, alpha=8"):
         load_adapter(other_rank, path)
     other_layers = tiny_gpt()
     apply_lora(other_layers, rank=4, alpha=8, targets=("c_attn",))
-    with pytest.raises(LoRAError, match="in the file only: .*mlp.c_fc"):
+    with pytest.raises(CheckpointError, match="in the file only: .*mlp.c_fc"):
         load_adapter(other_layers, path)
-    with pytest.raises(LoRAError, match="no adapter file"):
+    with pytest.raises(MissingFileError, match="no adapter file"):
         load_adapter(tiny_gpt(), tmp_path / "missing.safetensors")
-    with pytest.raises(LoRAError, match="no LoRA layers to save"):
+    with pytest.raises(ConfigError, match="no LoRA layers to save"):
         save_adapter(tiny_gpt(), tmp_path / "none.safetensors")
 
 

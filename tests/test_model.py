@@ -5,14 +5,12 @@ import math
 import pytest
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, CourseError, InputError
 from llmcourse.model import (
     GPT,
     PRESETS,
     CausalSelfAttention,
     GPTConfig,
-    GPTConfigError,
-    InputError,
     attention_weights,
     causal_mask,
     count_parameters,
@@ -224,7 +222,7 @@ def test_residual_projection_init_is_scaled():
     ],
 )
 def test_config_errors_are_course_errors_and_value_errors(fields, match):
-    with pytest.raises(GPTConfigError, match=match) as error:
+    with pytest.raises(ConfigError, match=match) as error:
         GPTConfig(**fields)
     assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
 

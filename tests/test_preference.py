@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from llmcourse import instruction as inst
+from llmcourse.errors import ConfigError, DataError, InputError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.preference import (
     DPOMetrics,
     DPOObjective,
-    PreferenceError,
     PreferencePair,
     build_preference_pairs,
     choose_pair,
@@ -79,7 +79,7 @@ def test_dpo_loss_is_stable_for_huge_margins_and_refuses_a_bad_beta():
     worst = dpo_loss(torch.tensor([-1e6]), torch.tensor([0.0]), torch.tensor([0.0]),
                      torch.tensor([0.0]), beta=1.0)
     assert worst.loss.item() == pytest.approx(1e6)
-    with pytest.raises(PreferenceError, match="beta must be positive"):
+    with pytest.raises(ConfigError, match="beta must be positive"):
         dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.0)
 
 
@@ -124,7 +124,7 @@ def test_build_preference_pairs_is_seeded_and_needs_tasks(tokenizer):
     assert first == again and len(first) == 5  # a random model never renames right
     assert all(pair.chosen_is_reference for pair in first)
     book_entry = {"instruction": "Name a colour.", "input": "", "output": "Red."}
-    with pytest.raises(PreferenceError, match="story instructions"):
+    with pytest.raises(DataError, match="story instructions"):
         build_preference_pairs(model, tokenizer, [book_entry], progress=False)
 
 
@@ -140,7 +140,7 @@ def test_collate_pairs_puts_chosen_rows_first_and_masks_the_prompt(tokenizer):
 
 def test_pair_loader_needs_a_full_batch(tokenizer):
     pair = PreferencePair(ENTRY, "Sam and Sue are friends.", "Tim", False)
-    with pytest.raises(PreferenceError, match="no full batch"):
+    with pytest.raises(ConfigError, match="no full batch"):
         pair_loader([pair] * 3, tokenizer, batch_size=4)
 
 
@@ -170,12 +170,12 @@ def test_train_dpo_moves_the_policy_and_never_the_reference(tokenizer):
 
 def test_the_reference_must_be_a_separate_copy():
     model = tiny_model()
-    with pytest.raises(PreferenceError, match="separate"):
+    with pytest.raises(InputError, match="separate"):
         DPOObjective(model, model)
 
 
 def test_dpo_training_figure_draws_every_metric_smoothed():
-    from llmcourse.figures.preference import PreferenceFigureError, dpo_training_figure
+    from llmcourse.figures.preference import InputError, dpo_training_figure
     from llmcourse.viz import has_profile_label
 
     metrics = DPOMetrics(objective=None, steps=[1, 2, 3], values={
@@ -187,5 +187,5 @@ def test_dpo_training_figure_draws_every_metric_smoothed():
     assert list(fig.data[0].y) == pytest.approx([0.0, 0.1, 0.3])
     assert fig.layout.yaxis.title.text and fig.layout.yaxis2.title.text
     assert has_profile_label(fig)
-    with pytest.raises(PreferenceFigureError, match="no DPO steps"):
+    with pytest.raises(InputError, match="no DPO steps"):
         dpo_training_figure(DPOMetrics(objective=None))

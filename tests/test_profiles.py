@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from llmcourse import datasets, profiles
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, CourseError
 from llmcourse.model import PRESETS
-from llmcourse.profiles import PROFILE_ENV, UnknownProfile, current_profile, get_profile
+from llmcourse.profiles import PROFILE_ENV, current_profile, get_profile
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "gpt2"])
@@ -77,7 +77,7 @@ def test_unset_or_empty_environment_variable_means_cpu(
 
 def test_unknown_profile_in_environment_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PROFILE_ENV, "fast")
-    with pytest.raises(UnknownProfile) as caught:
+    with pytest.raises(ConfigError) as caught:
         current_profile()
     message = str(caught.value)
     assert "LLMCOURSE_PROFILE='fast'" in message
@@ -86,5 +86,5 @@ def test_unknown_profile_in_environment_says_what_to_set(monkeypatch: pytest.Mon
 
 
 def test_unknown_profile_name_is_an_error() -> None:
-    with pytest.raises(UnknownProfile, match="unknown run profile 'CPU'; choose one of: smoke"):
+    with pytest.raises(ConfigError, match="unknown run profile 'CPU'; choose one of: smoke"):
         get_profile("CPU")

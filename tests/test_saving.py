@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from llmcourse.errors import DestinationError
 from llmcourse.saving import (
-    DestinationError,
     atomic_file,
     check_destination,
     recover,

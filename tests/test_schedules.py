@@ -9,8 +9,8 @@ from itertools import pairwise
 import pytest
 import torch
 
-from llmcourse.errors import CourseError
-from llmcourse.schedules import ScheduleError, warmup_cosine_lr, warmup_cosine_scheduler
+from llmcourse.errors import ConfigError, CourseError
+from llmcourse.schedules import warmup_cosine_lr, warmup_cosine_scheduler
 
 MAX_LR, MIN_LR = 1e-3, 1e-4
 SCHEDULE = dict(max_lr=MAX_LR, warmup_steps=10, total_steps=110, min_lr=MIN_LR)
@@ -66,7 +66,7 @@ def test_warmup_as_long_as_the_run_ends_at_the_floor() -> None:
     ],
 )
 def test_contradictory_settings_are_rejected(bad: dict) -> None:
-    with pytest.raises(ScheduleError) as error:
+    with pytest.raises(ConfigError) as error:
         warmup_cosine_lr(0, **{**SCHEDULE, **bad})
     assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
 
@@ -116,5 +116,5 @@ def test_scheduler_state_restores_the_schedule_through_a_safe_load() -> None:
 
 def test_scheduler_rejects_a_ratio_outside_zero_one() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
-    with pytest.raises(ScheduleError, match="min_lr_ratio"):
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
         warmup_cosine_scheduler(optimizer, warmup_steps=0, total_steps=5, min_lr_ratio=1.5)

@@ -11,6 +11,7 @@ import pytest
 
 from llmcourse import story_instructions as si
 from llmcourse.data import split_text
+from llmcourse.errors import DataError
 from llmcourse.instruction import Split
 from llmcourse.pretraining import read_corpus
 
@@ -136,7 +137,7 @@ def test_fits_keeps_only_the_entries_it_accepts():
 
 @pytest.mark.parametrize("count", [5, 12])
 def test_too_little_text_is_an_error(count: int):
-    with pytest.raises(si.StoryInstructionError, match="pass more of the TinyStories text"):
+    with pytest.raises(DataError, match="pass more of the TinyStories text"):
         si.build_story_instructions(synthetic_text(count))
 
 
@@ -239,15 +240,15 @@ def test_criterion_cases_cover_every_task():
 @pytest.mark.parametrize("task", ["poem", None])
 def test_an_unknown_task_is_an_error(task: str | None):
     unknown = {**MAIN, "task": task} if task else {key: MAIN[key] for key in MAIN if key != "task"}
-    with pytest.raises(si.StoryInstructionError, match="story instruction tasks are "
+    with pytest.raises(DataError, match="story instruction tasks are "
                        "story_with_words, story_about, main_character, continue_story, rename"):
         si.criterion_met(unknown, "Lily")
-    with pytest.raises(si.StoryInstructionError):
+    with pytest.raises(DataError):
         si.criterion_success([{**unknown, "model_response": "Lily"}])
 
 
 def test_a_story_with_words_instruction_must_name_three_words():
-    with pytest.raises(si.StoryInstructionError, match="not a story_with_words instruction"):
+    with pytest.raises(DataError, match="not a story_with_words instruction"):
         si.criterion_met({**WITH_WORDS, "instruction": "Write a story."}, "Once upon a time.")
 
 
@@ -265,7 +266,7 @@ def test_criterion_success_counts_overall_and_per_task():
                                "criterion_success_by_task": score.by_task,
                                "count_by_task": score.counts}
     assert si.criterion_success([]).overall == 0.0
-    with pytest.raises(si.StoryInstructionError, match="entry 1 has no text response"):
+    with pytest.raises(DataError, match="entry 1 has no text response"):
         si.criterion_success([entries[0], MAIN])
 
 

@@ -22,17 +22,10 @@ from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from llmcourse.datasets import DataUnavailableError, fetch
-from llmcourse.errors import CourseError
-from llmcourse.tokenizers import BPETokenizer, TokenizerError
-from llmcourse.tokenizers.bpe import (
-    MissingTokenizerFileError,
-    Pair,
-    TokenizerFileError,
-    encode_iterable,
-    merge_pair,
-    pre_split,
-)
+from llmcourse.datasets import fetch
+from llmcourse.errors import CheckpointError, CourseError, InputError, MissingFileError
+from llmcourse.tokenizers import BPETokenizer
+from llmcourse.tokenizers.bpe import Pair, encode_iterable, merge_pair, pre_split
 
 EOT = "<|endoftext|>"
 VERDICT_VOCAB_SIZE = 1000
@@ -49,7 +42,7 @@ SMALL_TEXT = (
 def read_data(name: str) -> str:
     try:
         return fetch(name).read_text(encoding="utf-8")
-    except DataUnavailableError as error:
+    except MissingFileError as error:
         pytest.skip(str(error))
 
 
@@ -266,7 +259,7 @@ def test_training_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_training_rejects_a_vocabulary_smaller_than_the_bytes() -> None:
-    with pytest.raises(TokenizerError, match=re.escape("at least 256 bytes + 1 special")):
+    with pytest.raises(InputError, match=re.escape("at least 256 bytes + 1 special")):
         BPETokenizer.train("abc", vocab_size=256)
 
 
@@ -347,9 +340,9 @@ def test_decode_of_a_cut_character_uses_the_replacement_character(
 
 
 def test_decode_rejects_unknown_ids(small_bpe: BPETokenizer) -> None:
-    with pytest.raises(TokenizerError, match=re.escape("token id 300 is not in the vocabulary")):
+    with pytest.raises(InputError, match=re.escape("token id 300 is not in the vocabulary")):
         small_bpe.decode([65, 300])
-    with pytest.raises(TokenizerError, match=re.escape("valid ids are 0..299")):
+    with pytest.raises(InputError, match=re.escape("valid ids are 0..299")):
         small_bpe.decode([-1])
 
 
@@ -364,12 +357,12 @@ def test_the_tiktoken_export_refuses_ids_outside_the_vocabulary(
     message = f"token id {bad} is not in the vocabulary; valid ids are 0..299"
     for decode in (encoding.decode, encoding.decode_bytes, encoding.decode_tokens_bytes,
                    encoding.decode_with_offsets):
-        with pytest.raises(TokenizerError, match=re.escape(message)) as raised:
+        with pytest.raises(InputError, match=re.escape(message)) as raised:
             decode(ids)
         assert isinstance(raised.value, CourseError)
-    with pytest.raises(TokenizerError, match=re.escape(message)):
+    with pytest.raises(InputError, match=re.escape(message)):
         encoding.decode_single_token_bytes(bad)
-    with pytest.raises(TokenizerError, match=re.escape("token ids must be integers, got 1.5")):
+    with pytest.raises(InputError, match=re.escape("token ids must be integers, got 1.5")):
         encoding.decode([1.5])
     assert encoding.decode([72, 105]) == "Hi"  # valid ids decode as before
 
@@ -387,7 +380,7 @@ def test_allowed_special_token_is_one_id(verdict_bpe: BPETokenizer) -> None:
 
 @pytest.mark.parametrize("allowed", ["none_raise", set()])
 def test_disallowed_special_token_raises(verdict_bpe: BPETokenizer, allowed: object) -> None:
-    with pytest.raises(TokenizerError, match=re.escape(f"contains the special token '{EOT}'")):
+    with pytest.raises(InputError, match=re.escape(f"contains the special token '{EOT}'")):
         verdict_bpe.encode(f"hello {EOT}", allowed_special=allowed)
 
 
@@ -396,19 +389,19 @@ def test_only_the_allowed_special_tokens_pass() -> None:
     assert tokenizer.special_tokens == {"<|a|>": 256, "<|b|>": 257, "<|a|><|b|>": 258}
     assert tokenizer.encode("x<|a|>", allowed_special={"<|a|>"}) == [120, 256]
     assert tokenizer.encode("<|a|><|b|>", allowed_special="all") == [258]  # longest wins
-    with pytest.raises(TokenizerError, match=re.escape("special token '<|b|>'")):
+    with pytest.raises(InputError, match=re.escape("special token '<|b|>'")):
         tokenizer.encode("<|a|>x<|b|>", allowed_special={"<|a|>"})
 
 
 @pytest.mark.parametrize("allowed", [{"<|unk|>"}, EOT])
 def test_unknown_allowed_special_is_an_error(verdict_bpe: BPETokenizer, allowed: object) -> None:
-    with pytest.raises(TokenizerError, match="pass 'all', 'none_raise' or a set"):
+    with pytest.raises(InputError, match="pass 'all', 'none_raise' or a set"):
         verdict_bpe.encode("hi", allowed_special=allowed)
 
 
 @pytest.mark.parametrize("special_tokens", [EOT, ("", EOT), (EOT, EOT)])
 def test_bad_special_tokens_are_rejected(special_tokens: object) -> None:
-    with pytest.raises(TokenizerError, match="distinct, non-empty strings"):
+    with pytest.raises(InputError, match="distinct, non-empty strings"):
         BPETokenizer([], special_tokens=special_tokens)
 
 
@@ -455,7 +448,7 @@ VALID_HEADER = {"format": "llmcourse-bpe", "version": 1}
 )
 def test_load_rejects_malformed_files(tmp_path: Path, content: object, message: str) -> None:
     path = _write_json(tmp_path / "tokenizer.json", content)
-    with pytest.raises(TokenizerFileError, match=re.escape(message)) as caught:
+    with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
         BPETokenizer.load(path)
     assert str(path) in str(caught.value)
     assert isinstance(caught.value, CourseError)
@@ -464,12 +457,12 @@ def test_load_rejects_malformed_files(tmp_path: Path, content: object, message: 
 def test_load_rejects_a_file_that_is_not_json(tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.json"
     path.write_text('{"format": "llmcourse-bpe", ', encoding="utf-8")
-    with pytest.raises(TokenizerFileError, match=re.escape(f"{path} is not a JSON file")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is not a JSON file")):
         BPETokenizer.load(path)
 
 
 def test_load_of_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(MissingTokenizerFileError, match="no tokenizer file at") as caught:
+    with pytest.raises(MissingFileError, match="no tokenizer file at") as caught:
         BPETokenizer.load(tmp_path / "missing.json")
     assert isinstance(caught.value, FileNotFoundError)
     assert isinstance(caught.value, CourseError)
@@ -539,7 +532,7 @@ def test_byte_order_is_saved_as_version_2(tmp_path: Path, reversed_bpe: BPEToken
     "byte_order", [list(range(255)), [0, *range(255)], "abc", [*range(255), 255.0], [True] * 256]
 )
 def test_bad_byte_orders_are_rejected(byte_order: object) -> None:
-    with pytest.raises(TokenizerError, match="the 256 byte values 0..255, each once"):
+    with pytest.raises(InputError, match="the 256 byte values 0..255, each once"):
         BPETokenizer([], byte_order=byte_order)
 
 
@@ -605,11 +598,11 @@ def test_tiktoken_export_and_special_tokens() -> None:
         assert encoding.encode(text, allowed_special=allowed) == tokenizer.encode(text, allowed)
     with pytest.raises(ValueError, match="disallowed special token"):
         encoding.encode(text, allowed_special={EOT})
-    with pytest.raises(TokenizerError, match="contains the special token '<|pad|>'"):
+    with pytest.raises(InputError, match="contains the special token '<|pad|>'"):
         tokenizer.encode(text, allowed_special={EOT})
     with pytest.raises(ValueError, match="disallowed special token"):
         encoding.encode(text)
-    with pytest.raises(TokenizerError, match="contains the special token"):
+    with pytest.raises(InputError, match="contains the special token"):
         tokenizer.encode(text)
 
 
@@ -617,7 +610,7 @@ def test_tiktoken_export_refuses_two_tokens_with_the_same_bytes() -> None:
     a, b, c = b"abc"
     tokenizer = BPETokenizer([(a, b), (256, c), (b, c), (a, 258)], special_tokens=())
     assert tokenizer.token_bytes(257) == tokenizer.token_bytes(259) == b"abc"
-    with pytest.raises(TokenizerError, match=re.escape("tokens 257 and 259 both stand for b'abc'")):
+    with pytest.raises(InputError, match=re.escape("tokens 257 and 259 both stand for b'abc'")):
         tokenizer.to_tiktoken()
 
 
@@ -671,7 +664,7 @@ def test_streaming_refuses_special_tokens_that_are_not_allowed(
     stories_bpe: BPETokenizer,
 ) -> None:
     pieces = ["once upon a time <|endof", "text|> the end"]
-    with pytest.raises(TokenizerError, match="contains the special token"):
+    with pytest.raises(InputError, match="contains the special token"):
         list(stories_bpe.encode_iterable(pieces))
     with pytest.raises(ValueError, match="disallowed special token"):
         list(encode_iterable(stories_bpe.to_tiktoken(), pieces))

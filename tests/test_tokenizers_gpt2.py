@@ -15,15 +15,9 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.datasets import DataUnavailableError, fetch
-from llmcourse.tokenizers import (
-    GPT2_EOT_ID,
-    GPT2_VOCAB_SIZE,
-    BPETokenizer,
-    TokenizerError,
-    gpt2_tokenizer,
-)
-from llmcourse.tokenizers.bpe import MissingTokenizerFileError, TokenizerFileError
+from llmcourse.datasets import fetch
+from llmcourse.errors import CheckpointError, InputError, MissingFileError
+from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, BPETokenizer, gpt2_tokenizer
 
 LINES_PER_CORPUS = 300
 EOT = "<|endoftext|>"
@@ -46,7 +40,7 @@ unicode_text = st.lists(
 def encoding() -> tiktoken.Encoding:
     try:
         return gpt2_tokenizer()
-    except DataUnavailableError as error:
+    except MissingFileError as error:
         pytest.skip(str(error))
 
 
@@ -223,7 +217,7 @@ def test_malformed_gpt2_files_are_rejected(
 ) -> None:
     paths = write_small_gpt2_files(tmp_path, edit_encoder or (lambda e: e),
                                    edit_lines or (lambda lines: lines))
-    with pytest.raises(TokenizerFileError, match=re.escape(message)):
+    with pytest.raises(CheckpointError, match=re.escape(message)):
         BPETokenizer.from_gpt2_files(*paths)
 
 
@@ -231,19 +225,19 @@ def test_gpt2_files_that_are_not_json_or_text(tmp_path: Path) -> None:
     encoder_path, vocab_path = write_small_gpt2_files(tmp_path)
     good_encoder = encoder_path.read_bytes()
     encoder_path.write_text('{"!": 0,', encoding="utf-8")
-    with pytest.raises(TokenizerFileError, match=re.escape(f"{encoder_path} is not a JSON file")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{encoder_path} is not a JSON file")):
         BPETokenizer.from_gpt2_files(encoder_path, vocab_path)
     encoder_path.write_bytes(good_encoder)
     vocab_path.write_bytes(b"#version: 0.2\n\xff\xfe\n")
-    with pytest.raises(TokenizerFileError, match="is not a UTF-8 text file"):
+    with pytest.raises(CheckpointError, match="is not a UTF-8 text file"):
         BPETokenizer.from_gpt2_files(encoder_path, vocab_path)
 
 
 def test_missing_gpt2_files(tmp_path: Path) -> None:
     encoder_path, vocab_path = write_small_gpt2_files(tmp_path)
-    with pytest.raises(MissingTokenizerFileError, match="fetch\\('gpt2-encoder'\\)"):
+    with pytest.raises(MissingFileError, match="fetch\\('gpt2-encoder'\\)"):
         BPETokenizer.from_gpt2_files(tmp_path / "missing.json", vocab_path)
-    with pytest.raises(MissingTokenizerFileError, match="fetch\\('gpt2-vocab'\\)"):
+    with pytest.raises(MissingFileError, match="fetch\\('gpt2-vocab'\\)"):
         BPETokenizer.from_gpt2_files(encoder_path, tmp_path / "missing.bpe")
 
 
@@ -251,7 +245,7 @@ def test_missing_gpt2_files(tmp_path: Path) -> None:
 def test_decoding_an_id_outside_the_vocabulary_names_it(
     encoding: tiktoken.Encoding, bad: int
 ) -> None:
-    with pytest.raises(TokenizerError, match=re.escape(
+    with pytest.raises(InputError, match=re.escape(
         f"token id {bad} is not in the vocabulary; valid ids are 0..50256"
     )):
         encoding.decode([15496, bad])

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from llmcourse.datasets import DataUnavailableError, fetch
-from llmcourse.errors import CourseError
-from llmcourse.tokenizers import TokenizerError, WordTokenizer
+from llmcourse.datasets import fetch
+from llmcourse.errors import CourseError, InputError, MissingFileError
+from llmcourse.tokenizers import WordTokenizer
 from llmcourse.tokenizers.word import split
 
 
@@ -16,7 +16,7 @@ from llmcourse.tokenizers.word import split
 def verdict_text() -> str:
     try:
         return fetch("the-verdict").read_text(encoding="utf-8")
-    except DataUnavailableError as error:
+    except MissingFileError as error:
         pytest.skip(str(error))
 
 
@@ -75,7 +75,7 @@ def test_decode_rejects_ids_outside_the_vocabulary(
     verdict_tokenizer: WordTokenizer, bad_id: int
 ) -> None:
     message = f"token id {bad_id} is not in the vocabulary; valid ids are 0..1131"
-    with pytest.raises(TokenizerError, match=re.escape(message)):
+    with pytest.raises(InputError, match=re.escape(message)):
         verdict_tokenizer.decode([5, bad_id])
 
 

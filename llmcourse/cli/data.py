@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from llmcourse import datasets
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, DestinationError
 from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
 
@@ -90,7 +90,7 @@ def fetch_files(args: argparse.Namespace) -> int:
     """Fetch the named files (or all) and print ``name  path`` for each; stops at a failure."""
     if args.all == bool(args.names):
         known = ", ".join(entry.name for entry in datasets.registry())
-        raise CourseError(f"name the data files to fetch or pass --all (not both); known: {known}")
+        raise ConfigError(f"name the data files to fetch or pass --all (not both); known: {known}")
     names = [entry.name for entry in datasets.registry()] if args.all else args.names
     for name in names:
         datasets.get(name)  # unknown names fail before anything is downloaded
@@ -105,11 +105,11 @@ def write_story_instructions(args: argparse.Namespace) -> int:
     the entries per part and per task."""
     out = Path(args.out)
     if out.is_dir():
-        raise CourseError(f"cannot write the story instructions to {out}: it is a directory")
+        raise DestinationError(f"cannot write the story instructions to {out}: it is a directory")
     if out.exists() and not args.overwrite:
-        raise CourseError(f"{out} exists; pass --overwrite to replace it")
+        raise DestinationError(f"{out} exists; pass --overwrite to replace it")
     if not 0.0 < args.val_fraction < 1.0:
-        raise CourseError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     split = load_story_instructions(args.corpus, val_fraction=args.val_fraction, seed=args.seed)
     parts = {"train": split.train, "validation": split.validation, "test": split.test}
     write_json_atomic(out, parts)

@@ -15,7 +15,7 @@ from llmcourse import classification as cls
 from llmcourse import instruction as inst
 from llmcourse import preference as pref
 from llmcourse.cli import options
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
 from llmcourse.pretrained import load_model_and_tokenizer
@@ -195,7 +195,7 @@ def run_instruct(args: argparse.Namespace) -> int:
         stories = load_story_instructions(
             STORY_CORPUS, fits=inst.fits_context(tokenizer, max_length, args.format))
         if not stories.train:
-            raise CourseError(
+            raise ConfigError(
                 f"no story instruction fits {max_length} tokens with {args.format} prompts; "
                 "use a larger --max-length or a model with a longer context"
             )
@@ -269,7 +269,7 @@ def run_prefer(args: argparse.Namespace) -> int:
     tuned = inst.load_instruction_model(args.base, device=args.device)
     model, fmt, tokenizer = tuned.model, tuned.prompt_format, tuned.tokenizer
     if tokenizer is None:
-        raise CourseError(f"{args.base} holds no tokenizer file; fine-tune it again with "
+        raise CheckpointError(f"{args.base} holds no tokenizer file; fine-tune it again with "
                           "`llmcourse finetune instruct`")
     context = model.config.context_length
     split = load_story_instructions(STORY_CORPUS, fits=inst.fits_context(tokenizer, context, fmt))
@@ -320,7 +320,7 @@ def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
         return inst.split_entries(entries), f"the course's {len(entries):,} entries split 85/5/10"
     path = Path(data)
     if not path.is_file():
-        raise CourseError(
+        raise MissingFileError(
             f"--data must be {', '.join(INSTRUCTION_DATA)} or the path of a JSON file of "
             f"instruction entries; there is no file at {data}"
         )
@@ -328,7 +328,7 @@ def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
     if isinstance(value, dict):
         if sorted(value) != sorted(SPLIT_PARTS):
             keys = ", ".join(repr(key) for key in value) or "none"
-            raise inst.InstructionDataError(
+            raise DataError(
                 f"{path} holds an object with the keys {keys}; a split is an object with "
                 "exactly the lists \"train\", \"validation\" and \"test\""
             )
@@ -348,7 +348,7 @@ def _checked_entries(value: object, source: str, may_be_empty: bool = False
     entries = inst.validate_entries(value, source=source)
     for index, entry in enumerate(entries):
         if "task" in entry and entry["task"] not in TASKS:
-            raise inst.InstructionDataError(
+            raise DataError(
                 f"{source}: entry {index} has the task {entry['task']!r}; story instruction "
                 f"tasks are {', '.join(TASKS)} (entries without a task need no \"task\" field)"
             )
@@ -364,7 +364,7 @@ def _instruct_max_length(requested: int | None, context_length: int) -> int:
     if requested is None:
         return context_length
     if not 1 <= requested <= context_length:
-        raise CourseError(
+        raise ConfigError(
             f"--max-length must be between 1 and the model's context of {context_length} "
             f"tokens, got {requested}"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, ToolError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def grade(args: argparse.Namespace) -> int:
     """Grade ``args.notebook``, print its scorecard; 0 when it succeeded, else 1."""
     if args.timeout is not None and args.timeout <= 0:
-        raise CourseError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     try:  # the Jupyter packages are needed only here, so every other command starts faster
         from llmcourse.exercises.grading import grade_notebook
     except ImportError as error:
-        raise CourseError(
+        raise ToolError(
             f"grading notebooks needs nbclient, nbformat and ipykernel ({error}); "
             "install them with: pip install nbclient nbformat ipykernel"
         ) from error

@@ -13,30 +13,26 @@ import math
 import torch
 
 from llmcourse.devices import check_device
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError
 from llmcourse.generation import Sampling
-
-
-class OptionError(CourseError, ValueError):
-    """A command-line option's value is out of the range the command can use."""
 
 
 def at_least(option: str, value: int | None, minimum: int = 1) -> None:
     """An integer option, when given, is ``minimum`` or more."""
     if value is not None and value < minimum:
-        raise OptionError(f"{option} must be at least {minimum}, got {value}")
+        raise ConfigError(f"{option} must be at least {minimum}, got {value}")
 
 
 def positive_number(option: str, value: float | None) -> None:
     """A number option, when given, is finite and above 0."""
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise OptionError(f"{option} must be a positive number, got {value}")
+        raise ConfigError(f"{option} must be a positive number, got {value}")
 
 
 def non_negative_number(option: str, value: float | None) -> None:
     """A number option, when given, is finite and 0 or more."""
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise OptionError(f"{option} must be 0 or a positive number, got {value}")
+        raise ConfigError(f"{option} must be 0 or a positive number, got {value}")
 
 
 def between(option: str, value: float | None, low: float, high: float, *,
@@ -49,7 +45,7 @@ def between(option: str, value: float | None, low: float, high: float, *,
     below = value <= high if include_high else value < high
     if not (above and below):  # also refuses NaN, for which every comparison is false
         interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
-        raise OptionError(f"{option} must lie in {interval}{meaning}, got {value}")
+        raise ConfigError(f"{option} must lie in {interval}{meaning}, got {value}")
 
 
 def sampling(args: argparse.Namespace, device: str = "cpu") -> Sampling:

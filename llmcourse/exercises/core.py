@@ -21,7 +21,7 @@ answers given as ``Mistake``s name the mistake in the hint. ``check`` turns the 
 
 None of these stops the notebook, unless the check is strict: ``check(..., strict=True)`` or
 ``LLMCOURSE_STRICT_EXERCISES=1`` (set when the solutions notebooks run) make every outcome but
-``passed`` raise ``ExerciseFailed``.
+``passed`` raise ``ExerciseError``.
 
 Each result is shown once, as a coloured box in Jupyter or one line of text elsewhere
 (``✓ ch01.word_split: passed (12 cases)``), and recorded in the process's ``scorecard()``.
@@ -55,7 +55,7 @@ import torch
 from IPython import get_ipython
 from IPython.display import display
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ConfigError, ExerciseError
 
 STRICT_ENV = "LLMCOURSE_STRICT_EXERCISES"
 RESULTS_FILE_ENV = "LLMCOURSE_GRADE_RESULTS"  # where ``check`` appends its results for a grader
@@ -77,14 +77,6 @@ _BOX_COLOURS = {  # status: (border, background)
 }
 _ID_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 _CHAPTER_MODULE = re.compile(r"ch\d\d_\w+")
-
-
-class ExerciseFailed(CourseError, AssertionError):
-    """A strict check whose exercise did not pass (failed, error, timeout or not attempted)."""
-
-
-class UnknownExercise(CourseError, LookupError):
-    """``check`` was given an exercise id that no checker registered."""
 
 
 class Mismatch(Exception):
@@ -194,7 +186,7 @@ def get_exercise(exercise_id: str) -> Exercise:
         suggestion = "did you mean " + " or ".join(repr(name) for name in close) + "?"
     else:
         suggestion = f"there are {len(_REGISTRY)} exercises"
-    raise UnknownExercise(
+    raise ExerciseError(
         f"no exercise has the id {exercise_id!r}; {suggestion} "
         "(llmcourse.exercises.list_exercises() lists them all)"
     )
@@ -393,7 +385,7 @@ def _expect_error(
 ) -> None:
     """Fail unless ``answer(*arguments)`` raises the built-in exception type ``expected`` is.
 
-    The reference may raise a course-specific subclass (a ``GlobalBatchError``, a
+    The reference may raise a course-specific subclass (a ``ConfigError``, a
     ``ValueError``); the answer passes with the built-in type it derives from (``ValueError``).
     """
     wanted_type = next(
@@ -814,7 +806,7 @@ def strict_from_environment() -> bool:
         return False
     if value in ("1", "true", "yes", "on"):
         return True
-    raise CourseError(f"{STRICT_ENV}={value!r} is not understood; set it to 1 (strict) or 0")
+    raise ConfigError(f"{STRICT_ENV}={value!r} is not understood; set it to 1 (strict) or 0")
 
 
 def check(
@@ -828,7 +820,7 @@ def check(
 
     Shows the result, records it in the scorecard and returns it. ``time_limit`` (seconds)
     overrides the exercise's own. A strict check (``strict=True``, or ``strict=None`` with
-    ``$LLMCOURSE_STRICT_EXERCISES`` set) raises ``ExerciseFailed`` unless the result is "passed".
+    ``$LLMCOURSE_STRICT_EXERCISES`` set) raises ``ExerciseError`` unless the result is "passed".
     """
     entry = get_exercise(exercise_id)
     strict = strict_from_environment() if strict is None else strict
@@ -840,7 +832,7 @@ def check(
     _report_to_grader(result)
     show(result)
     if strict and not result.passed:
-        raise ExerciseFailed(result.summary) from result.exception
+        raise ExerciseError(result.summary) from result.exception
     return result
 
 

@@ -39,7 +39,7 @@ from nbclient.exceptions import DeadKernelError
 from tqdm.auto import tqdm
 from traitlets import default
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import ExerciseError, MissingFileError, ToolError
 from llmcourse.exercises.core import (
     RESULTS_FILE_ENV,
     STRICT_ENV,
@@ -52,14 +52,6 @@ from llmcourse.exercises.core import (
 DEFAULT_CELL_TIMEOUT = 600  # seconds one cell may run before the kernel is interrupted
 KILL_GRACE = 10  # seconds an interrupted cell may take to stop before the kernel is killed
 _CHECK_CALL = re.compile(r"""check\(\s*["']([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)["']""")
-
-
-class NotebookNotFound(CourseError, FileNotFoundError):
-    """The notebook to grade does not exist."""
-
-
-class GradingError(CourseError, RuntimeError):
-    """The notebook could not be read or run to the end."""
 
 
 class _CurrentPythonKernelManager(AsyncKernelManager):
@@ -152,11 +144,11 @@ def grade_notebook(
     """
     path = Path(path)
     if not path.is_file():
-        raise NotebookNotFound(f"no notebook at {path}: give the path of an .ipynb file")
+        raise MissingFileError(f"no notebook at {path}: give the path of an .ipynb file")
     try:
         notebook = nbformat.read(path, as_version=4)
     except Exception as error:  # nbformat raises several unrelated types for a broken file
-        raise GradingError(f"{path} is not a readable Jupyter notebook: {error}") from error
+        raise ExerciseError(f"{path} is not a readable Jupyter notebook: {error}") from error
     timeout = DEFAULT_CELL_TIMEOUT if timeout is None else timeout
     code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)
     bar = tqdm(total=code_cells, desc=f"grading {path.name}", unit="cell", disable=not progress)
@@ -185,13 +177,13 @@ def grade_notebook(
             try:
                 client.execute(env=environment)
             except NoSuchKernel as error:
-                raise GradingError(
+                raise ToolError(
                     "cannot start a Python kernel: install ipykernel into this environment "
                     "(pip install ipykernel)"
                 ) from error
             except DeadKernelError as error:
                 if watchdog.killed_in_cell is None:
-                    raise GradingError(
+                    raise ExerciseError(
                         f"the kernel died while running {path} (out of memory?); results so "
                         f"far:\n{collect_results(notebook, results_file, path).table()}"
                     ) from error

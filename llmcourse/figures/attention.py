@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.figures.tokenization import Tokenizer, token_label
 from llmcourse.model import GPT, attention_weights
 from llmcourse.model_state import eval_mode, model_device
@@ -30,10 +30,6 @@ VALUES_SHOWN_UP_TO = 12  # tokens: longer sequences show no numbers in the cells
 CELL_PX = 34  # height of one row of the heatmap, in pixels
 ZERO_WIDTH_SPACE = "\u200b"
 HOVER = "query: %{y}<br>key: %{x}<br>weight: %{z:.3f}<extra></extra>"
-
-
-class AttentionFigureError(CourseError, ValueError):
-    """Attention weights or token labels that an attention figure cannot draw."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,16 +48,16 @@ def stack_layers(weights: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor
         layers = [layer[0] if layer.dim() == 4 and len(layer) == 1 else layer for layer in weights]
         if not layers or any(layer.dim() != 3 for layer in layers):
             shapes = [tuple(layer.shape) for layer in weights]
-            raise AttentionFigureError(
+            raise InputError(
                 f"expected one (H, T, T) tensor per layer, got shapes {shapes}; for a batch, "
                 "pick one sequence: [layer[b] for layer in weights]"
             )
         if len({layer.shape for layer in layers}) > 1:
             shapes = [tuple(layer.shape) for layer in layers]
-            raise AttentionFigureError(f"every layer must have the same shape, got {shapes}")
+            raise InputError(f"every layer must have the same shape, got {shapes}")
         stacked = torch.stack(layers)
     if stacked.dim() != 4 or stacked.shape[-1] != stacked.shape[-2] or 0 in stacked.shape:
-        raise AttentionFigureError(
+        raise InputError(
             f"expected attention weights of shape (layers, heads, T, T), got "
             f"{tuple(stacked.shape)}"
         )
@@ -85,7 +81,7 @@ def distinct_labels(labels: Sequence[str]) -> list[str]:
 
 def _check_labels(labels: Sequence[str], n_tokens: int) -> list[str]:
     if len(labels) != n_tokens:
-        raise AttentionFigureError(
+        raise InputError(
             f"got {len(labels)} token labels for attention over {n_tokens} tokens: "
             "pass one label per token"
         )
@@ -136,7 +132,7 @@ def attention_matrix_figure(
 ) -> go.Figure:
     """A single heatmap of attention weights ``matrix`` (T, T) over tokens named ``labels``."""
     if matrix.dim() != 2:
-        raise AttentionFigureError(
+        raise InputError(
             f"expected one attention matrix (T, T), got shape {tuple(matrix.shape)}"
         )
     fig = go.Figure(attention_trace(matrix, labels))
@@ -154,7 +150,7 @@ def attention_panels_figure(
     mask", masked_w)]``.
     """
     if not panels:
-        raise AttentionFigureError("pass at least one (subtitle, matrix) panel")
+        raise InputError("pass at least one (subtitle, matrix) panel")
     fig = make_subplots(
         rows=1, cols=len(panels), subplot_titles=[name for name, _ in panels],
         horizontal_spacing=0.12,
@@ -260,7 +256,7 @@ def text_attention(
     limit = model.config.context_length if max_tokens is None else max_tokens
     ids = ids[: min(limit, model.config.context_length)]
     if not ids:
-        raise AttentionFigureError("the text has no tokens: type at least one word")
+        raise InputError("the text has no tokens: type at least one word")
     labels = [token_label(tokenizer.decode_single_token_bytes(token_id)) for token_id in ids]
     with eval_mode(model):
         weights = attention_weights(model, torch.tensor([ids], device=model_device(model)))

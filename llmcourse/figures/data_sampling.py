@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from llmcourse.data import SlidingWindowDataset
-from llmcourse.figures.tokenization import Piece, TokenFigureError, token_label
+from llmcourse.errors import InputError
+from llmcourse.figures.tokenization import Piece, token_label
 from llmcourse.viz import layout_defaults
 
 IDLE_COLOUR = "#f1f3f4"
@@ -138,7 +139,7 @@ def sliding_window_figure(
     first is shown first). Hover over a cell to see the token, its position and its id.
     """
     if len(pieces) != len(ids):
-        raise TokenFigureError(
+        raise InputError(
             f"got {len(pieces)} pieces but {len(ids)} ids: pass one piece per id"
         )
     if not strides or tokens_per_row < 1:

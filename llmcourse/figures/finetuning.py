@@ -20,12 +20,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llmcourse.classification import (
-    CLASS_NAMES,
-    AccuracyRecord,
-    ClassifierError,
-    replace_head,
-)
+from llmcourse.classification import CLASS_NAMES, AccuracyRecord, replace_head
+from llmcourse.errors import InputError
 from llmcourse.lora import DEFAULT_TARGETS, apply_lora
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.training import TrainingHistory
@@ -212,7 +208,7 @@ def confusion_matrix_figure(
     names = list(class_names)
     counts = [list(row) for row in confusion]
     if len(counts) != len(names) or any(len(row) != len(names) for row in counts):
-        raise ClassifierError(
+        raise InputError(
             f"the confusion matrix must be {len(names)} x {len(names)} for the classes {names} "
             f"(one row per true class, one column per prediction), got {counts}; pass "
             "class_names with one name per row"

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, Tokenizer, collate
 from llmcourse.tokenizers import GPT2_EOT_ID
 from llmcourse.tokenizers.files import end_of_text_id
@@ -38,10 +38,6 @@ IGNORED = "ignored (-100)"
 SERIES_COLOURS = ("#1a73e8", "#d93025", "#188038", "#9334e6", "#f29900")
 
 
-class InstructionFigureError(CourseError, ValueError):
-    """The data given to a section 7.3 figure cannot be drawn."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Lengths
 
@@ -55,7 +51,7 @@ def token_length_figure(
     """Overlaid histograms (bins of 4 tokens) of the token counts in ``lengths``, one per name;
     ``context_length``, when given, is marked by a vertical line: longer entries get cut."""
     if not lengths or not all(lengths.values()):
-        raise InstructionFigureError("give at least one non-empty list of lengths to draw")
+        raise InputError("give at least one non-empty list of lengths to draw")
     fig = go.Figure()
     for index, (name, values) in enumerate(lengths.items()):
         fig.add_trace(go.Histogram(
@@ -100,7 +96,7 @@ def target_roles(
     """The role of each target (B, L): ``IGNORED`` where it is ``ignore_index``, otherwise the
     role of the token it asks for, the input one position further on."""
     if targets.dim() != 2 or targets.shape[0] != len(items):
-        raise InstructionFigureError(
+        raise InputError(
             f"targets must have shape (B, L) with B = {len(items)} entries, got "
             f"{tuple(targets.shape)}"
         )
@@ -164,7 +160,7 @@ def masking_grid_figure(
     A dropdown shows the targets without and with prompt masking. Hovering a cell shows its
     token id and text."""
     if not items:
-        raise InstructionFigureError("give at least one entry to draw")
+        raise InputError("give at least one entry to draw")
     if pad_id is None:  # the tokenizer's <|endoftext|>, which pads batches
         pad_id = end_of_text_id(tokenizer, default=GPT2_EOT_ID)
     settings = {"pad_id": pad_id, "ignore_index": ignore_index, "max_length": max_length}
@@ -233,7 +229,7 @@ def criterion_success_figure(
     ``model_name``)."""
     fine_tuned = scores["fine_tuned"]
     if not isinstance(fine_tuned, Mapping) or fine_tuned.get("criterion_success") is None:
-        raise InstructionFigureError(
+        raise InputError(
             "these scores have no task criteria (entries without a 'task', like the book's "
             "data): there is nothing to draw; compare ROUGE-L instead"
         )

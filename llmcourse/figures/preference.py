@@ -13,15 +13,11 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.preference import DPOMetrics
 from llmcourse.viz import layout_defaults
 
 CHOSEN_COLOUR, REJECTED_COLOUR, MARGIN_COLOUR = "#188038", "#d93025", "#1a73e8"
-
-
-class PreferenceFigureError(CourseError, ValueError):
-    """Metrics that cannot be drawn."""
 
 
 def _smoothed(values: Sequence[float], window: int) -> list[float]:
@@ -37,7 +33,7 @@ def dpo_training_figure(metrics: DPOMetrics, *, window: int = 10,
     ``window`` steps: the reward margin and the share of pairs it ranks right (left), the
     policy's summed log-probability of the chosen and of the rejected answers (right)."""
     if not metrics.steps:
-        raise PreferenceFigureError("there are no DPO steps to draw: train for at least one step")
+        raise InputError("there are no DPO steps to draw: train for at least one step")
     values = metrics.values
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
                         subplot_titles=("reward margin", "log-probability of the answers"))

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from llmcourse.distributed import GlobalBatchSampler
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.viz import PROFILE_LABEL_NAME, layout_defaults
 
 RANK_COLOURS = ("#1a73e8", "#d93025", "#188038", "#f29900", "#9334e6", "#12b5cb", "#e8710a",
@@ -44,18 +44,14 @@ FASTER_COLOUR = "#188038"
 SLOWER_COLOUR = "#d93025"
 
 
-class ScalingFigureError(CourseError, ValueError):
-    """The values given to a figure of this chapter cannot be drawn."""
-
-
 def _check_gradients(gradients: Sequence[Sequence[float]], max_ranks: int) -> None:
     if not 2 <= len(gradients) <= max_ranks:
-        raise ScalingFigureError(
+        raise InputError(
             f"give one gradient per rank, for 2 to {max_ranks} ranks; got {len(gradients)}"
         )
     lengths = {len(gradient) for gradient in gradients}
     if len(lengths) != 1 or 0 in lengths:
-        raise ScalingFigureError(
+        raise InputError(
             f"every rank's gradient must have the same, non-zero length; got lengths "
             f"{[len(gradient) for gradient in gradients]}"
         )
@@ -174,7 +170,7 @@ def ring_allreduce_steps(gradients: Sequence[Sequence[float]]) -> list[RingState
     _check_gradients(gradients, max_ranks=len(RANK_COLOURS))
     n = len(gradients)
     if any(len(gradient) != n for gradient in gradients):
-        raise ScalingFigureError(
+        raise InputError(
             f"the ring splits each gradient into one chunk per rank: give {n} numbers per rank "
             f"for {n} ranks, got {len(gradients[0])}"
         )
@@ -319,10 +315,10 @@ def global_batches_figure(
     of its global batch, labelled with the example's index and coloured by the process that
     reads it. Each panel is computed from its own samplers."""
     if not world_sizes:
-        raise ScalingFigureError("give at least one number of processes to show")
+        raise InputError("give at least one number of processes to show")
     largest = max(world_sizes)
     if largest > len(RANK_COLOURS):
-        raise ScalingFigureError(f"at most {len(RANK_COLOURS)} processes can be coloured")
+        raise InputError(f"at most {len(RANK_COLOURS)} processes can be coloured")
     fig = make_subplots(
         rows=len(world_sizes), cols=1, shared_xaxes=True, vertical_spacing=0.08,
         subplot_titles=[f"{n} process{'es' if n > 1 else ''}" for n in world_sizes],
@@ -375,9 +371,9 @@ class Speedup:
 
     def __post_init__(self) -> None:
         if not self.baseline_seconds or not self.faster_seconds:
-            raise ScalingFigureError(f"{self.technique}: give at least one time of each way")
+            raise InputError(f"{self.technique}: give at least one time of each way")
         if min(*self.baseline_seconds, *self.faster_seconds) <= 0:
-            raise ScalingFigureError(f"{self.technique}: times must be positive seconds")
+            raise InputError(f"{self.technique}: times must be positive seconds")
 
     @property
     def ratio(self) -> float:
@@ -404,7 +400,7 @@ def speedup_figure(
     scale: green to the right for a speed-up, red to the left for a slow-down; hovering shows
     the two median times."""
     if not speedups:
-        raise ScalingFigureError("give at least one measured speed-up")
+        raise InputError("give at least one measured speed-up")
     ratios = [speedup.ratio for speedup in speedups]
     hover = [
         f"{s.baseline}: {_duration(statistics.median(s.baseline_seconds))}<br>"
@@ -448,7 +444,7 @@ def benchmark_speedups(results: Mapping[str, Any]) -> list[Speedup]:
             for name, baseline, faster, phase in pairs
         ]
     except (KeyError, TypeError) as error:
-        raise ScalingFigureError(
+        raise InputError(
             f"these are not the results of benchmarks/benchmark_gpt.py --json (missing {error}); "
             "run the benchmark again to write them"
         ) from None
@@ -467,7 +463,7 @@ def loss_tracking_figure(
     run has its own colour, dash and marker, so that lines lying on top of each other stay
     visible."""
     if not losses or not all(losses.values()):
-        raise ScalingFigureError("give at least one run with at least one loss")
+        raise InputError("give at least one run with at least one loss")
     fig = go.Figure()
     for index, (name, values) in enumerate(losses.items()):
         fig.add_trace(go.Scatter(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import tiktoken
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.tokenizers import BPETokenizer, WordTokenizer
 from llmcourse.tokenizers.bpe import N_BYTES
 from llmcourse.viz import layout_defaults
@@ -36,10 +36,6 @@ BOX_GAP = 0.3  # characters between two boxes
 ROW_HEIGHT_PX = 34
 FONT = {"family": "DejaVu Sans Mono, Menlo, Consolas, monospace", "size": 13, "color": "black"}
 HIGHLIGHT_COLOUR, HIGHLIGHT_WIDTH = "#202124", 3.0  # the border of newly merged tokens
-
-
-class TokenFigureError(CourseError, ValueError):
-    """Tokens, ids or a tokenizer that a tokenization figure cannot draw."""
 
 
 def token_colour(token_id: int) -> str:
@@ -82,7 +78,7 @@ def token_pieces(tokenizer: Tokenizer, text: str) -> tuple[list[Piece], list[int
     if isinstance(tokenizer, tiktoken.Encoding):
         ids = tokenizer.encode(text, allowed_special="all")
         return [tokenizer.decode_single_token_bytes(token_id) for token_id in ids], ids
-    raise TokenFigureError(
+    raise InputError(
         f"cannot draw the tokens of a {type(tokenizer).__name__}: pass a WordTokenizer, a "
         "BPETokenizer or a tiktoken Encoding such as gpt2_tokenizer()"
     )
@@ -133,7 +129,7 @@ def token_boxes(
     """One horizontal bar per token, at its place in the rows; ``highlight_id``'s boxes get a
     thick border."""
     if len(pieces) != len(ids):
-        raise TokenFigureError(
+        raise InputError(
             f"got {len(pieces)} pieces but {len(ids)} ids: pass one piece (the token's text or "
             "bytes) per id"
         )

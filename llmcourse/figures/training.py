@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import plotly.graph_objects as go
 import torch
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 from llmcourse.generation import Sampling
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_lr
@@ -39,10 +39,6 @@ Labels = Sequence[str] | Callable[[int], str]
 PLAIN_SAMPLING = Sampling(temperature=1.0)  # the softmax of the logits, unchanged
 
 
-class FigureInputError(CourseError, ValueError):
-    """The data given to a figure cannot be drawn (empty, or of mismatched sizes)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Loss curves
 
@@ -58,7 +54,7 @@ def loss_curves_figure(
     The lowest validation loss is marked.
     """
     if not history.steps:
-        raise FigureInputError("the history has no steps yet: train for at least one step")
+        raise InputError("the history has no steps yet: train for at least one step")
     tokens_per_step = history.tokens_seen / len(history.steps)
     evals = history.evals
     val_evals = [record for record in evals if record.val_loss is not None]
@@ -159,7 +155,7 @@ def gradient_norm_figure(
     """The global L2 norm of all gradients at each step (1-based) before and after
     ``clip_grad_norm_(..., max_norm)``, with the threshold as a dashed line."""
     if len(norms_before) != len(norms_after):
-        raise FigureInputError(
+        raise InputError(
             f"got {len(norms_before)} norms before clipping but {len(norms_after)} after; "
             "record both at every step"
         )
@@ -189,7 +185,7 @@ def next_token_probabilities(
     """The distribution (V,) that ``sample_next_token`` draws from with ``sampling``, for logits
     (V,) of one position (``Sampling.probabilities``); by default the plain softmax."""
     if logits.dim() != 1:
-        raise FigureInputError(
+        raise InputError(
             f"expected the logits of one position, (V,), got shape {tuple(logits.shape)}"
         )
     return sampling.probabilities(logits.detach())
@@ -209,7 +205,7 @@ def shown_tokens(
 
     ``labels`` is a list of V strings or a function from token id to string."""
     if not callable(labels) and len(labels) != logits.numel():
-        raise FigureInputError(
+        raise InputError(
             f"got {len(labels)} labels for {logits.numel()} logits; give one label per token "
             "or a function from token id to label"
         )
@@ -247,7 +243,7 @@ def next_token_figure(
     vocabulary is larger, one more bar holds the probability of all the others.
     """
     if not temperatures:
-        raise FigureInputError("give at least one temperature")
+        raise InputError("give at least one temperature")
     ids, names = shown_tokens(logits, labels, max_bars)
     if len(ids) < logits.numel():
         names = [*names, OTHER_TOKENS]

@@ -9,13 +9,12 @@
 
 from llmcourse.tokenizers.bpe import BPETokenizer, encode_iterable
 from llmcourse.tokenizers.gpt2 import GPT2_EOT_ID, GPT2_VOCAB_SIZE, gpt2_tokenizer
-from llmcourse.tokenizers.word import TokenizerError, WordTokenizer
+from llmcourse.tokenizers.word import WordTokenizer
 
 __all__ = [
     "GPT2_EOT_ID",
     "GPT2_VOCAB_SIZE",
     "BPETokenizer",
-    "TokenizerError",
     "WordTokenizer",
     "encode_iterable",
     "gpt2_tokenizer",

@@ -34,9 +34,9 @@ import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 from tqdm.auto import tqdm
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError, InputError, MissingFileError
 from llmcourse.saving import write_text_atomic
-from llmcourse.tokenizers.word import END_OF_TEXT, TokenizerError
+from llmcourse.tokenizers.word import END_OF_TEXT
 
 Pair = tuple[int, int]
 N_BYTES = 256
@@ -68,17 +68,9 @@ _GPT2_PRINTABLE_BYTES = frozenset(
 )
 
 
-class TokenizerFileError(TokenizerError):
-    """A saved tokenizer file that is not valid JSON or not in the expected layout."""
-
-
-class MissingTokenizerFileError(CourseError, FileNotFoundError):
-    """A tokenizer file that does not exist."""
-
-
 class CheckedEncoding(tiktoken.Encoding):
     """A ``tiktoken.Encoding`` whose decoding refuses an id outside the vocabulary with a
-    ``TokenizerError`` that names the id and the valid range, where tiktoken raises an
+    ``InputError`` that names the id and the valid range, where tiktoken raises an
     OverflowError (a negative id) or a KeyError (an id too large). The ids are looked at only
     once tiktoken has failed, so decoding valid ids costs what it costs in tiktoken.
 
@@ -91,7 +83,7 @@ class CheckedEncoding(tiktoken.Encoding):
             problem = invalid_token_id(tokens, self.n_vocab)
             if problem is None:
                 raise
-        raise TokenizerError(problem)
+        raise InputError(problem)
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
         return self.decode_bytes(tokens).decode("utf-8", errors=errors)
@@ -103,7 +95,7 @@ class CheckedEncoding(tiktoken.Encoding):
             problem = invalid_token_id([token], self.n_vocab)
             if problem is None:
                 raise
-        raise TokenizerError(problem)
+        raise InputError(problem)
 
 
 def invalid_token_id(tokens: Iterable[object], vocab_size: int) -> str | None:
@@ -167,7 +159,7 @@ class BPETokenizer:
             or not all(isinstance(token, str) and token for token in special_tokens)
             or len(set(special_tokens)) != len(special_tokens)
         ):
-            raise TokenizerError(
+            raise InputError(
                 f"special_tokens={special_tokens!r}: pass a sequence of distinct, non-empty "
                 f"strings, such as ({END_OF_TEXT!r},)"
             )
@@ -186,13 +178,13 @@ class BPETokenizer:
     def _add_merge(self, pair: Pair) -> None:
         new_id = len(self._token_bytes)
         if not (len(pair) == 2 and all(type(i) is int and 0 <= i < new_id for i in pair)):
-            raise TokenizerError(
+            raise InputError(
                 f"merge number {len(self.merges)} is {pair!r}: it must be a pair of ids of "
                 f"existing tokens, each in 0..{new_id - 1}"
             )
         pair = (pair[0], pair[1])
         if pair in self._merge_ids:
-            raise TokenizerError(f"the pair {pair} is merged twice; each pair is merged once")
+            raise InputError(f"the pair {pair} is merged twice; each pair is merged once")
         self.merges.append((pair, new_id))
         self._merge_ids[pair] = new_id
         self._token_bytes.append(self._token_bytes[pair[0]] + self._token_bytes[pair[1]])
@@ -219,7 +211,7 @@ class BPETokenizer:
         """
         n_merges = vocab_size - N_BYTES - len(special_tokens)
         if n_merges < 0:
-            raise TokenizerError(
+            raise InputError(
                 f"vocab_size={vocab_size} is too small: it must be at least {N_BYTES} bytes + "
                 f"{len(special_tokens)} special tokens = {N_BYTES + len(special_tokens)}"
             )
@@ -261,8 +253,8 @@ class BPETokenizer:
         special_tokens = _gpt2_special_tokens(encoder, N_BYTES + len(merges), encoder_path)
         try:
             return cls(merges, special_tokens, byte_order)
-        except TokenizerError as error:
-            raise TokenizerFileError(
+        except InputError as error:
+            raise CheckpointError(
                 f"{encoder_path} and {merges_path} do not make a tokenizer: {error}"
             ) from None
 
@@ -274,7 +266,7 @@ class BPETokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes that token ``token_id`` stands for."""
         if not 0 <= token_id < self.vocab_size:
-            raise TokenizerError(
+            raise InputError(
                 f"token id {token_id} is not in the vocabulary; valid ids are "
                 f"0..{self.vocab_size - 1}"
             )
@@ -289,7 +281,7 @@ class BPETokenizer:
 
         A special token's string in ``text`` becomes that token's single id if it is in
         ``allowed_special`` (a set of special tokens, or ``"all"``); any other special token's
-        string raises ``TokenizerError``, so text from users cannot smuggle in special tokens.
+        string raises ``InputError``, so text from users cannot smuggle in special tokens.
         """
         allowed = self._allowed_specials(allowed_special)
         ids = []
@@ -299,7 +291,7 @@ class BPETokenizer:
             elif part in allowed:
                 ids.append(self.special_tokens[part])
             else:
-                raise TokenizerError(
+                raise InputError(
                     f"the text contains the special token {part!r}; pass "
                     f"allowed_special={{{part!r}}} (or 'all') to encode it as a special token"
                 )
@@ -321,7 +313,7 @@ class BPETokenizer:
         once; the last list equals ``encode(text)``. ``text`` must hold no special token.
         """
         if len(self._split_on_specials(text)) > 1:
-            raise TokenizerError("encode_steps takes ordinary text; remove the special tokens")
+            raise InputError("encode_steps takes ordinary text; remove the special tokens")
         chunks = [self._byte_token_ids(chunk) for chunk in pre_split(text)]
         steps = [[token for chunk in chunks for token in chunk]]
         while (pair := self._lowest_rank_pair(chunks)) is not None:
@@ -357,7 +349,7 @@ class BPETokenizer:
         if allowed_special in ("all", "none_raise"):
             return set(self.special_tokens) if allowed_special == "all" else set()
         if isinstance(allowed_special, str) or not set(allowed_special) <= set(self.special_tokens):
-            raise TokenizerError(
+            raise InputError(
                 f"allowed_special={allowed_special!r}: pass 'all', 'none_raise' or a set of this "
                 f"tokenizer's special tokens, which are {list(self.special_tokens)}"
             )
@@ -398,7 +390,7 @@ class BPETokenizer:
         ranks = {piece: token_id for token_id, piece in enumerate(ordinary)}
         if len(ranks) < len(ordinary):
             token_id = next(i for i, piece in enumerate(ordinary) if ranks[piece] != i)
-            raise TokenizerError(
+            raise InputError(
                 f"tokens {token_id} and {ranks[ordinary[token_id]]} both stand for "
                 f"{ordinary[token_id]!r}, and tiktoken needs each token's bytes to be unique; "
                 "encode with this BPETokenizer instead"
@@ -427,11 +419,11 @@ class BPETokenizer:
         """The tokenizer that ``save`` wrote to ``path`` (file version 1 or 2)."""
         path = Path(path)
         if not path.is_file():
-            raise MissingTokenizerFileError(f"no tokenizer file at {path}; write one with save()")
+            raise MissingFileError(f"no tokenizer file at {path}; write one with save()")
         try:
             content = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise TokenizerFileError(f"{path} is not a JSON file ({error})") from None
+            raise CheckpointError(f"{path} is not a JSON file ({error})") from None
         if not (
             isinstance(content, dict)
             and content.get("format") == FILE_FORMAT
@@ -442,7 +434,7 @@ class BPETokenizer:
             and all(isinstance(pair, list) for pair in content["merges"])
             and all(isinstance(token, str) for token in content["special_tokens"])
         ):
-            raise TokenizerFileError(
+            raise CheckpointError(
                 f'{path} is not a file written by BPETokenizer.save: it needs "format": '
                 f'"{FILE_FORMAT}", "version": 1 or 2, "merges" (a list of [id, id] '
                 f'pairs), "special_tokens" (a list of strings) and, in version 2, optionally '
@@ -454,8 +446,8 @@ class BPETokenizer:
                 content["special_tokens"],
                 content.get("byte_order"),
             )
-        except TokenizerError as error:
-            raise TokenizerFileError(f"{path} holds an invalid tokenizer: {error}") from None
+        except InputError as error:
+            raise CheckpointError(f"{path} holds an invalid tokenizer: {error}") from None
 
 
 def _checked_byte_order(byte_order: Sequence[int] | None) -> tuple[int, ...]:
@@ -464,7 +456,7 @@ def _checked_byte_order(byte_order: Sequence[int] | None) -> tuple[int, ...]:
         return IDENTITY_BYTE_ORDER
     order = tuple(byte_order)
     if not (all(type(byte) is int for byte in order) and sorted(order) == [*IDENTITY_BYTE_ORDER]):
-        raise TokenizerError(
+        raise InputError(
             f"byte_order={byte_order!r} is not an order of the bytes: pass the 256 byte "
             "values 0..255, each once, in the order of their token ids (or None for 0..255)"
         )
@@ -564,18 +556,18 @@ def gpt2_byte_characters() -> list[str]:
 def _read_gpt2_encoder(path: Path) -> dict[str, int]:
     """The token -> id map of an ``encoder.json``."""
     if not path.is_file():
-        raise MissingTokenizerFileError(
+        raise MissingFileError(
             f"no encoder.json at {path}; GPT-2's is llmcourse.datasets.fetch('gpt2-encoder')"
         )
     try:
         encoder = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TokenizerFileError(f"{path} is not a JSON file ({error})") from None
+        raise CheckpointError(f"{path} is not a JSON file ({error})") from None
     if not (
         isinstance(encoder, dict)
         and all(type(token_id) is int for token_id in encoder.values())
     ):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"{path} is not a GPT-2 encoder.json: it must be one JSON object mapping each "
             'token to its integer id, such as {"!": 0, ...}'
         )
@@ -585,15 +577,15 @@ def _read_gpt2_encoder(path: Path) -> dict[str, int]:
 def _read_gpt2_merges(path: Path) -> list[tuple[int, str, str]]:
     """The merges of a ``vocab.bpe``: (line number, left token, right token), in order."""
     if not path.is_file():
-        raise MissingTokenizerFileError(
+        raise MissingFileError(
             f"no vocab.bpe at {path}; GPT-2's is llmcourse.datasets.fetch('gpt2-vocab')"
         )
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as error:
-        raise TokenizerFileError(f"{path} is not a UTF-8 text file ({error})") from None
+        raise CheckpointError(f"{path} is not a UTF-8 text file ({error})") from None
     if not lines[0].startswith("#version"):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f'{path} is not a GPT-2 vocab.bpe: its first line must be "#version: ...", '
             f"found {lines[0][:40]!r}"
         )
@@ -603,7 +595,7 @@ def _read_gpt2_merges(path: Path) -> list[tuple[int, str, str]]:
         if len(parts) != 2 or not all(parts):
             if line == "" and number == len(lines):  # the final newline
                 break
-            raise TokenizerFileError(
+            raise CheckpointError(
                 f'{path}, line {number}: {line[:40]!r} is not a merge; each line after the '
                 'first must be two tokens separated by one space, such as "Ġ t"'
             )
@@ -615,7 +607,7 @@ def _gpt2_byte_order(encoder: dict[str, int], path: Path) -> list[int]:
     """The byte of each id 0..255 in ``encoder``, which must give the single bytes those ids."""
     ids = [encoder.get(character) for character in gpt2_byte_characters()]
     if sorted(i for i in ids if i is not None) != list(IDENTITY_BYTE_ORDER):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"{path} does not give the 256 single bytes the ids 0..255, each once, as GPT-2's "
             "encoder.json does; pass GPT-2's encoder.json (llmcourse.datasets.fetch"
             "('gpt2-encoder'))"
@@ -637,12 +629,12 @@ def _gpt2_merge(
     number, left, right = line
     for token in (left, right, left + right):
         if token not in encoder:
-            raise TokenizerFileError(
+            raise CheckpointError(
                 f"{merges_path}, line {number}: the token {token!r} is not in {encoder_path}; "
                 "pass the encoder.json and vocab.bpe of the same tokenizer"
             )
     if encoder[left + right] != expected_id:
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"{merges_path}, line {number}: the merged token {left + right!r} has id "
             f"{encoder[left + right]} in {encoder_path}, but merge number "
             f"{expected_id - N_BYTES} must make token {expected_id} (the merges' tokens follow "
@@ -661,7 +653,7 @@ def _gpt2_special_tokens(encoder: dict[str, int], first_id: int, path: Path) -> 
     if [encoder[token] for token in specials] != list(
         range(first_id, first_id + len(specials))
     ) or len(encoder) != first_id + len(specials):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"{path} has {len(encoder):,} entries: the 256 bytes and the merged tokens must have "
             f"the ids 0..{first_id - 1}, each once, and the special tokens the ids from "
             f"{first_id} on, without gaps; pass the encoder.json that goes with the vocab.bpe"

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import tiktoken
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import CheckpointError
 from llmcourse.saving import write_text_atomic
-from llmcourse.tokenizers.bpe import BPETokenizer, TokenizerFileError
+from llmcourse.tokenizers.bpe import BPETokenizer
 from llmcourse.tokenizers.gpt2 import gpt2_tokenizer
 from llmcourse.tokenizers.word import END_OF_TEXT
 
@@ -38,10 +38,6 @@ TOKENIZER_FILE = "tokenizer.bpe.json"
 EMBEDDING_ROWS_MULTIPLE = 64
 
 Tokenizer = BPETokenizer | tiktoken.Encoding
-
-
-class TokenizerMismatchError(CourseError, ValueError):
-    """A tokenizer whose vocabulary does not fit the model it is paired with."""
 
 
 def as_encoding(tokenizer: Tokenizer) -> tiktoken.Encoding:
@@ -91,7 +87,7 @@ def bpe_from_encoding(encoding: tiktoken.Encoding) -> BPETokenizer:
     token_bytes = [encoding.decode_single_token_bytes(rank) for rank in range(n_ordinary)]
     ranks = {piece: rank for rank, piece in enumerate(token_bytes)}
     if sorted(len(piece) == 1 for piece in token_bytes[:256]) != [True] * 256:
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"tiktoken encoding {encoding.name!r} does not start with the 256 single bytes; "
             "only byte-level BPE encodings (like GPT-2's) can be stored as a BPETokenizer"
         )
@@ -101,7 +97,7 @@ def bpe_from_encoding(encoding: tiktoken.Encoding) -> BPETokenizer:
     if [encoding.encode_single_token(token) for token in specials] != list(
         range(n_ordinary, encoding.n_vocab)
     ):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"the special tokens of tiktoken encoding {encoding.name!r} do not follow its "
             "ordinary tokens; a BPETokenizer numbers them right after the merges"
         )
@@ -122,7 +118,7 @@ def _merged_pair(piece: bytes, rank: int, ranks: dict[bytes, int], name: str) ->
         _, index = min(candidates)
         parts[index : index + 2] = [parts[index] + parts[index + 1]]
     if len(parts) != 2 or any(ranks.get(part, rank) >= rank for part in parts):
-        raise TokenizerFileError(
+        raise CheckpointError(
             f"token {rank} ({piece!r}) of tiktoken encoding {name!r} is not the merge of two "
             "earlier tokens; its ranks do not follow merge order"
         )
@@ -152,7 +148,7 @@ def load_tokenizer(
 
     Without a tokenizer file (a checkpoint from before tokenizers were stored, or a GPT-2
     checkpoint in the hub's layout) it is GPT-2's. With ``vocab_size`` (the model's), a
-    tokenizer whose ids do not fit the model raises ``TokenizerMismatchError``.
+    tokenizer whose ids do not fit the model raises ``CheckpointError``.
     """
     path = Path(directory) / TOKENIZER_FILE
     if path.is_file():
@@ -187,13 +183,13 @@ def _is_hub_layout(directory: Path) -> bool:
 
 
 def check_vocab_fits(tokenizer: Tokenizer, vocab_size: int, *, where: str = "the model") -> None:
-    """Raise ``TokenizerMismatchError`` unless the tokenizer's ids are the model's token ids:
+    """Raise ``CheckpointError`` unless the tokenizer's ids are the model's token ids:
     ``vocab_size`` is the tokenizer's number of tokens, or that number rounded up to a multiple
     of ``EMBEDDING_ROWS_MULTIPLE``."""
     n_vocab = as_encoding(tokenizer).n_vocab
     rounded_up = -(-n_vocab // EMBEDDING_ROWS_MULTIPLE) * EMBEDDING_ROWS_MULTIPLE
     if vocab_size not in (n_vocab, rounded_up):
-        raise TokenizerMismatchError(
+        raise CheckpointError(
             f"{where}: the tokenizer has {n_vocab:,} tokens but the model's vocabulary has "
             f"{vocab_size:,} rows; they were not trained together. Use the tokenizer saved "
             f"with the model (its {TOKENIZER_FILE}), or a model trained with this tokenizer"
@@ -209,7 +205,7 @@ def end_of_text_id(tokenizer: Tokenizer, *, default: int | None = None) -> int:
         return default
     encoding = as_encoding(tokenizer)
     if END_OF_TEXT not in encoding.special_tokens_set:
-        raise TokenizerMismatchError(
+        raise CheckpointError(
             f"the tokenizer {encoding.name!r} has no {END_OF_TEXT} token, which ends texts and "
             "pads batches; train it with special_tokens=('<|endoftext|>',)"
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from llmcourse.errors import CourseError
+from llmcourse.errors import InputError
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -27,10 +27,6 @@ SPLIT_PATTERN = re.compile(r"""([,.:;?_!"()']|--|\s)""")
 SPACE_BEFORE_PUNCTUATION = re.compile(r"""\s+([,.:;?!"()'])""")
 
 
-class TokenizerError(CourseError, ValueError):
-    """Input a tokenizer cannot handle: an unknown token id, a forbidden special token..."""
-
-
 class WordTokenizer:
     """Maps words and punctuation marks to ids through a fixed vocabulary.
 
@@ -40,9 +36,9 @@ class WordTokenizer:
 
     def __init__(self, vocab: dict[str, int]) -> None:
         if UNKNOWN not in vocab:
-            raise TokenizerError(f"the vocabulary has no {UNKNOWN} token; add it to the vocab")
+            raise InputError(f"the vocabulary has no {UNKNOWN} token; add it to the vocab")
         if sorted(vocab.values()) != list(range(len(vocab))):
-            raise TokenizerError(
+            raise InputError(
                 f"vocabulary ids must be exactly 0..{len(vocab) - 1}, each used once"
             )
         self.vocab = dict(vocab)
@@ -78,7 +74,7 @@ class WordTokenizer:
         tokens = []
         for token_id in ids:
             if token_id not in self.id_to_token:
-                raise TokenizerError(
+                raise InputError(
                     f"token id {token_id} is not in the vocabulary; valid ids are "
                     f"0..{self.vocab_size - 1}"
                 )

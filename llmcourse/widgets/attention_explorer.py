@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 import torch
 
-from llmcourse.figures.attention import AttentionFigureError, text_attention
+from llmcourse.errors import InputError
+from llmcourse.figures.attention import text_attention
 from llmcourse.figures.tokenization import Tokenizer
 from llmcourse.model import GPT
 from llmcourse.tokenizers import gpt2_tokenizer
@@ -44,7 +45,7 @@ def attention_table_html(matrix: torch.Tensor, labels: Sequence[str], caption: s
     Each cell's tooltip names the query, the key and the weight.
     """
     if matrix.dim() != 2 or tuple(matrix.shape) != (len(labels), len(labels)):
-        raise AttentionFigureError(
+        raise InputError(
             f"expected a ({len(labels)}, {len(labels)}) matrix for {len(labels)} tokens, "
             f"got shape {tuple(matrix.shape)}"
         )
@@ -105,7 +106,7 @@ def attention_explorer(
                 model, tokenizer, text_box.value, max_tokens=max_tokens
             )
             state["total"] = len(tokenizer.encode(text_box.value, allowed_special="all"))
-        except AttentionFigureError as error:
+        except InputError as error:
             state.clear()
             heatmap.value = f"<i>{html.escape(str(error))}</i>"
             return

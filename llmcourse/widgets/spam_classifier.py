@@ -11,7 +11,8 @@ import html
 
 import ipywidgets as widgets
 
-from llmcourse.classification import Classifier, ClassifierError, Tokenizer, encode_message
+from llmcourse.classification import Classifier, Tokenizer, encode_message
+from llmcourse.errors import InputError
 from llmcourse.tokenizers import gpt2_tokenizer
 
 EXAMPLE_MESSAGES = (
@@ -33,7 +34,7 @@ def positive_probability(
     """The probability that ``text`` belongs to the classifier's second class (spam), for a
     two-class classifier."""
     if len(classifier.class_names) != 2:
-        raise ClassifierError(
+        raise InputError(
             f"the spam widget needs a two-class classifier, this one has the classes "
             f"{list(classifier.class_names)}"
         )
