@@ -41,8 +41,8 @@ from timing import cpu_name, race
 from torch.optim.lr_scheduler import LambdaLR
 
 from llmcourse.generation import generate
+from llmcourse.gpt2_weights import save_gpt2_format
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import save_gpt2_format
 from llmcourse.training import TrainingConfig, make_optimizer, train_step
 
 try:

@@ -1,6 +1,6 @@
 """Training and encoding speed of llmcourse's BPETokenizer against Hugging Face ``tokenizers``.
 
-On the 2 MiB TinyStories sample (``llmcourse.datasets.fetch("tinystories-2mib")``; offline, set
+On the 2 MiB TinyStories sample (``llmcourse.data_files.fetch("tinystories-2mib")``; offline, set
 ``LLMCOURSE_DATA_MIRROR`` to a copy of the course's data), in one process:
 
 - training seconds, wall-clock and CPU, for each vocabulary size: ``BPETokenizer.train`` (pure
@@ -37,7 +37,7 @@ from typing import Any
 import tiktoken
 from timing import cpu_name, race
 
-from llmcourse.datasets import fetch
+from llmcourse.data_files import fetch
 from llmcourse.errors import MissingFileError
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.tokenizers.bpe import gpt2_byte_characters

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from llmcourse import datasets
-from llmcourse.data import SlidingWindowDataset, create_dataloader, split_text
+from llmcourse import data_files
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.schedules import warmup_cosine_scheduler
+from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader, split_text
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.training import TrainingConfig, make_optimizer
 
@@ -145,7 +145,7 @@ def main() -> None:
                         help="only time one step of each configuration (run on an idle machine)")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    text = datasets.fetch("tinystories-2mib").read_text(encoding="utf-8")
+    text = data_files.fetch("tinystories-2mib").read_text(encoding="utf-8")
     train_text, val_text = split_text(text, 0.9)
     grid = [GRID[i] for i in args.only] if args.only else GRID
     timing_path = args.cache / "seconds_per_step.json"

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import plotly
 
 from llmcourse.errors import InputError, MissingFileError, ToolError
-from llmcourse.viz import PLOTLY_MIMETYPE
+from llmcourse.figures.display import PLOTLY_MIMETYPE
 
 ASSETS_FOLDER = "book_assets"  # under the book root; named in _config.yml's html_static_path
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -239,7 +239,7 @@ def figures_missing_html(notebook: Path) -> list[int]:
     """Indices of the cells of ``notebook`` whose plotly figure output has no ``text/html``.
 
     Such a figure (from ``fig.show()``) is silently absent from the book: use
-    ``llmcourse.viz.show(fig)`` instead.
+    ``llmcourse.figures.display.show(fig)`` instead.
     """
     cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])
     return [
@@ -269,7 +269,7 @@ def check_figure_outputs(book_root: Path) -> None:
     if problems:
         raise InputError(
             "these saved plotly figures have no HTML form and would be missing from the book: "
-            f"{', '.join(problems)}. Display figures with llmcourse.viz.show(fig), not "
+            f"{', '.join(problems)}. Display figures with llmcourse.figures.display.show(fig), not "
             "fig.show(), and run the notebook again"
         )
 

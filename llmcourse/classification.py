@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.checkpoints import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -88,13 +88,13 @@ CLASSIFIER_FORMAT = "llmcourse-classifier"
 def load_sms_spam(path: str | Path | None = None) -> list[Example]:
     """The SMS Spam Collection as (text, label) pairs, label 1 for spam and 0 for ham.
 
-    ``path`` defaults to the course's copy (``llmcourse.datasets.fetch("sms-spam")``). Parsed as
+    ``path`` defaults to the course's copy (``llmcourse.data_files.fetch("sms-spam")``). Parsed as
     the book's ``pd.read_csv(sep="\\t", header=None)`` does: a field that starts with ``"`` is
     quoted, so it loses its quotes and may run over several lines. That joins three lines into
     one message and gives the book's 5,572 messages (4,825 ham, 747 spam) of the file's 5,574
     lines (reading every line as one message, ``quoting=csv.QUOTE_NONE``, would give 5,574).
     """
-    path = Path(path) if path is not None else datasets.fetch("sms-spam", quiet=True)
+    path = Path(path) if path is not None else data_files.fetch("sms-spam", quiet=True)
     return parse_sms_spam(path.read_text(encoding="utf-8"), source=str(path))
 
 

@@ -6,7 +6,7 @@ byte-level BPE trained by chapter 1's ``BPETokenizer.train`` on the same stories
 the cpu profile). A small vocabulary makes the output layer, most of a small GPT's work with
 GPT-2's 50,257 tokens, cheap. The model is made by this module from a fixed seed and recipe:
 
->>> from llmcourse.pretrained import course_model
+>>> from llmcourse.course_model import course_model
 >>> model = course_model()  # doctest: +SKIP
 
 The first call trains it (minutes for ``cpu``, seconds for ``smoke``) and saves it; every later
@@ -43,7 +43,7 @@ from typing import Any
 import tiktoken
 import torch
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint_files
 from llmcourse.errors import ConfigError, MissingFileError
 from llmcourse.generation import Sampling, generate_text
@@ -105,7 +105,7 @@ class CourseModelRecipe:
             "tokenizer": run.tokenizer,
             "tokenizer_trainer": TOKENIZER_TRAINER_VERSION,
             "corpus": run.corpus,
-            "corpus_sha256": datasets.get(run.corpus).sha256,
+            "corpus_sha256": data_files.get(run.corpus).sha256,
             "max_characters": run.max_characters,
             "val_fraction": run.val_fraction,
             "batch_size": run.batch_size,
@@ -146,7 +146,7 @@ def recipe_for(profile: str | Profile | None = None) -> CourseModelRecipe:
         raise ConfigError(
             f"profile {profile.name!r} uses OpenAI's GPT-2 sizes ({profile.model_preset}) and "
             f"starts from OpenAI's weights: load them with "
-            f"llmcourse.pretrained.load_gpt2({profile.model_preset!r}). The course's own model "
+            f"llmcourse.gpt2_weights.load_gpt2({profile.model_preset!r}). The course's own model "
             "exists for the profiles whose model preset is course-tiny or course-small"
         )
     steps = profile.pretrain_steps
@@ -199,7 +199,7 @@ def _vocab_size(tokenizer: str) -> int:
 
 def course_model_dir(profile: str | Profile | None = None) -> Path:
     """Where the course model of ``profile`` is (or will be) cached."""
-    return datasets.cache_root() / "models" / recipe_for(profile).directory_name
+    return data_files.cache_root() / "models" / recipe_for(profile).directory_name
 
 
 def _cached_model_dir(profile: str | Profile | None) -> Path:

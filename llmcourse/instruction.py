@@ -25,7 +25,7 @@ The recipe:
    targets by one token and hides the padding (optionally the prompt too) from the loss.
 4. ``train_instruction_model`` runs ``llmcourse.training.train`` on these batches.
 5. ``generate_response`` answers an entry, ``generate_responses`` a list of them, and
-   ``save_responses`` keeps the answers as JSON for scoring (``llmcourse.evaluation``).
+   ``save_responses`` keeps the answers as JSON for scoring (``llmcourse.response_scoring``).
 
 Tokenization: an entry is encoded in three pieces, the prompt (instruction and input), the
 response header ("\\n\\n### Response:\\n") and the output, and the ids are concatenated. For every
@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.checkpoints import load_model, write_checkpoint_files
 from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from llmcourse.generation import GREEDY, Sampling, stream_generate
@@ -109,12 +109,12 @@ class Tokenizer(Protocol):
 def load_instruction_data(path: str | os.PathLike[str] | None = None) -> list[Entry]:
     """The entries of a JSON list of {"instruction", "input", "output"} objects.
 
-    ``path`` defaults to the course's copy (``llmcourse.datasets.fetch("instruction-data")``,
+    ``path`` defaults to the course's copy (``llmcourse.data_files.fetch("instruction-data")``,
     1,100 entries). Every entry is checked: one ``DataError`` lists all the malformed
     ones by index; none is skipped silently. An entry may also name its ``task`` (a string; the
     story instructions of ``llmcourse.story_instructions`` do).
     """
-    path = Path(path) if path is not None else datasets.fetch("instruction-data", quiet=True)
+    path = Path(path) if path is not None else data_files.fetch("instruction-data", quiet=True)
     return validate_entries(read_json(path), ENTRY_FIELDS, source=str(path))
 
 

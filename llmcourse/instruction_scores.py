@@ -7,7 +7,8 @@ So every set of responses is scored beside three baselines on the same test entr
 - ``echo_instruction``: the instruction itself, as the response;
 - ``echo_input``: the entry's input, as the response (empty when it has none).
 
-Each gets ROUGE-L F1 and token F1 against the reference answers (``llmcourse.evaluation``) and,
+Each gets ROUGE-L F1 and token F1 against the reference answers
+(``llmcourse.response_scoring``) and,
 for entries that carry a ``task`` (the story instructions, ``llmcourse.story_instructions``),
 the share that meets its task's criterion, overall and per task. ``test-scores.json`` holds::
 
@@ -20,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmcourse.evaluation import score_responses
 from llmcourse.instruction import RESPONSE_KEY
+from llmcourse.response_scoring import score_responses
 from llmcourse.story_instructions import criterion_success
 
 ECHO_BASELINES = {"echo_instruction": "instruction", "echo_input": "input"}

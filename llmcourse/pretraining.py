@@ -31,13 +31,13 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.checkpoints import CHECKPOINT_FILES, TRAINING_STATE_FILE
-from llmcourse.data import SlidingWindowDataset, split_text
 from llmcourse.distributed import current_context, distributed_loader
 from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.saving import check_destination
+from llmcourse.sliding_window import SlidingWindowDataset, split_text
 from llmcourse.token_cache import TokenizedCorpus, tokenized_corpus
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import check_vocab_fits
@@ -95,8 +95,8 @@ def _is_whole_number(value: object) -> bool:
 
 def corpus_path(corpus: str) -> Path:
     """The file of a registry data name (fetched if need be) or of a local text file."""
-    names = {entry.name for entry in datasets.registry()}
-    path = datasets.fetch(corpus) if corpus in names else Path(corpus)
+    names = {entry.name for entry in data_files.registry()}
+    path = data_files.fetch(corpus) if corpus in names else Path(corpus)
     if not path.is_file():
         raise MissingFileError(
             f"corpus {corpus!r} is neither a data file of the registry "
@@ -138,12 +138,12 @@ def trained_tokenizer(run: PretrainingRun, vocab_size: int, *, progress: bool = 
     validation text), from the cache when it was trained before."""
     path = corpus_path(run.corpus)
     key = json.dumps({
-        "trainer": TOKENIZER_TRAINER_VERSION, "corpus_sha256": datasets.sha256_of(path),
+        "trainer": TOKENIZER_TRAINER_VERSION, "corpus_sha256": data_files.sha256_of(path),
         "vocab_size": vocab_size, "val_fraction": run.val_fraction,
         "max_characters": run.max_characters,
     }, sort_keys=True)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
-    cached = datasets.cache_root() / "tokenizers" / f"{path.stem}-bpe-{vocab_size}-{digest}.json"
+    cached = data_files.cache_root() / "tokenizers" / f"{path.stem}-bpe-{vocab_size}-{digest}.json"
     if cached.is_file():
         return BPETokenizer.load(cached)
     train_text, _ = split_text(read_corpus(run.corpus, run.max_characters),

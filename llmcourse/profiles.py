@@ -38,7 +38,7 @@ class Profile:
     description: str
     model_preset: str  # a key of llmcourse.model.PRESETS: the course's own GPT
     course_tokenizer: str  # the course model's tokenizer: "gpt2" or "bpe-N" (llmcourse.pretraining)
-    pretraining_corpus: str  # a data file name in llmcourse.datasets
+    pretraining_corpus: str  # a data file name in llmcourse.data_files
     corpus_characters: int | None  # read this many characters of the corpus (None: all)
     pretrain_steps: int  # optimizer steps of the chapter-6 pretraining run
     pretrain_learning_rate: float  # its peak learning rate (linear warmup, cosine decay to 10%)

@@ -49,11 +49,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llmcourse.data import split_text
 from llmcourse.errors import DataError
-from llmcourse.evaluation import lcs_length, words
 from llmcourse.instruction import RESPONSE_KEY, Split
 from llmcourse.pretraining import read_corpus
+from llmcourse.response_scoring import lcs_length, words
+from llmcourse.sliding_window import split_text
 
 STORY_SEPARATOR = "<|endoftext|>"
 TASKS = ("story_with_words", "story_about", "main_character", "continue_story", "rename")

@@ -6,7 +6,7 @@ pieces of constant size, writes the ids of the training and the validation part 
 ``uint16`` (``uint32`` for vocabularies over 65,536 tokens), and memory-maps them: training reads
 window by window, and a second run does not tokenize again.
 
-The split is by characters, as ``llmcourse.data.split_text`` splits a string: of the first
+The split is by characters, as ``llmcourse.sliding_window.split_text`` splits a string: of the first
 ``max_characters`` characters, the last ``val_fraction`` are the validation text. The cache entry
 is keyed by the corpus file's sha256, the tokenizer's fingerprint, ``val_fraction`` and
 ``max_characters``, so a changed file or tokenizer never reuses stale ids. Entries are written
@@ -27,7 +27,7 @@ import numpy as np
 import tiktoken
 from tqdm.auto import tqdm
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.errors import ConfigError, DataError
 from llmcourse.saving import recover, staged_directory
 from llmcourse.tokenizers.bpe import encode_iterable
@@ -100,7 +100,7 @@ def _cache_directory(
     key = json.dumps(
         {
             "version": CACHE_VERSION,
-            "corpus_sha256": datasets.sha256_of(path),
+            "corpus_sha256": data_files.sha256_of(path),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "val_fraction": val_fraction,
             "max_characters": max_characters,
@@ -108,7 +108,7 @@ def _cache_directory(
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return datasets.cache_root() / "tokens" / f"{path.stem}-{digest}"
+    return data_files.cache_root() / "tokens" / f"{path.stem}-{digest}"
 
 
 def _build(

@@ -1,10 +1,11 @@
 """The Jupyter Book builds with warnings as errors, and its pages work with no network.
 
 One module-wide build copies the book's sources to a temporary folder, adds a page made by
-running a small notebook (math, a figure shown with ``llmcourse.viz.show``, a widget), and
-builds it. Headless Chromium, with every host name unresolvable, then checks that the figure,
-the math and the widget really render. Further tests read the built HTML: one numbering scheme,
-Jupyter Book's, from the sidebar to the headings; no nbval marker anywhere on a page.
+running a small notebook (math, a figure shown with ``llmcourse.figures.display.show``, a
+widget), and builds it. Headless Chromium, with every host name unresolvable, then checks that
+the figure, the math and the widget really render. Further tests read the built HTML: one
+numbering scheme, Jupyter Book's, from the sidebar to the headings; no nbval marker anywhere on
+a page.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sphinx_external_toc.parsing import parse_toc_yaml
 from llmcourse import book_build
 from llmcourse.cli import main
 from llmcourse.errors import CourseError
+from llmcourse.figures.display import PLOTLY_MIMETYPE
 from llmcourse.profiles import current_profile
-from llmcourse.viz import PLOTLY_MIMETYPE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "chapters", "solutions")
@@ -43,7 +44,7 @@ CHECK_CELLS = [
     ),
     nbformat.v4.new_code_cell(
         "import plotly.graph_objects as go\n"
-        "from llmcourse.viz import layout_defaults, show\n"
+        "from llmcourse.figures.display import layout_defaults, show\n"
         "fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[2.0, 1.0, 0.5], name='loss'))\n"
         "show(layout_defaults(fig, title='Loss per step', x_title='step', y_title='loss'))"
     ),

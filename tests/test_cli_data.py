@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse import story_instructions as si
 from llmcourse.cli import main
 
-NAMES = [entry.name for entry in datasets.registry()]
+NAMES = [entry.name for entry in data_files.registry()]
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
-    monkeypatch.setenv(datasets.CACHE_ENV, str(root))
+    monkeypatch.setenv(data_files.CACHE_ENV, str(root))
     return root / "data"
 
 
@@ -34,7 +34,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         tried.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(datasets, "open_url", unreachable)
+    monkeypatch.setattr(data_files, "open_url", unreachable)
     return tried
 
 
@@ -51,7 +51,7 @@ def test_list_shows_every_file_in_the_mirror(
     assert main(["data", "list"]) == 0
     rows = table_rows(capsys.readouterr().out)
     assert list(rows) == NAMES
-    for entry in datasets.registry():
+    for entry in data_files.registry():
         cells = [cell.strip() for cell in rows[entry.name] if cell.strip()]
         assert cells == [entry.name, f"{entry.size:,}", entry.license, "mirror", entry.url]
     assert offline == []
@@ -61,7 +61,7 @@ def test_list_tells_cached_corrupt_and_missing_apart(
     data_mirror: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delenv(datasets.MIRROR_ENV)
+    monkeypatch.delenv(data_files.MIRROR_ENV)
     cache.mkdir(parents=True)
     (cache / "the-verdict.txt").write_bytes((data_mirror / "the-verdict.txt").read_bytes())
     (cache / "instruction-data.json").write_bytes(b"[]")
@@ -78,7 +78,7 @@ def test_fetch_all_from_the_mirror(
 ) -> None:
     assert main(["data", "fetch", "--all"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    expected = [(e.name, str(data_mirror / e.relative_path)) for e in datasets.registry()]
+    expected = [(e.name, str(data_mirror / e.relative_path)) for e in data_files.registry()]
     assert [tuple(line.split()) for line in lines] == expected
     assert offline == []
 
@@ -95,14 +95,14 @@ def test_fetch_offline_without_mirror_fails_with_instructions(
     cache: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delenv(datasets.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(data_files.MIRROR_ENV, raising=False)
     assert main(["data", "fetch", "the-verdict"]) == 2
-    entry = datasets.get("the-verdict")
+    entry = data_files.get("the-verdict")
     error = capsys.readouterr().err
     assert error.startswith("error: could not download the-verdict (the-verdict.txt)")
     assert entry.url in error
     assert str(cache / "the-verdict.txt") in error
-    assert datasets.MIRROR_ENV in error
+    assert data_files.MIRROR_ENV in error
     assert "Traceback" not in error
     assert offline == [entry.url]
 
@@ -111,15 +111,15 @@ def test_a_file_as_cache_folder_is_a_one_line_error(
     tmp_path: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.delenv(datasets.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(data_files.MIRROR_ENV, raising=False)
     a_file = tmp_path / "cache.txt"
     a_file.write_text("not a folder")
-    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file))
+    monkeypatch.setenv(data_files.CACHE_ENV, str(a_file))
     assert main(["data", "fetch", "the-verdict"]) == 2
     captured = capsys.readouterr()
     assert captured.err == (
-        f"error: the cache folder {a_file} (from ${datasets.CACHE_ENV}) is a file, not a "
-        f"directory; point {datasets.CACHE_ENV} at a directory (or unset it to use "
+        f"error: the cache folder {a_file} (from ${data_files.CACHE_ENV}) is a file, not a "
+        f"directory; point {data_files.CACHE_ENV} at a directory (or unset it to use "
         "~/.cache/llmcourse)\n"
     )
     assert offline == []
@@ -148,7 +148,7 @@ def test_console_script_fetches_all_from_the_mirror(data_mirror: Path, cache: Pa
     script = Path(sys.executable).with_name("llmcourse")
     if not script.is_file():
         pytest.skip(f"console script not installed next to {sys.executable}")
-    environment = {**os.environ, datasets.MIRROR_ENV: str(data_mirror)}
+    environment = {**os.environ, data_files.MIRROR_ENV: str(data_mirror)}
     result = subprocess.run(
         [str(script), "data", "fetch", "--all"],
         capture_output=True, text=True, env=environment, timeout=60, check=False,

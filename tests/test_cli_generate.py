@@ -6,8 +6,8 @@ import torch
 from llmcourse.checkpoints import save_checkpoint
 from llmcourse.cli import main
 from llmcourse.generation import generate
+from llmcourse.gpt2_weights import save_gpt2_format
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import save_gpt2_format
 from llmcourse.tokenizers import gpt2_tokenizer
 
 CONFIG = GPTConfig(context_length=32, n_layer=1, n_head=2, n_embd=16)

@@ -13,8 +13,8 @@ import pytest
 from llmcourse.checkpoints import load_model
 from llmcourse.classification import load_classifier
 from llmcourse.cli import main
-from llmcourse.datasets import CACHE_ENV
-from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.data_files import CACHE_ENV
+from llmcourse.gpt2_weights import load_model_and_tokenizer
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.tokenizers.files import TOKENIZER_FILE
 

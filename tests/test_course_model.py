@@ -15,14 +15,14 @@ import torch
 from llmcourse import course_model as course
 from llmcourse.checkpoints import load_model
 from llmcourse.cli import main
-from llmcourse.data import split_text
-from llmcourse.datasets import CACHE_ENV
+from llmcourse.course_model import course_model
+from llmcourse.data_files import CACHE_ENV
 from llmcourse.errors import ConfigError, CourseError, MissingFileError
 from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import course_model
 from llmcourse.pretraining import make_loaders, read_corpus
 from llmcourse.profiles import get_profile
+from llmcourse.sliding_window import split_text
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.training import evaluate_loss
 

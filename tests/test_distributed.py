@@ -20,7 +20,6 @@ import torch
 
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_checkpoint
 from llmcourse.cli import main
-from llmcourse.data import SlidingWindowDataset
 from llmcourse.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -36,6 +35,7 @@ from llmcourse.distributed import (
 )
 from llmcourse.errors import ConfigError, CourseError, DataError, TrainingError
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.sliding_window import SlidingWindowDataset
 from llmcourse.training import StepState, TrainingConfig, TrainingHistory, train
 
 # No query/key/value bias: the key bias' gradient is zero up to rounding (softmax ignores a shift

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from llmcourse.data import SlidingWindowDataset, create_dataloader
 from llmcourse.exercises import check
 from llmcourse.exercises.ch02_data_sampling import (
     reference_batch_shapes,
@@ -15,6 +14,7 @@ from llmcourse.exercises.ch02_data_sampling import (
     reference_input_target_windows,
     reference_next_token_pairs,
 )
+from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader
 
 
 def run(exercise_id, answer):

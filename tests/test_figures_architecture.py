@@ -21,8 +21,8 @@ from llmcourse.figures.architecture import (
     model_size_figure,
     transformer_block_figure,
 )
+from llmcourse.figures.display import has_profile_label
 from llmcourse.model import CausalSelfAttention, GPTConfig
-from llmcourse.viz import has_profile_label
 
 SMALL = GPTConfig(vocab_size=100, context_length=16, n_layer=3, n_head=2, n_embd=8)
 

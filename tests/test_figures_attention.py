@@ -17,9 +17,9 @@ from llmcourse.figures.attention import (
     stack_layers,
     text_attention,
 )
+from llmcourse.figures.display import has_profile_label
 from llmcourse.model import GPT, GPTConfig, attention_weights
 from llmcourse.tokenizers import gpt2_tokenizer
-from llmcourse.viz import has_profile_label
 from llmcourse.widgets.attention_explorer import (
     attention_explorer,
     attention_table_html,

@@ -8,7 +8,6 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from llmcourse.data import SlidingWindowDataset
 from llmcourse.errors import InputError
 from llmcourse.figures.data_sampling import (
     IDLE,
@@ -18,6 +17,7 @@ from llmcourse.figures.data_sampling import (
     sliding_window_figure,
     window_cells,
 )
+from llmcourse.figures.display import PROFILE_LABEL_NAME, figure_output
 from llmcourse.figures.embeddings import (
     embedding_projection_figure,
     explained_variance,
@@ -25,7 +25,7 @@ from llmcourse.figures.embeddings import (
     principal_axes,
     project,
 )
-from llmcourse.viz import PROFILE_LABEL_NAME, figure_output
+from llmcourse.sliding_window import SlidingWindowDataset
 
 # ----------------------------------------------------------------------------------------------
 # Chapter 2: the sliding window

@@ -14,6 +14,7 @@ from llmcourse.classification import (
     replace_head,
 )
 from llmcourse.errors import InputError
+from llmcourse.figures.display import has_profile_label
 from llmcourse.figures.finetuning import (
     TRAINING_STATE_BYTES_PER_PARAMETER,
     StrategyResult,
@@ -28,7 +29,6 @@ from llmcourse.lora import DEFAULT_TARGETS
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
 from llmcourse.training import EvalRecord, TrainingHistory
-from llmcourse.viz import has_profile_label
 from llmcourse.widgets.spam_classifier import (
     positive_probability,
     probability_html,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import has_profile_label
 from llmcourse.figures.instruction import (
     IGNORED,
     ROLES,
@@ -16,7 +17,6 @@ from llmcourse.figures.instruction import (
     token_length_figure,
 )
 from llmcourse.instruction import TokenizedEntry, collate
-from llmcourse.viz import has_profile_label
 
 PAD = 99
 # two entries: 3 prompt tokens + 2 response tokens, and 1 prompt token + 1 response token

@@ -7,6 +7,7 @@ import pytest
 
 from llmcourse.distributed import GlobalBatchSampler
 from llmcourse.errors import InputError
+from llmcourse.figures.display import PROFILE_LABEL_NAME, has_profile_label
 from llmcourse.figures.scaling import (
     Speedup,
     allreduce_figure,
@@ -19,7 +20,6 @@ from llmcourse.figures.scaling import (
     ring_allreduce_steps,
     speedup_figure,
 )
-from llmcourse.viz import PROFILE_LABEL_NAME, has_profile_label
 
 GRADIENTS = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 10.0, 11.0, 12.0],
              [13.0, 14.0, 15.0, 16.0]]  # fmt: skip

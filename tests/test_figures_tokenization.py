@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmcourse.errors import CourseError, InputError
+from llmcourse.figures.display import has_profile_label
 from llmcourse.figures.tokenization import (
     BOX_GAP,
     PALETTE,
@@ -20,7 +21,6 @@ from llmcourse.figures.tokenization import (
     token_pieces,
 )
 from llmcourse.tokenizers import BPETokenizer, WordTokenizer, gpt2_tokenizer
-from llmcourse.viz import has_profile_label
 from llmcourse.widgets.tokenizer_playground import tokenizer_playground
 
 TRAINING_TEXT = "the cat sat on the mat. the hat sat on the cat. that is that.\n" * 5

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import has_profile_label
 from llmcourse.figures.training import (
     OTHER_TOKENS,
     gradient_norm_figure,
@@ -23,7 +24,6 @@ from llmcourse.generation import Sampling
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.schedules import warmup_cosine_lr
 from llmcourse.training import EvalRecord, StepState, TrainingHistory
-from llmcourse.viz import has_profile_label
 from llmcourse.widgets.decoding_explorer import DecodingExplorer
 from llmcourse.widgets.training_dashboard import TrainingDashboard
 

@@ -15,6 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmcourse.classification import replace_head
 from llmcourse.errors import CheckpointError, ConfigError, CourseError, MissingFileError
+from llmcourse.gpt2_weights import load_gpt2
 from llmcourse.lora import (
     LoRALinear,
     apply_lora,
@@ -28,7 +29,6 @@ from llmcourse.lora import (
     trainable_parameter_report,
 )
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import load_gpt2
 
 CONFIG = GPTConfig(vocab_size=101, context_length=16, n_layer=2, n_head=2, n_embd=16)
 TARGETS = ("c_attn", "c_proj", "c_fc")

@@ -175,8 +175,8 @@ def test_the_reference_must_be_a_separate_copy():
 
 
 def test_dpo_training_figure_draws_every_metric_smoothed():
+    from llmcourse.figures.display import has_profile_label
     from llmcourse.figures.preference import InputError, dpo_training_figure
-    from llmcourse.viz import has_profile_label
 
     metrics = DPOMetrics(objective=None, steps=[1, 2, 3], values={
         "reward_margin": [0.0, 0.2, 0.4], "reward_accuracy": [0.5, 1.0, 1.0],

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from llmcourse import datasets, profiles
+from llmcourse import data_files, profiles
 from llmcourse.errors import ConfigError, CourseError
 from llmcourse.model import PRESETS
 from llmcourse.profiles import PROFILE_ENV, current_profile, get_profile
@@ -18,7 +18,7 @@ def test_each_profile_loads_with_settings_the_package_knows(name: str) -> None:
     assert profile.name == name
     assert profile.model_preset in PRESETS and profile.verdict_preset in PRESETS
     assert 0 < profile.context_length <= PRESETS[profile.model_preset].context_length
-    assert datasets.get(profile.pretraining_corpus).name == profile.pretraining_corpus
+    assert data_files.get(profile.pretraining_corpus).name == profile.pretraining_corpus
     counts = [profile.pretrain_steps, profile.batch_size, profile.eval_batches,
               profile.verdict_epochs, profile.classification_epochs, profile.instruction_epochs]
     assert all(isinstance(count, int) and count > 0 for count in counts)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from llmcourse import token_cache
-from llmcourse.data import split_text
 from llmcourse.errors import CourseError
+from llmcourse.sliding_window import split_text
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 
 TEXT = (

@@ -7,8 +7,8 @@ import torch
 
 from llmcourse.checkpoints import save_checkpoint
 from llmcourse.errors import CheckpointError
+from llmcourse.gpt2_weights import load_model_and_tokenizer
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.tokenizers import BPETokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import (
     TOKENIZER_FILE,

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from llmcourse.datasets import fetch
+from llmcourse.data_files import fetch
 from llmcourse.errors import CheckpointError, CourseError, InputError, MissingFileError
 from llmcourse.tokenizers import BPETokenizer
 from llmcourse.tokenizers.bpe import Pair, encode_iterable, merge_pair, pre_split

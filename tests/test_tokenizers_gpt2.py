@@ -15,7 +15,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.datasets import fetch
+from llmcourse.data_files import fetch
 from llmcourse.errors import CheckpointError, InputError, MissingFileError
 from llmcourse.tokenizers import GPT2_EOT_ID, GPT2_VOCAB_SIZE, BPETokenizer, gpt2_tokenizer
 

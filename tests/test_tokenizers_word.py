@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from llmcourse.datasets import fetch
+from llmcourse.data_files import fetch
 from llmcourse.errors import CourseError, InputError, MissingFileError
 from llmcourse.tokenizers import WordTokenizer
 from llmcourse.tokenizers.word import split

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from llmcourse import training
 from llmcourse.checkpoints import save_checkpoint
-from llmcourse.data import SlidingWindowDataset, create_dataloader
 from llmcourse.errors import ConfigError, CourseError, TrainingError
 from llmcourse.model import GPT, PRESETS, GPTConfig, count_parameters
 from llmcourse.schedules import warmup_cosine_lr, warmup_cosine_scheduler
+from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader
 from llmcourse.training import (
     EvalRecord,
     StepState,

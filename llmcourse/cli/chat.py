@@ -15,8 +15,8 @@ from llmcourse import instruction as inst
 from llmcourse.cli import options
 from llmcourse.cli.generate import add_sampling_arguments
 from llmcourse.generation import decode_stream, stream_generate
+from llmcourse.gpt2_weights import load_model_and_tokenizer
 from llmcourse.model import GPT
-from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.tokenizers.files import end_of_text_id, load_tokenizer
 
 QUIT = "/quit"

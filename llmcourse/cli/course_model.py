@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Load the course's small GPT pretrained on the TinyStories sample from the "
         "cache, training it first when it is not there (minutes in the cpu profile, seconds in "
         "smoke). Prints its training report and greedy and top-k samples. Later chapters load "
-        "the same model with llmcourse.pretrained.course_model().",
+        "the same model with llmcourse.course_model.course_model().",
     )
     parser.add_argument("--profile", choices=list(PROFILES), default=None,
                         help="run profile of the recipe (default: $LLMCOURSE_PROFILE, else cpu)")

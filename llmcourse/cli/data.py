@@ -7,7 +7,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.errors import ConfigError, DestinationError
 from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch_parser = actions.add_parser(
         "fetch",
         help="get data files (mirror, cache or download) and print their paths",
-        description=f"Each file comes from ${datasets.MIRROR_ENV} if it holds it, else from "
-        f"the cache ${datasets.CACHE_ENV}/data (default {datasets.DEFAULT_CACHE_ROOT}/data), "
+        description=f"Each file comes from ${data_files.MIRROR_ENV} if it holds it, else from "
+        f"the cache ${data_files.CACHE_ENV}/data (default {data_files.DEFAULT_CACHE_ROOT}/data), "
         "else from its URL; every copy is checked against its sha256.",
     )
     fetch_parser.add_argument("names", nargs="*", metavar="NAME", help="data files to fetch")
@@ -63,21 +63,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stories_parser.set_defaults(handler=write_story_instructions)
 
 
-def local_copy(entry: datasets.DataFile) -> str:
+def local_copy(entry: data_files.DataFile) -> str:
     """Where a verified copy of ``entry`` is: 'mirror', 'cache', 'corrupt ...' or '-'."""
     for place, path in (
-        ("mirror", datasets.mirror_path(entry.name)),
-        ("cache", datasets.cache_path(entry.name)),
+        ("mirror", data_files.mirror_path(entry.name)),
+        ("cache", data_files.cache_path(entry.name)),
     ):
         if path is not None and path.is_file():
-            return place if datasets.is_intact(path, entry) else f"corrupt {place} copy"
+            return place if data_files.is_intact(path, entry) else f"corrupt {place} copy"
     return "-"
 
 
 def list_files(args: argparse.Namespace) -> int:
     """Print a table of the registry: name, size, license, local copy, URL."""
     rows = [_COLUMNS] + [
-        (e.name, f"{e.size:,}", e.license, local_copy(e), e.url) for e in datasets.registry()
+        (e.name, f"{e.size:,}", e.license, local_copy(e), e.url) for e in data_files.registry()
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS) - 1)]
     for row in rows:
@@ -89,14 +89,14 @@ def list_files(args: argparse.Namespace) -> int:
 def fetch_files(args: argparse.Namespace) -> int:
     """Fetch the named files (or all) and print ``name  path`` for each; stops at a failure."""
     if args.all == bool(args.names):
-        known = ", ".join(entry.name for entry in datasets.registry())
+        known = ", ".join(entry.name for entry in data_files.registry())
         raise ConfigError(f"name the data files to fetch or pass --all (not both); known: {known}")
-    names = [entry.name for entry in datasets.registry()] if args.all else args.names
+    names = [entry.name for entry in data_files.registry()] if args.all else args.names
     for name in names:
-        datasets.get(name)  # unknown names fail before anything is downloaded
+        data_files.get(name)  # unknown names fail before anything is downloaded
     width = max(map(len, names))
     for name in names:
-        print(f"{name.ljust(width)}  {datasets.fetch(name, quiet=args.quiet)}", flush=True)
+        print(f"{name.ljust(width)}  {data_files.fetch(name, quiet=args.quiet)}", flush=True)
     return 0
 
 

@@ -16,9 +16,9 @@ from llmcourse import instruction as inst
 from llmcourse import preference as pref
 from llmcourse.cli import options
 from llmcourse.errors import CheckpointError, ConfigError, DataError, MissingFileError
+from llmcourse.gpt2_weights import load_model_and_tokenizer
 from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
-from llmcourse.pretrained import load_model_and_tokenizer
 from llmcourse.profiles import current_profile
 from llmcourse.saving import write_json_atomic
 from llmcourse.story_instructions import TASKS, load_story_instructions
@@ -152,7 +152,7 @@ def _register_instruct(actions: argparse._SubParsersAction) -> None:
         "pretrained model's answers and the instruction or the input repeated as the answer: "
         "ROUGE-L F1 and token F1 against the references and, for story instructions, the "
         "share of answers that do what their task asks (llmcourse.story_instructions). Score "
-        "the answers with an LLM judge through llmcourse.evaluation.OllamaJudge.",
+        "the answers with an LLM judge through llmcourse.response_scoring.OllamaJudge.",
     )
     _add_common_arguments(parser, epochs=2)
     parser.add_argument("--format", default="alpaca", choices=inst.PROMPT_FORMATS,

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from llmcourse.cli import options
 from llmcourse.generation import generate_text
-from llmcourse.pretrained import load_model_and_tokenizer
+from llmcourse.gpt2_weights import load_model_and_tokenizer
 from llmcourse.tokenizers.files import end_of_text_id
 
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
+from llmcourse.figures.display import layout_defaults
 from llmcourse.model import PRESETS, GPTConfig, count_parameters, memory_bytes
-from llmcourse.viz import layout_defaults
 
 RELU_COLOUR = "#d93025"
 GELU_COLOUR = "#1a73e8"

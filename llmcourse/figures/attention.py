@@ -20,10 +20,10 @@ import torch
 from plotly.subplots import make_subplots
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.figures.tokenization import Tokenizer, token_label
 from llmcourse.model import GPT, attention_weights
 from llmcourse.model_state import eval_mode, model_device
-from llmcourse.viz import layout_defaults
 
 COLOUR_SCALE = "Blues"
 VALUES_SHOWN_UP_TO = 12  # tokens: longer sequences show no numbers in the cells

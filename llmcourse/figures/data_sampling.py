@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from llmcourse.data import SlidingWindowDataset
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.figures.tokenization import Piece, token_label
-from llmcourse.viz import layout_defaults
+from llmcourse.sliding_window import SlidingWindowDataset
 
 IDLE_COLOUR = "#f1f3f4"
 INPUT_COLOUR = "#8ab4f8"

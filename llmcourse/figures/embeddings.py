@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llmcourse.viz import layout_defaults
+from llmcourse.figures.display import layout_defaults
 
 GROUP_COLOURS = (
     "#1a73e8", "#d93025", "#188038", "#f29900", "#9334e6", "#12b5cb", "#e8710a", "#5f6368",

@@ -22,10 +22,10 @@ from plotly.subplots import make_subplots
 
 from llmcourse.classification import CLASS_NAMES, AccuracyRecord, replace_head
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.lora import DEFAULT_TARGETS, apply_lora
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.training import TrainingHistory
-from llmcourse.viz import layout_defaults
 
 # Training keeps, for every trainable float32 number, its gradient and AdamW's two moving
 # averages: 3 x 4 bytes on top of the weights themselves.

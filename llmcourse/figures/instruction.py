@@ -21,10 +21,10 @@ import torch
 from plotly.subplots import make_subplots
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, Tokenizer, collate
 from llmcourse.tokenizers import GPT2_EOT_ID
 from llmcourse.tokenizers.files import end_of_text_id
-from llmcourse.viz import layout_defaults
 
 ROLE_COLOURS = {  # role: colour, in the order of their numbers in the grid
     "prompt": "#8ab4f8",

@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.preference import DPOMetrics
-from llmcourse.viz import layout_defaults
 
 CHOSEN_COLOUR, REJECTED_COLOUR, MARGIN_COLOUR = "#188038", "#d93025", "#1a73e8"
 

@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 
 from llmcourse.distributed import GlobalBatchSampler
 from llmcourse.errors import InputError
-from llmcourse.viz import PROFILE_LABEL_NAME, layout_defaults
+from llmcourse.figures.display import PROFILE_LABEL_NAME, layout_defaults
 
 RANK_COLOURS = ("#1a73e8", "#d93025", "#188038", "#f29900", "#9334e6", "#12b5cb", "#e8710a",
                 "#5f6368")  # fmt: skip

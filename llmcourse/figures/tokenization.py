@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 import tiktoken
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.tokenizers import BPETokenizer, WordTokenizer
 from llmcourse.tokenizers.bpe import N_BYTES
-from llmcourse.viz import layout_defaults
 
 Tokenizer = WordTokenizer | BPETokenizer | tiktoken.Encoding
 Piece = str | bytes  # what a token stands for: a word (WordTokenizer) or bytes (BPE)

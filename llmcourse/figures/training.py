@@ -20,11 +20,11 @@ import plotly.graph_objects as go
 import torch
 
 from llmcourse.errors import InputError
+from llmcourse.figures.display import layout_defaults
 from llmcourse.generation import Sampling
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.schedules import warmup_cosine_lr
 from llmcourse.training import TrainingHistory
-from llmcourse.viz import layout_defaults
 
 BATCH_COLOUR = "#9aa0a6"
 TRAIN_COLOUR = "#1a73e8"

@@ -557,7 +557,7 @@ def _read_gpt2_encoder(path: Path) -> dict[str, int]:
     """The token -> id map of an ``encoder.json``."""
     if not path.is_file():
         raise MissingFileError(
-            f"no encoder.json at {path}; GPT-2's is llmcourse.datasets.fetch('gpt2-encoder')"
+            f"no encoder.json at {path}; GPT-2's is llmcourse.data_files.fetch('gpt2-encoder')"
         )
     try:
         encoder = json.loads(path.read_bytes())
@@ -578,7 +578,7 @@ def _read_gpt2_merges(path: Path) -> list[tuple[int, str, str]]:
     """The merges of a ``vocab.bpe``: (line number, left token, right token), in order."""
     if not path.is_file():
         raise MissingFileError(
-            f"no vocab.bpe at {path}; GPT-2's is llmcourse.datasets.fetch('gpt2-vocab')"
+            f"no vocab.bpe at {path}; GPT-2's is llmcourse.data_files.fetch('gpt2-vocab')"
         )
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
@@ -609,7 +609,7 @@ def _gpt2_byte_order(encoder: dict[str, int], path: Path) -> list[int]:
     if sorted(i for i in ids if i is not None) != list(IDENTITY_BYTE_ORDER):
         raise CheckpointError(
             f"{path} does not give the 256 single bytes the ids 0..255, each once, as GPT-2's "
-            "encoder.json does; pass GPT-2's encoder.json (llmcourse.datasets.fetch"
+            "encoder.json does; pass GPT-2's encoder.json (llmcourse.data_files.fetch"
             "('gpt2-encoder'))"
         )
     byte_order = [0] * N_BYTES

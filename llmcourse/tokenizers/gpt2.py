@@ -2,7 +2,7 @@
 
 ``tiktoken.get_encoding("gpt2")`` downloads OpenAI's ``vocab.bpe`` (the 50,000 merges) and
 ``encoder.json`` (token -> id) when first used. Here the same two files come from
-``llmcourse.datasets.fetch``, which uses a mirror or cache when there is one, so the tokenizer
+``llmcourse.data_files.fetch``, which uses a mirror or cache when there is one, so the tokenizer
 also works offline and gives exactly the same ids.
 """
 
@@ -14,7 +14,7 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.tokenizers.bpe import CheckedEncoding
 
 GPT2_EOT_ID = 50256  # id of <|endoftext|>, the last id
@@ -27,10 +27,10 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
 
     Its pre-tokenization pattern is tiktoken's own for GPT-2 (``r50k_pat_str``).
     """
-    vocab_bpe, encoder_json = datasets.get("gpt2-vocab"), datasets.get("gpt2-encoder")
+    vocab_bpe, encoder_json = data_files.get("gpt2-vocab"), data_files.get("gpt2-encoder")
     mergeable_ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(datasets.fetch(vocab_bpe.name)),
-        encoder_json_file=str(datasets.fetch(encoder_json.name)),
+        vocab_bpe_file=str(data_files.fetch(vocab_bpe.name)),
+        encoder_json_file=str(data_files.fetch(encoder_json.name)),
         vocab_bpe_hash=vocab_bpe.sha256,
         encoder_json_hash=encoder_json.sha256,
     )

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import ipywidgets as widgets
 
-from llmcourse.datasets import fetch
+from llmcourse.data_files import fetch
 from llmcourse.figures.tokenization import (
     Piece,
     Tokenizer,

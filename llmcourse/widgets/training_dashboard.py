@@ -19,9 +19,9 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 
+from llmcourse.figures.display import figure_output
 from llmcourse.figures.training import loss_curves_figure
 from llmcourse.training import EvalRecord, StepState, TrainingCallback, TrainingHistory
-from llmcourse.viz import figure_output
 
 
 class TrainingDashboard(TrainingCallback):

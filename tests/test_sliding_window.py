@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse.data import SlidingWindowDataset, create_dataloader, split_text
 from llmcourse.errors import CourseError, DataError
+from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader, split_text
 
 
 def test_targets_are_inputs_shifted_by_one():

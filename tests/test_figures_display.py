@@ -13,12 +13,12 @@ import plotly.graph_objects as go
 import pytest
 from plotly.subplots import make_subplots
 
-from llmcourse import viz
+from llmcourse.figures import display
 from llmcourse.profiles import PROFILE_ENV
 
 FIGURE_SCRIPT = """
 import plotly.graph_objects as go
-from llmcourse.viz import figure_output
+from llmcourse.figures.display import figure_output
 fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[3.5, 1.25, 0.5], name="loss"))
 fig.update_layout(title_text="Loss per step")
 print(figure_output(fig).div_id)
@@ -28,7 +28,7 @@ print(figure_output(fig).div_id)
 @pytest.fixture(autouse=True)
 def fresh_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts like a new kernel: no figure shown yet, default profile."""
-    monkeypatch.setattr(viz, "_times_shown", Counter())
+    monkeypatch.setattr(display, "_times_shown", Counter())
     monkeypatch.delenv(PROFILE_ENV, raising=False)
 
 
@@ -39,11 +39,11 @@ def loss_figure() -> go.Figure:
 
 
 def test_bundle_has_plotly_json_html_and_text() -> None:
-    output = viz.figure_output(loss_figure())
+    output = display.figure_output(loss_figure())
     bundle = output._repr_mimebundle_()
 
-    assert set(bundle) == {viz.PLOTLY_MIMETYPE, "text/html", "text/plain"}
-    figure_json = bundle[viz.PLOTLY_MIMETYPE]
+    assert set(bundle) == {display.PLOTLY_MIMETYPE, "text/html", "text/plain"}
+    figure_json = bundle[display.PLOTLY_MIMETYPE]
     assert figure_json["data"][0]["y"] == [3.5, 1.25, 0.5]
     assert figure_json["layout"]["title"]["text"] == "Loss per step"
     assert figure_json["config"] == {"displaylogo": False, "responsive": True}
@@ -52,7 +52,7 @@ def test_bundle_has_plotly_json_html_and_text() -> None:
 
 
 def test_html_is_a_div_that_loads_nothing_from_the_network() -> None:
-    output = viz.figure_output(loss_figure())
+    output = display.figure_output(loss_figure())
 
     assert f'<div id="{output.div_id}" class="plotly-graph-div"' in output.html
     assert re.search(rf'Plotly\.newPlot\(\s*"{output.div_id}"', output.html)
@@ -62,17 +62,17 @@ def test_html_is_a_div_that_loads_nothing_from_the_network() -> None:
 
 
 def test_div_id_comes_from_the_content() -> None:
-    first = viz.figure_output(loss_figure()).div_id
+    first = display.figure_output(loss_figure()).div_id
     other = go.Figure(go.Scatter(x=[0, 1, 2], y=[3.5, 1.25, 0.75]))
     other.update_layout(title_text="Loss per step")
 
     assert first.startswith("llmcourse-fig-")
     assert len(first) == len("llmcourse-fig-") + 12
-    assert viz.figure_output(other).div_id != first
+    assert display.figure_output(other).div_id != first
 
 
 def test_same_figure_shown_again_gets_a_new_id() -> None:
-    ids = [viz.figure_output(loss_figure()).div_id for _ in range(3)]
+    ids = [display.figure_output(loss_figure()).div_id for _ in range(3)]
 
     assert ids[1:] == [f"{ids[0]}-2", f"{ids[0]}-3"]
 
@@ -84,7 +84,7 @@ def test_div_id_is_the_same_in_a_new_process() -> None:
         [sys.executable, "-c", FIGURE_SCRIPT], capture_output=True, text=True, env=env, check=True
     )
 
-    assert result.stdout.strip() == viz.figure_output(loss_figure()).div_id
+    assert result.stdout.strip() == display.figure_output(loss_figure()).div_id
 
 
 def test_layout_defaults_labels_title_every_axis_and_profile(
@@ -96,7 +96,7 @@ def test_layout_defaults_labels_title_every_axis_and_profile(
     fig.add_trace(go.Heatmap(z=[[4, 3], [2, 1]]), row=1, col=2)
     fig.add_annotation(text="head 0", x=0, y=0, showarrow=False)
 
-    returned = viz.layout_defaults(fig, title="Attention", x_title="key", y_title="query")
+    returned = display.layout_defaults(fig, title="Attention", x_title="key", y_title="query")
 
     assert returned is fig
     assert fig.layout.title.text == "Attention"
@@ -108,16 +108,16 @@ def test_layout_defaults_labels_title_every_axis_and_profile(
 
 def test_profile_label_is_replaced_not_repeated() -> None:
     fig = loss_figure()
-    viz.layout_defaults(fig, title="Loss", x_title="step", y_title="loss")
-    viz.layout_defaults(fig, title="Loss", x_title="step", y_title="loss", profile="gpt2")
+    display.layout_defaults(fig, title="Loss", x_title="step", y_title="loss")
+    display.layout_defaults(fig, title="Loss", x_title="step", y_title="loss", profile="gpt2")
 
-    labels = [note for note in fig.layout.annotations if note.name == viz.PROFILE_LABEL_NAME]
+    labels = [note for note in fig.layout.annotations if note.name == display.PROFILE_LABEL_NAME]
     assert [label.text for label in labels] == ["profile: gpt2"]
 
 
 def test_layout_defaults_without_axes_leaves_axis_titles_alone() -> None:
     fig = go.Figure(go.Pie(values=[1, 2], labels=["a", "b"]))
-    viz.layout_defaults(fig, title="Share", x_title=None, y_title=None)
+    display.layout_defaults(fig, title="Share", x_title=None, y_title=None)
 
     assert fig.layout.xaxis.title.text is None
     assert fig.layout.title.text == "Share"
@@ -125,7 +125,7 @@ def test_layout_defaults_without_axes_leaves_axis_titles_alone() -> None:
 
 def test_layout_defaults_rejects_an_empty_title() -> None:
     with pytest.raises(ValueError, match="non-empty title"):
-        viz.layout_defaults(loss_figure(), title="  ", x_title="step", y_title="loss")
+        display.layout_defaults(loss_figure(), title="  ", x_title="step", y_title="loss")
 
 
 def test_show_labels_the_profile_without_changing_the_figure(
@@ -133,7 +133,7 @@ def test_show_labels_the_profile_without_changing_the_figure(
 ) -> None:
     monkeypatch.setenv(PROFILE_ENV, "cpu")
     fig = loss_figure()
-    output = viz.figure_output(fig)
+    output = display.figure_output(fig)
 
     assert fig.layout.annotations == ()
     notes = output.figure_json["layout"]["annotations"]
@@ -142,6 +142,6 @@ def test_show_labels_the_profile_without_changing_the_figure(
 
 
 def test_show_outside_jupyter_prints_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    viz.show(loss_figure())
+    display.show(loss_figure())
 
     assert capsys.readouterr().out == "<plotly figure: Loss per step>\n"

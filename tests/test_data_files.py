@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import datasets
+from llmcourse import data_files
 from llmcourse.errors import (
     ConfigError,
     CourseError,
@@ -46,15 +46,15 @@ Requests = list[tuple[str, dict[str, str]]]
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty cache directory."""
     root = tmp_path / "cache"
-    monkeypatch.setenv(datasets.CACHE_ENV, str(root))
+    monkeypatch.setenv(data_files.CACHE_ENV, str(root))
     return root / "data"
 
 
 @pytest.fixture
 def published(data_mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], bytes]:
     """Reads a published file's bytes from the mirror, then hides the mirror from ``fetch``."""
-    monkeypatch.delenv(datasets.MIRROR_ENV)
-    return lambda name: (data_mirror / datasets.get(name).relative_path).read_bytes()
+    monkeypatch.delenv(data_files.MIRROR_ENV)
+    return lambda name: (data_mirror / data_files.get(name).relative_path).read_bytes()
 
 
 def serve(monkeypatch: pytest.MonkeyPatch, bodies: dict[str, bytes]) -> Requests:
@@ -70,7 +70,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, bodies: dict[str, bytes]) -> Requests
             raise urllib.error.HTTPError(url, 404, "Not Found", email.message.Message(), None)
         return urllib.response.addinfourl(io.BytesIO(bodies[url]), email.message.Message(), url)
 
-    monkeypatch.setattr(datasets, "open_url", fake_open_url)
+    monkeypatch.setattr(data_files, "open_url", fake_open_url)
     return requests
 
 
@@ -78,7 +78,7 @@ def go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     def unreachable(url: str, headers: dict[str, str]) -> None:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(datasets, "open_url", unreachable)
+    monkeypatch.setattr(data_files, "open_url", unreachable)
 
 
 def zip_of(members: dict[str, bytes]) -> bytes:
@@ -98,20 +98,20 @@ def files_under(directory: Path) -> list[str]:
 
 
 def test_registry_names_and_layout() -> None:
-    assert {entry.name: entry.relative_path for entry in datasets.registry()} == EXPECTED_PATHS
-    sms_spam = datasets.get("sms-spam")
+    assert {entry.name: entry.relative_path for entry in data_files.registry()} == EXPECTED_PATHS
+    sms_spam = data_files.get("sms-spam")
     assert sms_spam.extract == "SMSSpamCollection"
-    assert datasets.get("sms-spam-readme").extract == "readme"
+    assert data_files.get("sms-spam-readme").extract == "readme"
     assert sms_spam.urls == (
         "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
         "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
     )
-    assert datasets.get("tinystories-2mib").first_bytes_only
-    assert datasets.get("tinystories-2mib").size == TWO_MIB
+    assert data_files.get("tinystories-2mib").first_bytes_only
+    assert data_files.get("tinystories-2mib").size == TWO_MIB
 
 
 def test_registry_matches_every_mirror_file(data_mirror: Path) -> None:
-    for entry in datasets.registry():
+    for entry in data_files.registry():
         data = (data_mirror / entry.relative_path).read_bytes()
         assert len(data) == entry.size, entry.name
         assert hashlib.sha256(data).hexdigest() == entry.sha256, entry.name
@@ -134,13 +134,15 @@ def test_registry_matches_manifest() -> None:
         for match in map(row.match, MANIFEST.read_text().splitlines())
         if match
     }
-    registered = {entry.relative_path: (entry.size, entry.sha256) for entry in datasets.registry()}
+    registered = {
+        entry.relative_path: (entry.size, entry.sha256) for entry in data_files.registry()
+    }
     assert table == registered
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as raised:
-        datasets.fetch("the-verdikt")
+        data_files.fetch("the-verdikt")
     assert isinstance(raised.value, CourseError)
     message = str(raised.value)
     assert "'the-verdikt'" in message
@@ -148,12 +150,12 @@ def test_unknown_name_lists_the_known_ones() -> None:
 
 
 def test_cache_dir_follows_the_environment(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert datasets.cache_root() == cache.parent
-    assert datasets.cache_dir() == cache
-    assert datasets.cache_path("gpt2-vocab") == cache / "gpt2" / "vocab.bpe"
-    monkeypatch.delenv(datasets.CACHE_ENV)
+    assert data_files.cache_root() == cache.parent
+    assert data_files.cache_dir() == cache
+    assert data_files.cache_path("gpt2-vocab") == cache / "gpt2" / "vocab.bpe"
+    monkeypatch.delenv(data_files.CACHE_ENV)
     monkeypatch.setenv("HOME", "/home/learner")
-    assert datasets.cache_dir() == Path("/home/learner/.cache/llmcourse/data")
+    assert data_files.cache_dir() == Path("/home/learner/.cache/llmcourse/data")
 
 
 def test_a_file_as_cache_folder_says_to_point_the_variable_at_a_directory(
@@ -161,20 +163,20 @@ def test_a_file_as_cache_folder_says_to_point_the_variable_at_a_directory(
 ) -> None:
     a_file = tmp_path / "cache.txt"
     a_file.write_text("not a folder")
-    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file))
+    monkeypatch.setenv(data_files.CACHE_ENV, str(a_file))
     with pytest.raises(DestinationError) as raised:
-        datasets.cache_dir()
+        data_files.cache_dir()
     assert isinstance(raised.value, CourseError) and isinstance(raised.value, ValueError)
     assert str(raised.value) == (
-        f"the cache folder {a_file} (from ${datasets.CACHE_ENV}) is a file, not a directory; "
-        f"point {datasets.CACHE_ENV} at a directory (or unset it to use ~/.cache/llmcourse)"
+        f"the cache folder {a_file} (from ${data_files.CACHE_ENV}) is a file, not a directory; "
+        f"point {data_files.CACHE_ENV} at a directory (or unset it to use ~/.cache/llmcourse)"
     )
-    monkeypatch.setenv(datasets.CACHE_ENV, str(a_file / "inside"))
+    monkeypatch.setenv(data_files.CACHE_ENV, str(a_file / "inside"))
     with pytest.raises(DestinationError, match=f"lies inside {a_file}, which is a "
                        "file, not a directory"):
-        datasets.cache_path("the-verdict")
-    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "not" / "yet" / "made"))
-    assert datasets.cache_root() == tmp_path / "not" / "yet" / "made"  # created when needed
+        data_files.cache_path("the-verdict")
+    monkeypatch.setenv(data_files.CACHE_ENV, str(tmp_path / "not" / "yet" / "made"))
+    assert data_files.cache_root() == tmp_path / "not" / "yet" / "made"  # created when needed
 
 
 def test_sha256_of_is_remembered_until_the_file_changes(
@@ -183,13 +185,13 @@ def test_sha256_of_is_remembered_until_the_file_changes(
     path = tmp_path / "file.bin"
     path.write_bytes(b"abc")
     first = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
-    assert datasets.sha256_of(path) == first
+    assert data_files.sha256_of(path) == first
     real_sha256 = hashlib.sha256
-    monkeypatch.setattr(datasets.hashlib, "sha256", None)  # any rehash would now fail
-    assert datasets.sha256_of(path) == first
-    monkeypatch.setattr(datasets.hashlib, "sha256", real_sha256)
+    monkeypatch.setattr(data_files.hashlib, "sha256", None)  # any rehash would now fail
+    assert data_files.sha256_of(path) == first
+    monkeypatch.setattr(data_files.hashlib, "sha256", real_sha256)
     path.write_bytes(b"abcd")
-    assert datasets.sha256_of(path) == real_sha256(b"abcd").hexdigest()
+    assert data_files.sha256_of(path) == real_sha256(b"abcd").hexdigest()
 
 
 # --- the mirror --------------------------------------------------------------------------------
@@ -199,8 +201,8 @@ def test_fetch_uses_the_mirror_without_network(
     data_mirror: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     go_offline(monkeypatch)
-    for entry in datasets.registry():
-        assert datasets.fetch(entry.name) == data_mirror / entry.relative_path
+    for entry in data_files.registry():
+        assert data_files.fetch(entry.name) == data_mirror / entry.relative_path
     assert not cache.exists()
 
 
@@ -211,21 +213,21 @@ def test_corrupt_mirror_file_is_an_error(
     mirror.mkdir()
     good = (data_mirror / "the-verdict.txt").read_bytes()
     (mirror / "the-verdict.txt").write_bytes(good.replace(b"Gisburn", b"Gisbury"))
-    monkeypatch.setenv(datasets.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(data_files.MIRROR_ENV, str(mirror))
     go_offline(monkeypatch)
     with pytest.raises(DataError, match=re.escape(str(mirror / "the-verdict.txt"))):
-        datasets.fetch("the-verdict")
+        data_files.fetch("the-verdict")
 
 
 def test_a_file_missing_from_the_mirror_comes_from_the_cache(
     tmp_path: Path, published: Callable[[str], bytes], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "empty-mirror").mkdir()
-    monkeypatch.setenv(datasets.MIRROR_ENV, str(tmp_path / "empty-mirror"))
+    monkeypatch.setenv(data_files.MIRROR_ENV, str(tmp_path / "empty-mirror"))
     (cache / "gpt2").mkdir(parents=True)
     (cache / "gpt2" / "vocab.bpe").write_bytes(published("gpt2-vocab"))
     go_offline(monkeypatch)
-    assert datasets.fetch("gpt2-vocab") == cache / "gpt2" / "vocab.bpe"
+    assert data_files.fetch("gpt2-vocab") == cache / "gpt2" / "vocab.bpe"
 
 
 # --- downloads through a replaced opener ------------------------------------------------------
@@ -240,26 +242,26 @@ def test_download_goes_into_the_cache_once(
 ) -> None:
     upstream = tmp_path / "upstream.txt"
     upstream.write_bytes(published("the-verdict"))
-    entry = datasets.get("the-verdict")
+    entry = data_files.get("the-verdict")
     requests = serve(monkeypatch, {entry.url: upstream.read_bytes()})
 
-    path = datasets.fetch("the-verdict")
+    path = data_files.fetch("the-verdict")
 
     assert "the-verdict: 100%" in capsys.readouterr().err  # the progress bar, in bytes
     assert path == cache / "the-verdict.txt"
     assert path.read_bytes() == upstream.read_bytes()
     assert files_under(cache) == ["the-verdict.txt"]
     assert requests == [(entry.url, {})]
-    assert datasets.fetch("the-verdict") == path
+    assert data_files.fetch("the-verdict") == path
     assert len(requests) == 1
 
 
 def test_unreachable_url_falls_back_to_the_next(
     published: Callable[[str], bytes], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = datasets.get("gpt2-vocab")
+    entry = data_files.get("gpt2-vocab")
     requests = serve(monkeypatch, {entry.fallback_urls[0]: published("gpt2-vocab")})
-    assert datasets.fetch("gpt2-vocab", quiet=True).read_bytes() == published("gpt2-vocab")
+    assert data_files.fetch("gpt2-vocab", quiet=True).read_bytes() == published("gpt2-vocab")
     assert [url for url, _ in requests] == [entry.url, entry.fallback_urls[0]]
 
 
@@ -269,19 +271,19 @@ def test_zip_members_are_extracted(
     archive = zip_of(
         {"SMSSpamCollection": published("sms-spam"), "readme": published("sms-spam-readme")}
     )
-    serve(monkeypatch, {datasets.get("sms-spam").url: archive})
+    serve(monkeypatch, {data_files.get("sms-spam").url: archive})
     for name in ("sms-spam", "sms-spam-readme"):
-        assert datasets.fetch(name, quiet=True).read_bytes() == published(name)
+        assert data_files.fetch(name, quiet=True).read_bytes() == published(name)
     assert files_under(cache) == ["SMSSpamCollection.readme.txt", "SMSSpamCollection.tsv"]
 
 
 def test_zip_without_the_member_is_rejected(
     published: Callable[[str], bytes], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = datasets.get("sms-spam")
+    entry = data_files.get("sms-spam")
     serve(monkeypatch, {url: zip_of({"readme": b"no data"}) for url in entry.urls})
     with pytest.raises(DataError, match="no member 'SMSSpamCollection'"):
-        datasets.fetch("sms-spam", quiet=True)
+        data_files.fetch("sms-spam", quiet=True)
     assert files_under(cache) == []
 
 
@@ -289,9 +291,9 @@ def test_server_ignoring_range_gives_only_the_first_bytes(
     published: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first_2mib = published("tinystories-2mib")
-    entry = datasets.get("tinystories-2mib")
+    entry = data_files.get("tinystories-2mib")
     requests = serve(monkeypatch, {entry.url: first_2mib + b"Once upon a time, " * 1000})
-    assert datasets.fetch("tinystories-2mib", quiet=True).read_bytes() == first_2mib
+    assert data_files.fetch("tinystories-2mib", quiet=True).read_bytes() == first_2mib
     assert requests == [(entry.url, {"Range": "bytes=0-2097151"})]
 
 
@@ -302,9 +304,9 @@ def test_corrupt_cache_file_is_downloaded_again_with_a_warning(
     cached = cache / "instruction-data.json"
     cache.mkdir(parents=True)
     cached.write_bytes(good[:-1] + b"!")  # same size, one byte wrong
-    requests = serve(monkeypatch, {datasets.get("instruction-data").url: good})
+    requests = serve(monkeypatch, {data_files.get("instruction-data").url: good})
     with pytest.warns(UserWarning, match="wrong size or sha256"):
-        assert datasets.fetch("instruction-data", quiet=True) == cached
+        assert data_files.fetch("instruction-data", quiet=True) == cached
     assert cached.read_bytes() == good
     assert len(requests) == 1
 
@@ -321,9 +323,9 @@ def test_download_with_wrong_content_leaves_nothing_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     served = tamper(published("the-verdict"))
-    serve(monkeypatch, {datasets.get("the-verdict").url: served})
+    serve(monkeypatch, {data_files.get("the-verdict").url: served})
     with pytest.raises(DataError, match=f"gave {len(served)} bytes"):
-        datasets.fetch("the-verdict", quiet=True)
+        data_files.fetch("the-verdict", quiet=True)
     assert files_under(cache) == []
 
 
@@ -331,13 +333,13 @@ def test_offline_without_any_copy_says_what_to_do(
     published: Callable[[str], bytes], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     go_offline(monkeypatch)
-    entry = datasets.get("sms-spam")
+    entry = data_files.get("sms-spam")
     with pytest.raises(MissingFileError) as raised:
-        datasets.fetch("sms-spam")
+        data_files.fetch("sms-spam")
     assert isinstance(raised.value, CourseError)
     assert isinstance(raised.value, FileNotFoundError)
     message = str(raised.value)
-    for fragment in (*entry.urls, str(cache / "SMSSpamCollection.tsv"), datasets.MIRROR_ENV,
+    for fragment in (*entry.urls, str(cache / "SMSSpamCollection.tsv"), data_files.MIRROR_ENV,
                      "'SMSSpamCollection'", "Temporary failure in name resolution"):
         assert fragment in message
     assert files_under(cache) == []
@@ -353,9 +355,9 @@ def test_connection_cut_mid_download_is_unavailable(
     def open_url(url: str, headers: dict[str, str]) -> urllib.response.addinfourl:
         return urllib.response.addinfourl(CutOff(), email.message.Message(), url)
 
-    monkeypatch.setattr(datasets, "open_url", open_url)
+    monkeypatch.setattr(data_files, "open_url", open_url)
     with pytest.raises(MissingFileError, match="IncompleteRead"):
-        datasets.fetch("the-verdict", quiet=True)
+        data_files.fetch("the-verdict", quiet=True)
     assert files_under(cache) == []
 
 
@@ -411,7 +413,7 @@ class LocalServer:
 def local_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., LocalServer]]:
     """Starts a LocalServer; the real ``open_url`` is redirected to it by URL file name."""
     servers: list[LocalServer] = []
-    real_open_url = datasets.open_url
+    real_open_url = data_files.open_url
 
     def start(files: dict[str, bytes], honour_range: bool = True) -> LocalServer:
         server = LocalServer(files, honour_range)
@@ -420,7 +422,7 @@ def local_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loca
         def open_on_local_server(url: str, headers: dict[str, str]) -> object:
             return real_open_url(f"{server.root}/{url.rsplit('/', 1)[-1]}", headers)
 
-        monkeypatch.setattr(datasets, "open_url", open_on_local_server)
+        monkeypatch.setattr(data_files, "open_url", open_on_local_server)
         return server
 
     yield start
@@ -437,7 +439,7 @@ def test_http_download_of_the_first_bytes(
     server = local_server(
         {"/TinyStories-train.txt": first_2mib + b"Lily smiled.\n" * 5000}, honour_range
     )
-    assert datasets.fetch("tinystories-2mib", quiet=True).read_bytes() == first_2mib
+    assert data_files.fetch("tinystories-2mib", quiet=True).read_bytes() == first_2mib
     assert server.seen_ranges == ["bytes=0-2097151"]
 
 
@@ -448,8 +450,8 @@ def test_http_download_of_a_zip_member_and_a_plain_file(
         "/sms+spam+collection.zip": zip_of({"SMSSpamCollection": published("sms-spam")}),
         "/input.txt": published("tinyshakespeare"),
     })
-    assert datasets.fetch("sms-spam", quiet=True).read_bytes() == published("sms-spam")
-    assert datasets.fetch("tinyshakespeare", quiet=True).read_bytes() == published(
+    assert data_files.fetch("sms-spam", quiet=True).read_bytes() == published("sms-spam")
+    assert data_files.fetch("tinyshakespeare", quiet=True).read_bytes() == published(
         "tinyshakespeare"
     )
     assert files_under(cache) == ["SMSSpamCollection.tsv", "corpus", "corpus/tinyshakespeare.txt"]
@@ -460,6 +462,6 @@ def test_http_404_everywhere_is_unavailable(
 ) -> None:
     local_server({})
     with pytest.raises(MissingFileError, match="HTTP Error 404") as raised:
-        datasets.fetch("gpt2-encoder", quiet=True)
+        data_files.fetch("gpt2-encoder", quiet=True)
     assert str(cache / "gpt2" / "encoder.json") in str(raised.value)
     assert files_under(cache) == ["gpt2"]

@@ -345,10 +345,3 @@ def load_model_and_tokenizer(
         tokenizer = gpt2_tokenizer()
         check_vocab_fits(tokenizer, model.config.vocab_size, where=str(source))
     return model, tokenizer
-
-
-# The course's own small GPT pretrained on TinyStories (trained on first use, then cached), so
-# that chapters load every pretrained model from this module. llmcourse.course_model does not
-# import this module, so there is no cycle.
-from llmcourse.course_model import course_model as course_model  # noqa: E402
-from llmcourse.course_model import course_tokenizer as course_tokenizer  # noqa: E402

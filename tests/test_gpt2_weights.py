@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmcourse.errors import CheckpointError, CourseError, MissingFileError
+from llmcourse.gpt2_weights import load_gpt2, save_gpt2_format
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.pretrained import load_gpt2, save_gpt2_format
 
 ODD_SHAPES = [
     dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=211),

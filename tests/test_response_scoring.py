@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmcourse import evaluation as ev
+from llmcourse import response_scoring as ev
 from llmcourse.errors import InputError, ToolError
 
 ENTRY = {
