@@ -3,6 +3,8 @@ wrong ones."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -19,12 +21,15 @@ from llmcourse.exercises.ch07_classification import (
     CONFUSION_MISTAKES,
     LAST_REAL_MISTAKES,
     LAST_TOKEN_MISTAKES,
+    NONDETERMINISTIC_HINT,
     PAD_MISTAKES,
+    READ_POSITION_MISTAKES,
     reference_accuracy,
     reference_confusion_matrix,
     reference_last_real_positions,
     reference_last_token_logits,
     reference_pad_batch,
+    reference_read_position_experiment,
 )
 from llmcourse.model import GPT, GPTConfig
 
@@ -330,3 +335,100 @@ def test_confusion_matrix_rejects_a_matrix_of_the_classes_seen():
     assert result.status == "failed"
     assert "a class never seen" in result.message
     assert "even when a class never appears" in result.hint
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.read_position_experiment: an experiment
+
+
+def read_positions_in_a_batch(model, train, test):
+    """Another right answer: one padded batch, a forward hook on the final norm for the
+    vectors, the last REAL position read, the class means and distances written out."""
+    model = copy.deepcopy(model).eval()
+    captured = []
+    model.transformer.ln_f.register_forward_hook(
+        lambda module, args, output: captured.append(output))
+
+    def vectors(messages, position):
+        longest = max(len(ids) for ids, _ in messages)
+        ids = torch.tensor([ids + [0] * (longest - len(ids)) for ids, _ in messages])
+        captured.clear()
+        with torch.no_grad():
+            model(ids)
+        where = torch.zeros(len(messages), dtype=torch.long) if position == "first" else \
+            torch.tensor([len(ids) - 1 for ids, _ in messages])
+        return captured[0][torch.arange(len(messages)), where]
+
+    result = {}
+    for position in ("first", "last"):
+        train_vectors, test_vectors = vectors(train, position), vectors(test, position)
+        labels = torch.tensor([label for _, label in train])
+        means = {c: train_vectors[labels == c].mean(0) for c in sorted(set(labels.tolist()))}
+        right = 0
+        for vector, (_, label) in zip(test_vectors, test, strict=True):
+            nearest = min(means, key=lambda c: float(((vector - means[c]) ** 2).sum()))
+            right += nearest == label
+        result[position] = right / len(test)
+    if result["first"] > result["last"]:
+        result["better"] = "first"
+    elif result["last"] > result["first"]:
+        result["better"] = "last"
+    else:
+        result["better"] = "tie"
+    return result
+
+
+def test_read_position_experiment_accepts_the_reference_and_another_right_answer():
+    assert run("ch07.read_position_experiment", reference_read_position_experiment).passed
+    result = run("ch07.read_position_experiment", read_positions_in_a_batch)
+    assert result.status == "passed", result.message_with_hint
+
+
+@pytest.mark.parametrize("mistake", READ_POSITION_MISTAKES, ids=lambda mistake: mistake.name)
+def test_read_position_experiment_rejects_a_typical_mistake_with_its_hint(mistake):
+    result = run("ch07.read_position_experiment", mistake.answer)
+    assert result.status == "failed"
+    assert result.hint == mistake.hint
+
+
+def test_read_position_experiment_rejects_a_typed_in_conclusion():
+    def always_last(model, train, test):
+        return {**reference_read_position_experiment(model, train, test), "better": "last"}
+
+    result = run("ch07.read_position_experiment", always_last)
+    assert result.status == "failed"
+    assert "compute 'better' from your measurements" in result.hint
+
+
+def test_read_position_experiment_asks_for_eval_mode_when_dropout_is_on():
+    def dropout_on(model, train, test):
+        encoder = copy.deepcopy(model)
+        encoder.lm_head = torch.nn.Identity()  # left in training mode
+        result = {}
+        for position, index in (("first", 0), ("last", -1)):
+            with torch.no_grad():
+                vectors = {name: torch.stack([encoder(torch.tensor([ids]))[0, index]
+                                              for ids, _ in messages])
+                           for name, messages in (("train", train), ("test", test))}
+            labels = torch.tensor([label for _, label in train])
+            means = torch.stack([vectors["train"][labels == c].mean(0) for c in (0, 1)])
+            predicted = torch.cdist(vectors["test"], means).argmin(1)
+            truth = torch.tensor([label for _, label in test])
+            result[position] = (predicted == truth).float().mean().item()
+        result["better"] = "first" if result["first"] > result["last"] else (
+            "last" if result["last"] > result["first"] else "tie")
+        return result
+
+    result = run("ch07.read_position_experiment", dropout_on)
+    assert result.status == "failed"
+    assert result.hint == NONDETERMINISTIC_HINT
+
+
+def test_read_position_experiment_rejects_changing_the_callers_model():
+    def in_place(model, train, test):
+        model.lm_head = torch.nn.Identity()
+        return reference_read_position_experiment(model, train, test)
+
+    result = run("ch07.read_position_experiment", in_place)
+    assert result.status == "failed"
+    assert "changed its argument `model` in place" in result.hint

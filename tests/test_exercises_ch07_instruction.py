@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmcourse.exercises import check
 from llmcourse.exercises.ch07_instruction import (
@@ -17,6 +18,7 @@ from llmcourse.exercises.ch07_instruction import (
     EXTRACT_MISTAKES,
     PHI3_MISTAKES,
     PROMPT_MASK_MISTAKES,
+    PROMPT_SHARE_MISTAKES,
     RENAME_MISTAKES,
     USES_ALL_WORDS_MISTAKES,
     reference_extract_response,
@@ -24,6 +26,7 @@ from llmcourse.exercises.ch07_instruction import (
     reference_format_phi3,
     reference_instruction_collate,
     reference_mask_prompt,
+    reference_prompt_loss_share,
     reference_rename_entry,
     reference_uses_all_words,
 )
@@ -109,7 +112,7 @@ def test_not_attempted_answers_are_reported_so():
 
     for exercise_id in ("ch07.format_alpaca", "ch07.format_phi3", "ch07.instruction_collate",
                         "ch07.mask_prompt", "ch07.extract_response", "ch07.uses_all_words",
-                        "ch07.rename_entry"):
+                        "ch07.rename_entry", "ch07.prompt_loss_share"):
         assert run(exercise_id, stub).status == "not attempted"
 
 
@@ -393,3 +396,80 @@ def test_rename_entry_accepts_another_right_answer():
                 "input": sentence, "output": output, "task": "rename"}
 
     assert run("ch07.rename_entry", by_words).status == "passed"
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.prompt_loss_share: an experiment
+
+
+def prompt_loss_share_by_rows(model, items, pad_id):
+    """Another right answer: each entry on its own (no padding at all), log_softmax and
+    gather, the split by position written as two loops."""
+    prompt_losses, response_losses = [], []
+    for ids, prompt_length in items:
+        sequence = torch.tensor([list(ids) + [pad_id]])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(sequence[:, :-1])[0].float(), dim=-1)
+        targets = sequence[0, 1:]
+        losses = -log_probs[torch.arange(len(targets)), targets]
+        prompt_losses += losses[:prompt_length - 1].tolist()
+        response_losses += losses[prompt_length - 1:].tolist()
+    prompt_sum, response_sum = sum(prompt_losses), sum(response_losses)
+    share = prompt_sum / (prompt_sum + response_sum)
+    return {"prompt_loss": prompt_sum / len(prompt_losses),
+            "response_loss": response_sum / len(response_losses),
+            "prompt_share": share, "mostly_prompt": share > 0.5}
+
+
+def test_prompt_loss_share_accepts_the_reference_and_another_right_answer():
+    assert run("ch07.prompt_loss_share", reference_prompt_loss_share).passed
+    result = run("ch07.prompt_loss_share", prompt_loss_share_by_rows)
+    assert result.status == "passed", result.message_with_hint
+
+
+def test_reference_prompt_loss_share_splits_the_targets_as_mask_prompt_does():
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, 10)
+
+    items = [TokenizedEntry([1, 2, 3, 4, 5], 3), TokenizedEntry([6, 7], 1)]
+    result = reference_prompt_loss_share(Uniform(), items, 0)
+    # every target costs log 10; prompt targets: 2 of row 0, none of row 1; response: 3 + 2
+    assert result["prompt_share"] == pytest.approx(2 / 7)
+    assert result["prompt_loss"] == pytest.approx(result["response_loss"])
+    assert result["mostly_prompt"] is False
+
+
+@pytest.mark.parametrize("mistake", PROMPT_SHARE_MISTAKES, ids=lambda mistake: mistake.name)
+def test_prompt_loss_share_rejects_a_typical_mistake_with_its_hint(mistake):
+    result = run("ch07.prompt_loss_share", mistake.answer)
+    assert result.status == "failed"
+    assert result.hint == mistake.hint
+
+
+@pytest.mark.parametrize(
+    "conclusion",
+    [lambda result: True, lambda result: result["prompt_loss"] > result["response_loss"]],
+    ids=["typed_in", "compares_the_means"],
+)
+def test_prompt_loss_share_rejects_a_conclusion_not_drawn_from_the_share(conclusion):
+    def answer(model, items, pad_id):
+        result = reference_prompt_loss_share(model, items, pad_id)
+        return {**result, "mostly_prompt": conclusion(result)}
+
+    result = run("ch07.prompt_loss_share", answer)
+    assert result.status == "failed"
+    assert "compute 'mostly_prompt' from your measurements (prompt_share > 0.5)" in result.hint
+
+
+def test_prompt_loss_share_rejects_a_masked_prompt():
+    def masked(model, items, pad_id):
+        inputs, targets = collate(items, pad_id=pad_id, mask_prompt=True)
+        losses = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(),
+                                 reduction="none")
+        return {"prompt_loss": 0.0, "response_loss": losses[targets.flatten() != -100].mean()
+                .item(), "prompt_share": 0.0, "mostly_prompt": False}
+
+    result = run("ch07.prompt_loss_share", masked)
+    assert result.status == "failed"
+    assert "'prompt_loss': expected" in result.message

@@ -13,10 +13,13 @@ from llmcourse.exercises.ch07_lora import (
     DELTA_MISTAKES,
     FORWARD_MISTAKES,
     MERGE_MISTAKES,
+    RANK_SWEEP_MISTAKES,
+    _low_rank_task,
     drop_every_third_feature,
     reference_lora_delta,
     reference_lora_forward,
     reference_lora_param_count,
+    reference_lora_rank_sweep,
     reference_merge_weight,
 )
 from llmcourse.lora import LoRALinear, apply_lora
@@ -237,3 +240,94 @@ def test_merge_weight_rejects_subtracting():
     result = run("ch07.merge_weight", subtracted)
     assert result.status == "failed"
     assert "unmerge" in result.hint
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.lora_rank_sweep: an experiment
+
+
+def rank_sweep_with_own_adapters(base, inputs, targets, ranks, steps, lr):
+    """Another right answer: its own A and B (not LoRALinear), started differently, the loss
+    written out, the conclusion in a loop."""
+    with torch.no_grad():
+        frozen_outputs = base(inputs)
+    frozen = ((frozen_outputs - targets) ** 2).mean().item()
+    losses, trainable = {}, {}
+    for rank in ranks:
+        generator = torch.Generator().manual_seed(rank)
+        lora_a = (0.1 * torch.randn(rank, base.in_features, generator=generator)).requires_grad_()
+        lora_b = torch.zeros(base.out_features, rank, requires_grad=True)
+        optimizer = torch.optim.Adam([lora_a, lora_b], lr=lr)
+        for _ in range(steps):
+            loss = ((frozen_outputs + inputs @ lora_a.T @ lora_b.T - targets) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            losses[rank] = ((frozen_outputs + inputs @ lora_a.T @ lora_b.T - targets) ** 2
+                            ).mean().item()
+        trainable[rank] = lora_a.numel() + lora_b.numel()
+    enough = None
+    for rank in sorted(losses):
+        if losses[rank] <= frozen / 100:
+            enough = rank
+            break
+    return {"frozen": frozen, "loss": losses, "trainable": trainable, "enough": enough}
+
+
+def test_rank_sweep_accepts_the_reference_and_another_right_answer():
+    assert run("ch07.lora_rank_sweep", reference_lora_rank_sweep).status == "passed"
+    result = run("ch07.lora_rank_sweep", rank_sweep_with_own_adapters)
+    assert result.status == "passed", result.message_with_hint
+
+
+@pytest.mark.parametrize("mistake", RANK_SWEEP_MISTAKES, ids=lambda mistake: mistake.name)
+def test_rank_sweep_rejects_a_typical_mistake_with_its_hint(mistake):
+    result = run("ch07.lora_rank_sweep", mistake.answer)
+    assert result.status == "failed"
+    assert result.hint == mistake.hint
+
+
+def with_conclusion(answer, conclusion):
+    """``answer`` with its conclusion replaced by ``conclusion(result)``."""
+
+    def replaced(*args):
+        result = answer(*args)
+        return {**result, "enough": conclusion(result)}
+
+    return replaced
+
+
+@pytest.mark.parametrize(
+    "conclusion",
+    [
+        lambda result: 4,  # typed in from the notebook's run
+        lambda result: min(result["loss"], key=result["loss"].get),  # the lowest loss
+        lambda result: max(result["loss"]),  # the largest rank tried, enough or not
+    ],
+    ids=["typed_in", "lowest_loss", "largest_rank"],
+)
+def test_rank_sweep_rejects_a_conclusion_that_does_not_follow_from_the_numbers(conclusion):
+    result = run("ch07.lora_rank_sweep", with_conclusion(reference_lora_rank_sweep, conclusion))
+    assert result.status == "failed"
+    assert "compute 'enough' from your measurements" in result.hint
+    assert "frozen / 100" in result.hint
+
+
+def test_rank_sweep_rejects_a_list_of_losses():
+    def as_list(*args):
+        result = reference_lora_rank_sweep(*args)
+        return {**result, "loss": list(result["loss"].values())}
+
+    result = run("ch07.lora_rank_sweep", as_list)
+    assert result.status == "failed"
+    assert "'loss': expected {1:" in result.message
+
+
+def test_rank_sweep_reference_finds_the_rank_of_the_update():
+    generator = torch.Generator().manual_seed(0)
+    base, inputs, targets = _low_rank_task(generator, 8, 2, 64)
+    result = reference_lora_rank_sweep(base, inputs, targets, [1, 2, 4], 100, 0.05)
+    assert result["enough"] == 2
+    assert result["trainable"] == {1: 16, 2: 32, 4: 64}
+    assert result["loss"][1] > 0.2 * result["frozen"]

@@ -7,10 +7,13 @@ token instead of the last, left padding, a transposed confusion matrix...) in it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
+from llmcourse.exercises.ch07_lora import measurement_compare
 from llmcourse.exercises.core import (
     LabelledArgs,
     Mismatch,
@@ -21,6 +24,7 @@ from llmcourse.exercises.core import (
     run_cases,
 )
 from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.model import GPT, GPTConfig
 
 GPT2_PAD_ID = 50256  # <|endoftext|>, the padding token of the chapter
 
@@ -469,4 +473,195 @@ def check_confusion_matrix(answer: object) -> None:
     run_cases(
         answer, reference_confusion_matrix, _confusion_cases(), expect_equal,
         mistakes=CONFUSION_MISTAKES,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.read_position_experiment: an experiment, the first token against the last
+
+
+Messages = list[tuple[list[int], int]]  # (token ids, label) pairs
+
+
+def _features(model: nn.Module, messages: Messages, position: str, *,
+              logits: bool = False, train_mode: bool = False) -> torch.Tensor:
+    """The final-norm vector (N, C) of every message at its first or last token, from a copy
+    of ``model`` whose output layer is replaced by ``nn.Identity``."""
+    encoder = copy.deepcopy(model)
+    if not logits:
+        encoder.lm_head = nn.Identity()
+    encoder.train(train_mode)
+    with torch.no_grad():
+        return torch.stack([
+            encoder(torch.tensor([ids]))[0, 0 if position == "first" else -1]
+            for ids, _ in messages
+        ])
+
+
+def _nearest_mean_accuracy(train_features: torch.Tensor, train_labels: list[int],
+                           test_features: torch.Tensor, test_labels: list[int]) -> float:
+    classes = sorted(set(train_labels))
+    labels = torch.tensor(train_labels)
+    means = torch.stack([train_features[labels == c].mean(dim=0) for c in classes])  # (K, C)
+    nearest = torch.cdist(test_features, means).argmin(dim=1)  # (N,)
+    predicted = torch.tensor(classes)[nearest]
+    return (predicted == torch.tensor(test_labels)).float().mean().item()
+
+
+def _better(result: dict) -> str:
+    """"first" or "last", whichever position's accuracy is higher; "tie" when equal."""
+    if result["first"] == result["last"]:
+        return "tie"
+    return "first" if result["first"] > result["last"] else "last"
+
+
+def _read_position_experiment(model: nn.Module, train: Messages, test: Messages, *,
+                              logits: bool = False, train_mode: bool = False,
+                              means_from: str = "train", scored_on: str = "test") -> dict:
+    """The experiment of ``reference_read_position_experiment``, one thing wrong on request."""
+    result = {}
+    for position in ("first", "last"):
+        sets = {"train": train, "test": test}
+        features = {name: _features(model, messages, position, logits=logits,
+                                    train_mode=train_mode)
+                    for name, messages in sets.items()}
+        result[position] = _nearest_mean_accuracy(
+            features[means_from], [label for _, label in sets[means_from]],
+            features[scored_on], [label for _, label in sets[scored_on]],
+        )
+    result["better"] = _better(result)
+    return result
+
+
+def reference_read_position_experiment(model: nn.Module, train: Messages, test: Messages
+                                       ) -> dict:
+    """Which position's vector tells the classes apart: each message's (unpadded token ids)
+    final-norm vector at its first and at its last token, from a copy of ``model`` in
+    evaluation mode with ``lm_head`` replaced by ``nn.Identity()``; the classifier is the
+    nearest class mean of the training vectors; accuracy on ``test``. Returns ``{"first":
+    accuracy, "last": accuracy, "better": "first", "last" or "tie"}``."""
+    return _read_position_experiment(model, train, test)
+
+
+def _padded_last(model: nn.Module, train: Messages, test: Messages) -> dict:
+    """Reads position T - 1 of a batch right-padded to the longest message."""
+    longest = max(len(ids) for ids, _ in train + test)
+
+    def padded(messages: Messages) -> Messages:
+        return [(ids + [0] * (longest - len(ids)), label) for ids, label in messages]
+
+    result = {
+        "first": _read_position_experiment(model, train, test)["first"],
+        "last": _read_position_experiment(model, padded(train), padded(test))["last"],
+    }
+    result["better"] = _better(result)
+    return result
+
+
+READ_POSITION_MISTAKES = (
+    Mistake(
+        "padding_read",
+        _padded_last,
+        "the messages have different lengths: read each message at ITS last token (run each "
+        "message alone, or read the last real position of a padded batch), not at the last "
+        "position of a padded batch",
+    ),
+    Mistake(
+        "logits_as_features",
+        lambda model, train, test: _read_position_experiment(model, train, test, logits=True),
+        "the features are the final-norm vectors (replace lm_head by nn.Identity() in a copy), "
+        "not the next-token logits",
+    ),
+    Mistake(
+        "means_from_the_test_set",
+        lambda model, train, test: _read_position_experiment(model, train, test,
+                                                             means_from="test"),
+        "compute the class means from the TRAINING messages only, then classify the test "
+        "messages",
+    ),
+    Mistake(
+        "accuracy_on_the_training_set",
+        lambda model, train, test: _read_position_experiment(model, train, test,
+                                                             scored_on="train"),
+        "measure the accuracy on the TEST messages, not on the training messages the means "
+        "come from",
+    ),
+)
+NONDETERMINISTIC_HINT = (
+    "your numbers change from one run to the next: put the copy of the model in evaluation "
+    "mode (.eval()), so that dropout is off while you read the vectors"
+)
+
+
+def _tiny_gpt(seed: int, vocab_size: int = 64) -> GPT:
+    """A small random GPT with dropout, in training mode, built without touching the global
+    random state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=vocab_size, context_length=16, n_layer=2, n_head=2,
+                              n_embd=32, dropout=0.1))
+    return model.train()
+
+
+def _messages(generator: torch.Generator, count: int, where: str) -> Messages:
+    """Random messages (tokens 10 to 63, 3 to 8 of them) whose label is marked by token 1
+    (label 1) or 2 (label 0) at the ``where`` position: "first", "last" or "middle"."""
+    messages = []
+    for index in range(count):
+        label = index % 2
+        ids = torch.randint(10, 64, (randint(generator, 3, 8),), generator=generator).tolist()
+        marker = 1 if label else 2
+        if where == "first":
+            ids[0] = marker
+        elif where == "last":
+            ids[-1] = marker
+        else:
+            ids[randint(generator, 1, len(ids) - 2)] = marker
+        messages.append((ids, label))
+    return messages
+
+
+def _read_position_cases() -> list[LabelledArgs]:
+    generator = seeded(80)
+    cases: list[LabelledArgs] = []
+    for where, seed in (("last", 1), ("first", 2), ("middle", 3)):
+        train, test = _messages(generator, 24, where), _messages(generator, 16, where)
+        cases.append((
+            f"a random 2-layer GPT (vocabulary 64, dropout 0.1, in training mode), 24 training "
+            f"and 16 test messages of 3 to 8 tokens whose class is marked at the {where} token",
+            (_tiny_gpt(seed), train, test),
+        ))
+    return cases
+
+
+def _probe_determinism(answer) -> str:
+    """The evaluation-mode hint when two runs on the same inputs give different numbers."""
+    model, train, test = _read_position_cases()[2][1]
+    try:
+        first, second = (answer(copy.deepcopy(model), train, test) for _ in range(2))
+    except Exception:  # the case runner reports errors itself
+        return ""
+    if isinstance(first, dict) and isinstance(second, dict) and any(
+        first.get(key) != second.get(key) for key in ("first", "last")
+    ):
+        return NONDETERMINISTIC_HINT
+    return ""
+
+
+@exercise(
+    "ch07.read_position_experiment",
+    title="Experiment: the first token or the last?",
+    hint="for each position: the vectors of a copy of the model with lm_head = nn.Identity(), "
+    "in eval mode, one message at a time ([0, 0] or [0, -1]); class means of the training "
+    "vectors; each test message gets the class of the nearest mean (torch.cdist)",
+    time_limit=60.0,
+)
+def check_read_position_experiment(answer: object) -> None:
+    compare = measurement_compare(
+        "better", _better, '"first" or "last", whichever accuracy is higher, "tie" when equal',
+        atol=1e-6, rtol=0.0,
+    )
+    run_cases(
+        answer, reference_read_position_experiment, _read_position_cases(), compare,
+        mistakes=READ_POSITION_MISTAKES, probe=_probe_determinism,
     )

@@ -15,7 +15,10 @@ import re
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from llmcourse.exercises.ch07_lora import measurement_compare
 from llmcourse.exercises.core import (
     LabelledArgs,
     Mismatch,
@@ -26,7 +29,13 @@ from llmcourse.exercises.core import (
     run_cases,
 )
 from llmcourse.exercises.inputs import randint, seeded
-from llmcourse.instruction import END_OF_TEXT, IGNORE_INDEX, collate, extract_response
+from llmcourse.instruction import (
+    END_OF_TEXT,
+    IGNORE_INDEX,
+    TokenizedEntry,
+    collate,
+    extract_response,
+)
 from llmcourse.instruction import format_alpaca as package_format_alpaca
 from llmcourse.instruction import format_phi3 as package_format_phi3
 from llmcourse.story_instructions import rename_entry, uses_all_words
@@ -675,6 +684,14 @@ RENAME_MISTAKES = (
                      swap=True),
         "the instruction names the NEW name first: '... with the name {new} instead of {old}.'",
     ),
+    Mistake(
+        "task_missing",
+        lambda sentence, old, new: {
+            key: value for key, value in reference_rename_entry(sentence, old, new).items()
+            if key != "task"},
+        "the entry also names its task family: add the key 'task' with the value 'rename' "
+        "(the criterion that scores the answer is looked up by it)",
+    ),
 )
 
 
@@ -701,4 +718,161 @@ def _rename_cases() -> list[LabelledArgs]:
 def check_rename_entry(answer: object) -> None:
     run_cases(
         answer, reference_rename_entry, _rename_cases(), expect_equal, mistakes=RENAME_MISTAKES,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.prompt_loss_share: an experiment, how much of the loss the prompt carries
+
+
+def _mostly_prompt(result: dict) -> bool:
+    """Whether the prompt's targets carry more than half of the summed loss."""
+    return result["prompt_share"] > 0.5
+
+
+def _prompt_loss_share(
+    model: nn.Module, items: list[TokenizedEntry], pad_id: int, *, prompt_offset: int = 1,
+    count_padding: bool = False, end_in_prompt: bool = False, share: str = "loss",
+) -> dict:
+    """The measurement of ``reference_prompt_loss_share``, one thing wrong on request."""
+    inputs, targets = collate(items, pad_id=pad_id)
+    with torch.no_grad():
+        logits = model(inputs)  # (B, L, V)
+    losses = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)  # (B, L), 0 at the ignored targets
+    positions = torch.arange(targets.shape[1])[None, :]
+    lengths = torch.tensor([item.prompt_length for item in items])[:, None]
+    prompt = positions < lengths - prompt_offset
+    counted = torch.ones_like(prompt) if count_padding else targets != IGNORE_INDEX
+    if end_in_prompt:
+        prompt = prompt | (targets == pad_id)
+    prompt_losses, response_losses = losses[prompt & counted], losses[~prompt & counted]
+    if share == "loss":
+        prompt_share = prompt_losses.sum().item() / losses[counted].sum().item()
+    elif share == "tokens":
+        prompt_share = prompt_losses.numel() / losses[counted].numel()
+    else:  # the share of the two means
+        prompt_share = (prompt_losses.mean() / (prompt_losses.mean() + response_losses.mean())
+                        ).item()
+    result = {
+        "prompt_loss": prompt_losses.mean().item(),
+        "response_loss": response_losses.mean().item(),
+        "prompt_share": prompt_share,
+    }
+    result["mostly_prompt"] = _mostly_prompt(result)
+    return result
+
+
+def reference_prompt_loss_share(
+    model: nn.Module, items: list[TokenizedEntry], pad_id: int
+) -> dict:
+    """Where the loss of an unmasked batch comes from. The batch is ``collate(items,
+    pad_id=pad_id)``; a target at position t is a prompt target when t < the row's
+    prompt_length - 1, a response target otherwise (the response header, the output and the
+    end token), and padding targets (-100) count in neither. Returns ``{"prompt_loss": mean
+    cross-entropy of the prompt targets, "response_loss": that of the response targets,
+    "prompt_share": the prompt targets' part of the summed loss, "mostly_prompt":
+    prompt_share > 0.5}``."""
+    return _prompt_loss_share(model, items, pad_id)
+
+
+PROMPT_SHARE_MISTAKES = (
+    Mistake(
+        "prompt_one_too_long",
+        lambda model, items, pad_id: _prompt_loss_share(model, items, pad_id, prompt_offset=0),
+        "off by one: target t predicts token t + 1, so the prompt targets are the positions "
+        "t < prompt_length - 1 (as in mask_prompt); position prompt_length - 1 already "
+        "predicts the first response token",
+    ),
+    Mistake(
+        "padding_counted",
+        lambda model, items, pad_id: _prompt_loss_share(model, items, pad_id,
+                                                        count_padding=True),
+        "leave out the padding targets (those equal to -100): cross_entropy gives them a loss "
+        "of 0, but they are not response tokens and must not lower the response's mean",
+    ),
+    Mistake(
+        "end_token_left_out",
+        lambda model, items, pad_id: _prompt_loss_share(model, items, pad_id,
+                                                        end_in_prompt=True),
+        "the first end token after each response is a response target (the model learns to "
+        "stop there); count it with the response, not with the prompt",
+    ),
+    Mistake(
+        "share_of_tokens",
+        lambda model, items, pad_id: _prompt_loss_share(model, items, pad_id, share="tokens"),
+        "prompt_share is the prompt's part of the summed LOSS (sum of the prompt targets' "
+        "losses / sum of all counted losses), not its part of the tokens",
+    ),
+    Mistake(
+        "share_of_the_means",
+        lambda model, items, pad_id: _prompt_loss_share(model, items, pad_id, share="means"),
+        "prompt_share compares SUMS of losses (a long prompt carries more of the loss), not "
+        "the two mean losses",
+    ),
+)
+
+
+class BigramModel(nn.Module):
+    """A language model that reads only the current token: logits = ``table[ids]`` (B, T, V)."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = nn.Parameter(table, requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids]
+
+
+def _prompt_share_case(generator: torch.Generator, knows: str, noise: tuple[int, int] = (3, 12)
+                       ) -> tuple:
+    """A bigram model over 40 tokens that has learned the chain 1 -> 2 -> ... -> 9 (a fixed
+    template), and 4 entries whose prompts ("template") or responses ("responses") follow it;
+    the other part is ``noise`` (shortest, longest) random tokens 10 to 39."""
+    vocab, pad_id = 40, 0
+    table = torch.randn(vocab, vocab, generator=generator)
+    for token in range(1, 9):
+        table[token, token + 1] += 8.0
+    items = []
+    for _ in range(4):
+        chain = list(range(1, randint(generator, 5, 9) + 1))
+        others = torch.randint(10, vocab, (randint(generator, *noise),), generator=generator)
+        if knows == "template":
+            items.append(TokenizedEntry(chain + others.tolist(), len(chain)))
+        else:
+            items.append(TokenizedEntry(others.tolist() + chain, len(others)))
+    return BigramModel(table), items, pad_id
+
+
+def _prompt_share_cases() -> list[LabelledArgs]:
+    generator = seeded(81)
+    return [
+        ("a bigram model that predicts the prompts' template well, 4 entries with prompts of "
+         "5 to 9 tokens, pad_id=0", _prompt_share_case(generator, "template")),
+        ("the same kind of model, 4 entries whose responses it predicts well and whose "
+         "prompts are random, pad_id=0", _prompt_share_case(generator, "responses")),
+        ("another model and entries of the first kind", _prompt_share_case(generator,
+                                                                           "template")),
+        ("entries of the second kind with random prompts of 2 tokens only (hard, but short)",
+         _prompt_share_case(generator, "responses", noise=(2, 2))),
+    ]
+
+
+@exercise(
+    "ch07.prompt_loss_share",
+    title="Experiment: how much of the loss is the prompt?",
+    hint="inputs, targets = collate(items, pad_id=pad_id); per-target losses with "
+    "F.cross_entropy(..., reduction='none'); prompt targets: positions t < prompt_length - 1; "
+    "counted targets: those != -100",
+    time_limit=60.0,
+)
+def check_prompt_loss_share(answer: object) -> None:
+    compare = measurement_compare(
+        "mostly_prompt", _mostly_prompt, "prompt_share > 0.5", atol=1e-5, rtol=1e-4,
+    )
+    run_cases(
+        answer, reference_prompt_loss_share, _prompt_share_cases(), compare,
+        mistakes=PROMPT_SHARE_MISTAKES,
     )

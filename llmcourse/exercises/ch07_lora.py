@@ -9,20 +9,26 @@ that very mistake (``Mistake`` and ``run_cases`` of the exercise engine).
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from llmcourse.exercises.core import (
     LabelledArgs,
+    Mismatch,
     Mistake,
+    describe,
     exercise,
     expect_close,
     expect_equal,
     run_cases,
 )
 from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.lora import LoRALinear
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 
@@ -421,3 +427,220 @@ def _merge_cases() -> list[LabelledArgs]:
 )
 def check_merge_weight(answer: object) -> None:
     run_cases(answer, reference_merge_weight, _merge_cases(), expect_float, mistakes=MERGE_MISTAKES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment exercises: a measured result and the conclusion drawn from it
+#
+# An experiment's answer returns a dict of measurements plus one conclusion computed from them.
+# ``measurement_compare`` checks the measurements against the reference's run on the same
+# inputs, then checks that the conclusion is the one the learner's OWN numbers give. The cases
+# are chosen so that the conclusion differs between them: a conclusion typed in by hand fails.
+
+
+def _close(got: object, expected: object, atol: float, rtol: float) -> bool:
+    """Whether ``got`` equals ``expected``: floats within atol + rtol * |expected| (an int is
+    accepted for a float), dicts key by key, anything else exactly."""
+    if isinstance(expected, float):
+        return (
+            isinstance(got, (int, float)) and not isinstance(got, bool)
+            and abs(got - expected) <= atol + rtol * abs(expected)
+        )
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and got.keys() == expected.keys() and all(
+            _close(got[key], value, atol, rtol) for key, value in expected.items()
+        )
+    return type(got) is type(expected) and got == expected
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
+def measurement_compare(
+    conclusion: str, rule: Callable[[dict], object], rule_text: str, *,
+    atol: float = 1e-5, rtol: float = 1e-4,
+) -> Callable[..., None]:
+    """A ``compare`` for experiment results: a dict with the reference's keys, its measurements
+    close to the reference's, and ``got[conclusion] == rule(got)``, the conclusion of the
+    learner's own numbers (``rule_text`` says the rule in words, for the hint)."""
+
+    def compare(got: object, expected: dict, *, case: str, hint: str = "") -> None:
+        if not isinstance(got, dict) or got.keys() != expected.keys():
+            keys = ", ".join(repr(key) for key in expected)
+            raise Mismatch(
+                case, expected, got, hint,
+                detail=f"expected a dict with the keys {keys}, got {describe(got)}",
+            )
+        for key, wanted in expected.items():
+            if key != conclusion and not _close(got[key], wanted, atol, rtol):
+                raise Mismatch(
+                    case, wanted, got[key], hint,
+                    detail=f"{key!r}: expected {_shown(wanted)}, got {_shown(got[key])}",
+                )
+        try:
+            own = rule(got)
+        except Exception:  # numbers the rule cannot read: the comparison below reports them
+            own = expected[conclusion]
+        if got[conclusion] != own or type(got[conclusion]) is not type(own):
+            raise Mismatch(
+                case, own, got[conclusion],
+                f"compute {conclusion!r} from your measurements ({rule_text}), do not type it "
+                "in: it must change when the numbers change",
+                detail=f"{conclusion!r} is {_shown(got[conclusion])}, but your own numbers "
+                f"give {_shown(own)}",
+            )
+        if got[conclusion] != expected[conclusion]:
+            raise Mismatch(
+                case, expected[conclusion], got[conclusion], hint,
+                detail=f"{conclusion!r}: expected {_shown(expected[conclusion])}, "
+                f"got {_shown(got[conclusion])}",
+            )
+
+    return compare
+
+
+# ----------------------------------------------------------------------------------------------
+# ch07.lora_rank_sweep: an experiment, rank against fit
+
+
+ENOUGH_FRACTION = 0.01  # a rank is "enough" when its loss is at most 1% of the frozen layer's
+
+
+def _enough_rank(result: dict) -> int | None:
+    """The smallest rank whose loss is at most 1% of the frozen layer's, or None."""
+    return next(
+        (rank for rank in sorted(result["loss"])
+         if result["loss"][rank] <= ENOUGH_FRACTION * result["frozen"]),
+        None,
+    )
+
+
+def _rank_sweep(
+    base: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor, ranks: list[int], steps: int,
+    lr: float, *, train_base: bool = False, count: Callable[[LoRALinear], int] | None = None,
+) -> dict:
+    """The experiment of ``reference_lora_rank_sweep``, with one thing done wrong on request."""
+    with torch.no_grad():
+        frozen = F.mse_loss(base(inputs), targets).item()
+    losses, trainable = {}, {}
+    for rank in ranks:
+        torch.manual_seed(0)
+        layer = LoRALinear(copy.deepcopy(base), rank=rank, alpha=rank)
+        if train_base:
+            layer.weight.requires_grad_(True)
+        parameters = [p for p in layer.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        for _ in range(steps):
+            loss = F.mse_loss(layer(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            losses[rank] = F.mse_loss(layer(inputs), targets).item()
+        trainable[rank] = count(layer) if count else sum(p.numel() for p in parameters)
+    result = {"frozen": frozen, "loss": losses, "trainable": trainable}
+    result["enough"] = _enough_rank(result)
+    return result
+
+
+def reference_lora_rank_sweep(
+    base: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor, ranks: list[int], steps: int,
+    lr: float,
+) -> dict:
+    """For each rank: a rank-``rank`` adapter (alpha = rank) on a copy of the frozen ``base``,
+    trained for ``steps`` full-batch Adam steps (learning rate ``lr``) on the mean squared error
+    between its outputs on ``inputs`` and ``targets``. Returns ``{"frozen": the base layer's
+    loss, "loss": {rank: loss after training}, "trainable": {rank: numbers trained}, "enough":
+    the smallest rank whose loss is at most 1% of the frozen loss, or None}``."""
+    return _rank_sweep(base, inputs, targets, ranks, steps, lr)
+
+
+def _untrained_sweep(base, inputs, targets, ranks, steps, lr):
+    return _rank_sweep(base, inputs, targets, ranks, 0, lr)
+
+
+RANK_SWEEP_MISTAKES = (
+    Mistake(
+        "base_trained",
+        lambda base, inputs, targets, ranks, steps, lr: _rank_sweep(
+            base, inputs, targets, ranks, steps, lr, train_base=True),
+        "train the adapter only (lora_a and lora_b): the base layer's weight stays frozen, "
+        "otherwise every rank can fit anything and the experiment measures nothing",
+    ),
+    Mistake(
+        "not_trained",
+        _untrained_sweep,
+        "train each adapter for `steps` Adam steps before measuring its loss: an untrained "
+        "adapter (B = 0) changes nothing",
+    ),
+    Mistake(
+        "full_matrix_counted",
+        lambda base, inputs, targets, ranks, steps, lr: _rank_sweep(
+            base, inputs, targets, ranks, steps, lr,
+            count=lambda layer: layer.rank * layer.in_features * layer.out_features),
+        "an adapter trains rank * (in + out) numbers (A and B), not rank * in * out",
+    ),
+    Mistake(
+        "frozen_weights_counted",
+        lambda base, inputs, targets, ranks, steps, lr: _rank_sweep(
+            base, inputs, targets, ranks, steps, lr,
+            count=lambda layer: sum(p.numel() for p in layer.parameters())),
+        "count the trained numbers only, lora_a and lora_b: the frozen weight and bias do "
+        "not train",
+    ),
+)
+
+
+def _low_rank_task(
+    generator: torch.Generator, n_features: int, true_rank: int, examples: int
+) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A base layer, inputs, and targets of the base layer plus an update of rank
+    ``true_rank`` (orthonormal directions, all of weight 1)."""
+    base = nn.Linear(n_features, n_features)
+    with torch.no_grad():
+        base.weight.copy_(0.3 * torch.randn(n_features, n_features, generator=generator))
+        base.bias.copy_(0.1 * torch.randn(n_features, generator=generator))
+        left, _ = torch.linalg.qr(torch.randn(n_features, true_rank, generator=generator))
+        right, _ = torch.linalg.qr(torch.randn(n_features, true_rank, generator=generator))
+        inputs = torch.randn(examples, n_features, generator=generator)
+        targets = inputs @ (base.weight + left @ right.T).T + base.bias
+    return base, inputs, targets
+
+
+def _rank_sweep_cases() -> list[LabelledArgs]:
+    generator = seeded(79)
+    cases: list[LabelledArgs] = []
+    for true_rank, ranks in ((1, [1, 2, 4]), (3, [1, 2, 4, 8]), (4, [1, 2])):
+        base, inputs, targets = _low_rank_task(generator, 8, true_rank, 64)
+        cases.append((
+            f"a Linear(8, 8) base, 64 inputs, targets from an update of rank {true_rank}, "
+            f"ranks={ranks}, steps=100, lr=0.05",
+            (base, inputs, targets, ranks, 100, 0.05),
+        ))
+    return cases
+
+
+@exercise(
+    "ch07.lora_rank_sweep",
+    title="Experiment: how much rank does a task need?",
+    hint="for each rank: torch.manual_seed(0), LoRALinear(copy.deepcopy(base), rank, "
+    "alpha=rank), Adam on lora_a and lora_b, `steps` steps of F.mse_loss(layer(inputs), "
+    "targets), then the loss once more without gradients",
+    time_limit=120.0,
+)
+def check_lora_rank_sweep(answer: object) -> None:
+    # Adapters started differently end at (nearly) the same best fit: the tolerance allows it.
+    compare = measurement_compare(
+        "enough", _enough_rank,
+        "the smallest rank whose loss is at most frozen / 100, None when there is none",
+        atol=2e-3, rtol=0.05,
+    )
+    run_cases(
+        answer, reference_lora_rank_sweep, _rank_sweep_cases(), compare,
+        mistakes=RANK_SWEEP_MISTAKES,
+    )
