@@ -364,6 +364,13 @@ SPLIT_MISTAKES: list[Mistake] = [
         "every head takes every H-th channel: head h must own the D consecutive channels h*D "
         "to (h+1)*D - 1, so view the channels as (H, D), not (D, H)",
     ),
+    Mistake(
+        "tokens moved after the head size",
+        lambda x, heads: x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
+     .permute(0, 2, 3, 1),
+        "the result must be (B, H, T, D), tokens before the head size: after view(B, T, H, D), "
+        "transpose(1, 2) swaps only the token and head dimensions",
+    ),
 ]
 
 MERGE_MISTAKES: list[Mistake] = [
@@ -386,6 +393,12 @@ MERGE_MISTAKES: list[Mistake] = [
         lambda x: x.transpose(1, 2),
         "the heads were not merged: transpose(1, 2) gives (B, T, H, D), which still needs a "
         "reshape to (B, T, H * D)",
+    ),
+    Mistake(
+        "tokens were flattened too",
+        lambda x: x.transpose(1, 2).flatten(1),
+        "the tokens were flattened together with the heads: keep the token dimension, "
+        "reshape to (B, T, H * D) (or flatten(2) after the transpose)",
     ),
 ]
 
@@ -689,8 +702,9 @@ def _first_saturated_hint(samples):
         if isinstance(answer, float):
             return "the head size is an int: queries.shape[-1]"
         return (
-            "first_saturated is the head size of the FIRST sample (in the order given) whose "
-            "UNSCALED entropy is below log(S) / 2, S the number of keys; None when there is none"
+            "compute first_saturated from your own measurements, in the function: the head "
+            "size of the FIRST sample (in the order given) whose UNSCALED entropy is below "
+            "log(S) / 2, S the number of keys; None when there is none"
         )
 
     return hint
