@@ -790,8 +790,8 @@ def _share_conclusion_hint(answer, derived, shares) -> str:
     if isinstance(answer, GPTConfig):
         return "return the index of that configuration in the list (an int), not the configuration"
     return (
-        "first_below_half is the position in the list of the FIRST configuration whose share is "
-        "below 0.5, or None when every share is at least 0.5"
+        "compute first_below_half from your own measurements, in the function: the position in "
+        "the list of the FIRST configuration whose share is below 0.5, or None when there is none"
     )
 
 
