@@ -737,8 +737,9 @@ def _repetition_conclusion_hint(temperatures: list[float]):
                 temperatures.index(answer)] == min(repetition):
             return "on a tie, return the FIRST temperature (in the order given) with the " \
                    "smallest fraction, as repetition.index(min(repetition)) finds it"
-        return ("least_repetitive is the temperature, from the list given, whose continuation "
-                "has the smallest fraction of repeated n-grams")
+        return ("compute least_repetitive from your own measurements, in the function: the "
+                "temperature, from the list given, whose continuation has the smallest fraction "
+                "of repeated n-grams")
 
     return hint
 

@@ -222,7 +222,7 @@ class TinyGPTGradient:
         return torch.cat([gradient.flatten() for gradient in gradients])
 
 
-def _slope(batch_sizes: Sequence[int], noise: Sequence[float]) -> float:
+def _slope(batch_sizes: Sequence[float], noise: Sequence[float]) -> float:
     """The least-squares slope of log(noise) against log(batch size)."""
     xs = [math.log(size) for size in batch_sizes]
     ys = [math.log(value) for value in noise]
@@ -308,10 +308,11 @@ def _noise_conclusion_hint(batch_sizes: list[int]):
             if math.isclose(answer, ends, rel_tol=1e-6):
                 return "fit a least-squares line through ALL the points (log B, log noise), " \
                        "not through the first and the last only"
-            if derived and math.isclose(answer, 1 / derived, rel_tol=1e-3):
+            swapped = _slope(noise, batch_sizes) if len(set(noise)) > 1 else None  # x, y swapped
+            if swapped is not None and math.isclose(answer, swapped, rel_tol=1e-6):
                 return "the slope of log(noise) against log(B): log(B) is x, log(noise) is y"
-        return "exponent is the least-squares slope of log(noise) against log(batch size), " \
-               "computed from your own measurements"
+        return "compute the exponent from your own measurements, in the function: the " \
+               "least-squares slope of log(noise) against log(batch size)"
 
     return hint
 
