@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from llmcourse.exercises import check
 from llmcourse.exercises.ch04_attention import (
+    ENTROPY_MISTAKES,
     reference_attention_scores,
     reference_causal_mask,
+    reference_entropy_vs_head_size,
     reference_masked_softmax,
     reference_merge_heads,
     reference_scaled_dot_product_attention,
@@ -419,3 +421,105 @@ def test_scaled_dot_product_attention_needs_mask_none_to_mean_no_mask():
     result = run("ch04.scaled_dot_product_attention", always_causal)
     assert result.status == "failed"
     assert "mask=None" in result.message
+
+
+# ----------------------------------------------------------------------------------------------
+# The fourth typical mistake of split_heads and merge_heads
+
+
+def test_split_heads_rejects_tokens_after_the_head_size():
+    def head_size_before_tokens(x, h):
+        return x.view(x.shape[0], x.shape[1], h, -1).permute(0, 2, 3, 1)
+
+    result = run("ch04.split_heads", head_size_before_tokens)
+    assert_rejected(result, FIRST_SPLIT, "tokens before the head size")
+    assert "got shape (1, 2, 4, 3) but expected (1, 2, 3, 4)" in result.message
+
+
+def test_merge_heads_rejects_flattening_the_tokens_too():
+    result = run("ch04.merge_heads", lambda x: x.transpose(1, 2).flatten(1))
+    assert_rejected(result, FIRST_MERGE, "flattened together with the heads")
+    assert "got shape (1, 24) but expected (1, 3, 8)" in result.message
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.entropy_vs_head_size, an experiment
+
+
+def entropy_by_entr(samples):
+    """Another right answer: softmax, then torch.special.entr, then a loop for the answer."""
+    entropies = []
+    for queries, keys in samples:
+        scores = queries @ keys.mT
+        weights = [torch.softmax(scores / scale, dim=-1)
+                   for scale in (1.0, math.sqrt(queries.shape[-1]))]
+        entropies.append(tuple(torch.special.entr(w).sum(-1).mean().item() for w in weights))
+    first = None
+    for (queries, keys), (unscaled, _) in zip(samples, entropies, strict=True):
+        if unscaled < 0.5 * math.log(keys.shape[-2]):
+            first = queries.shape[-1]
+            break
+    return entropies, first
+
+
+def test_reference_entropy_of_uniform_and_saturated_attention():
+    keys = torch.zeros(1, 8, 4)  # every score 0: uniform weights
+    entropies, first = reference_entropy_vs_head_size([(torch.ones(1, 2, 4), keys)])
+    assert entropies == [(pytest.approx(math.log(8)), pytest.approx(math.log(8)))]
+    assert first is None
+    peaked = torch.eye(4).unsqueeze(0) * 100  # each query matches one key far better
+    entropies, first = reference_entropy_vs_head_size([(peaked, peaked)])
+    assert entropies[0][0] < 1e-6 and first == 4
+
+
+def test_entropy_vs_head_size_accepts_right_answers():
+    for answer in (reference_entropy_vs_head_size, entropy_by_entr):
+        result = run("ch04.entropy_vs_head_size", answer)
+        assert result.status == "passed", result.summary
+        assert result.cases == 5
+
+
+@pytest.mark.parametrize("mistake", ENTROPY_MISTAKES, ids=lambda mistake: mistake.name)
+def test_entropy_vs_head_size_rejects_a_typical_mistake(mistake):
+    result = run("ch04.entropy_vs_head_size", mistake.answer)
+    assert result.status == "failed", result.summary
+    assert result.hint == mistake.hint
+
+
+def with_conclusion(conclude):
+    return lambda samples: (entropy_by_entr(samples)[0], conclude(samples))
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "words"),
+    [
+        ("typed_in", with_conclusion(lambda samples: 8), "from your own measurements"),
+        ("index_instead_of_size",
+         with_conclusion(lambda samples: [q.shape[-1] for q, _ in samples].index(
+             entropy_by_entr(samples)[1]) if entropy_by_entr(samples)[1] else None),
+         "not its position in the list"),
+        ("threshold_on_the_scaled_entropy",
+         lambda samples: (entropy_by_entr(samples)[0], next(
+             (q.shape[-1] for (q, k), pair in zip(samples, entropy_by_entr(samples)[0],
+                                                  strict=True)
+              if pair[1] < math.log(k.shape[-2]) / 2), None)),
+         "UNSCALED entropy"),
+        ("float_head_size",
+         with_conclusion(lambda samples: float(entropy_by_entr(samples)[1] or 0) or None),
+         "the head size is an int"),
+    ],
+)
+def test_entropy_vs_head_size_checks_the_conclusion_against_the_measurements(name, answer, words):
+    result = run("ch04.entropy_vs_head_size", answer)
+    assert_rejected(result, "your measurements are right", words)
+
+
+def test_entropy_vs_head_size_rejects_tensors_and_a_lone_list():
+    def tensors(samples):
+        entropies, first = entropy_by_entr(samples)
+        return [tuple(torch.tensor(value) for value in pair) for pair in entropies], first
+
+    assert_rejected(run("ch04.entropy_vs_head_size", tensors), "expected a float, got a tensor",
+                    ".item()")
+    assert_rejected(run("ch04.entropy_vs_head_size", lambda s: entropy_by_entr(s)[0]),
+                    "expected a pair (measurements, first saturated head size)", "return a pair")

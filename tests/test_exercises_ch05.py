@@ -14,12 +14,14 @@ from llmcourse.exercises import check
 from llmcourse.exercises.ch05_gpt_architecture import (
     BLOCK_MISTAKES,
     COUNT_MISTAKES,
+    EMBEDDING_SHARE_MISTAKES,
     GELU_MISTAKES,
     GREEDY_MISTAKES,
     LAYER_NORM_MISTAKES,
     random_block_parts,
     reference_block_forward,
     reference_count_parameters,
+    reference_embedding_share,
     reference_gelu_tanh,
     reference_greedy_next_token,
     reference_layer_norm,
@@ -122,7 +124,8 @@ def test_reference_greedy_equals_the_package_sampler_at_temperature_zero():
     + [("ch05.gelu_tanh", mistake) for mistake in GELU_MISTAKES]
     + [("ch05.block_forward", mistake) for mistake in BLOCK_MISTAKES]
     + [("ch05.count_parameters", mistake) for mistake in COUNT_MISTAKES]
-    + [("ch05.greedy_next_token", mistake) for mistake in GREEDY_MISTAKES],
+    + [("ch05.greedy_next_token", mistake) for mistake in GREEDY_MISTAKES]
+    + [("ch05.embedding_share", mistake) for mistake in EMBEDDING_SHARE_MISTAKES],
     ids=lambda value: getattr(value, "name", value),
 )
 def test_each_mistake_is_rejected_with_its_hint(exercise_id, mistake):
@@ -474,3 +477,80 @@ def test_greedy_next_token_not_attempted_and_error():
     result = run("ch05.greedy_next_token", crashes)
     assert result.status == "error"
     assert "logits of shape (1, 3, 5)" in result.message
+
+
+# ----------------------------------------------------------------------------------------------
+# ch05.embedding_share, an experiment
+
+
+def share_by_names(configs):
+    """Another right answer: real (CPU) models, parameters picked by name, a loop to conclude."""
+    shares = []
+    for config in configs:
+        model = GPT(config)
+        named = dict(model.named_parameters())  # a tied tensor is listed once
+        tables = sum(p.numel() for name, p in named.items() if ".wte." in name or ".wpe." in name)
+        shares.append(tables / sum(p.numel() for p in named.values()))
+    first = None
+    for index, share in enumerate(shares):
+        if share < 0.5:
+            first = index
+            break
+    return shares, first
+
+
+def share_by_formula(configs):
+    """Also right: the embedding tables' sizes from the fields, the total from the formula."""
+    shares = [
+        (c.vocab_size + c.context_length) * c.n_embd / reference_count_parameters(c)
+        for c in configs
+    ]
+    return shares, next((i for i, share in enumerate(shares) if share < 0.5), None)
+
+
+def test_reference_embedding_share_of_gpt2_small():
+    shares, first = reference_embedding_share([GPTConfig.preset("gpt2-small")])
+    assert shares == [pytest.approx((50257 + 1024) * 768 / 124439808)]
+    assert first == 0
+
+
+def test_embedding_share_accepts_right_answers():
+    for answer in (reference_embedding_share, share_by_names, share_by_formula):
+        result = run("ch05.embedding_share", answer)
+        assert result.status == "passed", result.summary
+        assert result.cases == 5
+
+
+def with_share_conclusion(conclude):
+    return lambda configs: (share_by_formula(configs)[0], conclude(configs))
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (with_share_conclusion(lambda configs: 2), "from your own measurements"),
+        (with_share_conclusion(lambda configs: next(
+            (i for i, s in enumerate(share_by_formula(configs)[0]) if s > 0.5), None)),
+         "LESS than half"),
+        (with_share_conclusion(lambda configs: configs[share_by_formula(configs)[1]]
+                               if share_by_formula(configs)[1] is not None else None),
+         "not the configuration"),
+        (with_share_conclusion(lambda configs: None), "the FIRST configuration"),
+    ],
+)
+def test_embedding_share_checks_the_conclusion_against_the_measurements(answer, words):
+    result = run("ch05.embedding_share", answer)
+    assert result.status == "failed", result.summary
+    assert "your measurements are right" in result.message
+    assert words in result.hint
+
+
+def test_embedding_share_rejects_a_tuple_of_three_and_tensors():
+    result = run("ch05.embedding_share", lambda configs: (*share_by_formula(configs), 0))
+    assert result.status == "failed"
+    assert "expected a pair (measurements, first model below one half)" in result.message
+    result = run("ch05.embedding_share", lambda configs: (
+        [torch.tensor(share) for share in share_by_formula(configs)[0]],
+        share_by_formula(configs)[1]))
+    assert result.status == "failed"
+    assert "float(tensor)" in result.hint

@@ -12,17 +12,21 @@ from llmcourse.exercises import check
 from llmcourse.exercises.ch06_pretraining import (
     CROSS_ENTROPY_MISTAKES,
     PERPLEXITY_MISTAKES,
+    REPETITION_MISTAKES,
     TEMPERATURE_MISTAKES,
     TOP_K_MISTAKES,
     RecordingAdamW,
     reference_apply_temperature,
     reference_cross_entropy,
     reference_perplexity,
+    reference_repetition_vs_temperature,
     reference_top_k_filter,
     reference_train_step,
+    repeated_fraction,
+    sharp_tiny_gpt,
     train_step_models,
 )
-from llmcourse.generation import apply_temperature, top_k_filter
+from llmcourse.generation import apply_temperature, stream_generate, top_k_filter
 from llmcourse.training import perplexity
 
 
@@ -316,3 +320,86 @@ def test_recording_optimizer_steps_like_adamw():
         assert torch.equal(a, b)
     for grad, parameter in zip(recording.gradients_at_step[0], model.parameters(), strict=True):
         assert torch.equal(grad, parameter.grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.repetition_vs_temperature, an experiment
+
+
+def repetition_by_counting(model, prompt_ids, temperatures, max_new_tokens, n, seed):
+    """Another right answer: stream_generate, a set of n-grams seen so far, sorted conclusion."""
+    repetition = []
+    for temperature in temperatures:
+        generator = torch.Generator().manual_seed(seed)
+        new_ids = list(stream_generate(model, prompt_ids, max_new_tokens,
+                                       temperature=temperature, generator=generator))
+        seen, repeats, total = set(), 0, 0
+        for start in range(len(new_ids) - n + 1):
+            ngram = tuple(new_ids[start:start + n])
+            repeats += ngram in seen
+            total += 1
+            seen.add(ngram)
+        repetition.append(repeats / total if total else 0.0)
+    best = sorted(range(len(temperatures)), key=lambda i: (repetition[i], i))[0]
+    return repetition, temperatures[best]
+
+
+def test_repeated_fraction_by_hand():
+    assert repeated_fraction([1, 2, 1, 2, 1], 2) == pytest.approx(0.5)  # 12 21 12 21: 2 of 4
+    assert repeated_fraction([5, 5, 5, 5], 1) == pytest.approx(0.75)
+    assert repeated_fraction([1, 2, 3], 3) == 0.0
+    assert repeated_fraction([1, 2], 3) == 0.0
+
+
+def test_reference_repetition_greedy_repeats_the_sharp_model_most():
+    model = sharp_tiny_gpt(12, 67)
+    repetition, least = reference_repetition_vs_temperature(
+        model, torch.tensor([[1, 2, 3]]), [0.0, 2.0], 24, 2, 0)
+    assert repetition[0] > repetition[1] and least == 2.0
+
+
+def test_repetition_vs_temperature_accepts_right_answers():
+    for answer in (reference_repetition_vs_temperature, repetition_by_counting):
+        result = run("ch06.repetition_vs_temperature", answer)
+        assert result.status == "passed", result.summary
+        assert result.cases == 4
+
+
+@pytest.mark.parametrize("mistake", REPETITION_MISTAKES, ids=lambda mistake: mistake.name)
+def test_repetition_vs_temperature_rejects_a_typical_mistake(mistake):
+    result = run("ch06.repetition_vs_temperature", mistake.answer)
+    assert result.status == "failed", result.summary
+    assert result.hint == mistake.hint
+
+
+def with_temperature(choose):
+    def answer(model, prompt_ids, temperatures, max_new_tokens, n, seed):
+        repetition, _ = repetition_by_counting(model, prompt_ids, temperatures, max_new_tokens,
+                                               n, seed)
+        return repetition, choose(temperatures, repetition)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "words"),
+    [
+        ("typed_in_the_highest", with_temperature(lambda t, r: max(t)), "from the list given"),
+        ("most_repetitive", with_temperature(lambda t, r: t[r.index(max(r))]), "repeats MOST"),
+        ("last_on_a_tie",
+         with_temperature(lambda t, r: t[len(r) - 1 - r[::-1].index(min(r))]), "the FIRST"),
+        ("an_index", with_temperature(lambda t, r: r.index(min(r))), "from the list given"),
+    ],
+)
+def test_repetition_vs_temperature_checks_the_conclusion(name, answer, words):
+    result = run("ch06.repetition_vs_temperature", answer)
+    assert_rejected(result, "your measurements are right", words)
+
+
+def test_repetition_vs_temperature_rejects_an_unseeded_sampler():
+    def unseeded(model, prompt_ids, temperatures, max_new_tokens, n, seed):
+        return repetition_by_counting(model, prompt_ids, temperatures, max_new_tokens, n,
+                                      seed + 1)
+
+    assert_rejected(run("ch06.repetition_vs_temperature", unseeded), "expected",
+                    "seed a new generator with `seed`")

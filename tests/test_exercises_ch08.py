@@ -3,13 +3,19 @@ typical wrong ones."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from llmcourse.errors import ConfigError
 from llmcourse.exercises import check
 from llmcourse.exercises.ch08_scaling import (
+    GRADIENT_NOISE_MISTAKES,
+    MeanOfRows,
     reference_allreduce_mean,
+    reference_gradient_noise,
     reference_per_process_batch,
 )
 
@@ -194,3 +200,83 @@ def test_allreduce_mean_rejects_too_few_tensors():
     result = run("ch08.allreduce_mean", lambda gradients: reference_allreduce_mean(gradients)[:1])
     assert result.status == "failed"
     assert "expected 2 tensors (one per rank), got 1" in result.message
+
+
+# ----------------------------------------------------------------------------------------------
+# ch08.gradient_noise, an experiment
+
+
+def noise_with_numpy(gradient_of, num_examples, batch_sizes):
+    """Another right answer: batches by integer division, numpy's mean and polyfit."""
+    full = gradient_of(range(num_examples))
+    noise = []
+    for size in batch_sizes:
+        distances = [
+            torch.sum((gradient_of(range(i * size, (i + 1) * size)) - full) ** 2).item()
+            for i in range(num_examples // size)
+        ]
+        noise.append(float(np.mean(distances)))
+    return noise, float(np.polyfit(np.log(batch_sizes), np.log(noise), 1)[0])
+
+
+def test_reference_gradient_noise_of_independent_examples_falls_as_one_over_b():
+    rows = torch.randn(4096, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise, exponent = reference_gradient_noise(MeanOfRows(rows), 4096, [1, 2, 4, 8])
+    assert noise[0] == pytest.approx(3.0, rel=0.1)  # three unit variances
+    assert exponent == pytest.approx(-1.0, abs=0.05)
+
+
+def test_gradient_noise_accepts_right_answers():
+    for answer in (reference_gradient_noise, noise_with_numpy):
+        result = run("ch08.gradient_noise", answer)
+        assert result.status == "passed", result.summary
+        assert result.cases == 4
+
+
+@pytest.mark.parametrize("mistake", GRADIENT_NOISE_MISTAKES, ids=lambda mistake: mistake.name)
+def test_gradient_noise_rejects_a_typical_mistake(mistake):
+    result = run("ch08.gradient_noise", mistake.answer)
+    assert result.status == "failed", result.summary
+    assert result.hint == mistake.hint
+
+
+def with_exponent(choose):
+    def answer(gradient_of, num_examples, batch_sizes):
+        noise, _ = noise_with_numpy(gradient_of, num_examples, batch_sizes)
+        return noise, choose(batch_sizes, noise)
+
+    return answer
+
+
+def endpoints(sizes, noise):
+    return (math.log(noise[-1]) - math.log(noise[0])) / (math.log(sizes[-1]) - math.log(sizes[0]))
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "words"),
+    [
+        ("typed_in_minus_one", with_exponent(lambda sizes, noise: -1.0),
+         "from your own measurements"),
+        ("through_the_endpoints", with_exponent(endpoints), "not through the first and the last"),
+        ("axes_swapped",
+         with_exponent(lambda sizes, noise: float(np.polyfit(np.log(noise), np.log(sizes), 1)[0])),
+         "log(B) is x"),
+        ("an_int", with_exponent(lambda sizes, noise: round(endpoints(sizes, noise))),
+         "least-squares slope"),
+    ],
+)
+def test_gradient_noise_checks_the_exponent_against_the_measurements(name, answer, words):
+    result = run("ch08.gradient_noise", answer)
+    assert result.status == "failed", result.summary
+    assert "your measurements are right" in result.message
+    assert words in result.hint
+
+
+def test_gradient_noise_rejects_tensors():
+    def tensors(gradient_of, num_examples, batch_sizes):
+        noise, exponent = noise_with_numpy(gradient_of, num_examples, batch_sizes)
+        return [torch.tensor(value) for value in noise], exponent
+
+    result = run("ch08.gradient_noise", tensors)
+    assert result.status == "failed"
+    assert "expected a float, got a tensor" in result.message

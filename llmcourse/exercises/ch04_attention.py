@@ -17,7 +17,14 @@ from collections.abc import Callable
 import torch
 
 from llmcourse.exercises.core import LabelledArgs, Mistake, exercise, expect_close, run_cases
-from llmcourse.exercises.inputs import randint, randn, random_mask, seeded, shape_text
+from llmcourse.exercises.inputs import (
+    expect_experiment,
+    randint,
+    randn,
+    random_mask,
+    seeded,
+    shape_text,
+)
 from llmcourse.model import causal_mask
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -357,6 +364,13 @@ SPLIT_MISTAKES: list[Mistake] = [
         "every head takes every H-th channel: head h must own the D consecutive channels h*D "
         "to (h+1)*D - 1, so view the channels as (H, D), not (D, H)",
     ),
+    Mistake(
+        "tokens moved after the head size",
+        lambda x, heads: x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
+     .permute(0, 2, 3, 1),
+        "the result must be (B, H, T, D), tokens before the head size: after view(B, T, H, D), "
+        "transpose(1, 2) swaps only the token and head dimensions",
+    ),
 ]
 
 MERGE_MISTAKES: list[Mistake] = [
@@ -379,6 +393,12 @@ MERGE_MISTAKES: list[Mistake] = [
         lambda x: x.transpose(1, 2),
         "the heads were not merged: transpose(1, 2) gives (B, T, H, D), which still needs a "
         "reshape to (B, T, H * D)",
+    ),
+    Mistake(
+        "tokens were flattened too",
+        lambda x: x.transpose(1, 2).flatten(1),
+        "the tokens were flattened together with the heads: keep the token dimension, "
+        "reshape to (B, T, H * D) (or flatten(2) after the transpose)",
     ),
 ]
 
@@ -562,3 +582,183 @@ def check_scaled_dot_product_attention(answer: object) -> None:
         answer, reference_scaled_dot_product_attention, _attention_cases(), expect_tensor,
         mistakes=ATTENTION_MISTAKES,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch04.entropy_vs_head_size: an experiment
+
+
+def _mean_entropy(scores: torch.Tensor) -> float:
+    """The entropy (nats) of softmax(scores) over the last dimension, averaged over the rest."""
+    log_weights = torch.log_softmax(scores, dim=-1)
+    return float(-(log_weights.exp() * log_weights).sum(dim=-1).mean())
+
+
+def reference_entropy_vs_head_size(
+    samples: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[tuple[float, float]], int | None]:
+    """For each (queries (N, T, d), keys (N, S, d)): the mean entropy of the attention weights
+    without and with the 1/sqrt(d) scale; then the first head size d whose unscaled entropy is
+    below half the entropy of uniform attention, log(S) / 2 (None if there is none)."""
+    entropies: list[tuple[float, float]] = []
+    first_saturated = None
+    for queries, keys in samples:
+        head_size = queries.size(-1)
+        scores = queries @ keys.transpose(-2, -1)
+        unscaled, scaled = _mean_entropy(scores), _mean_entropy(scores / math.sqrt(head_size))
+        entropies.append((unscaled, scaled))
+        if first_saturated is None and unscaled < math.log(keys.size(-2)) / 2:
+            first_saturated = head_size
+    return entropies, first_saturated
+
+
+def _entropy_mistake(
+    entropy_of: Callable[[torch.Tensor], float],
+    scale_of: Callable[[int], float] = math.sqrt,
+    *,
+    swapped: bool = False,
+) -> Callable[[list[tuple[torch.Tensor, torch.Tensor]]], tuple[list, int | None]]:
+    """A wrong experiment: another entropy or scale, or the pair in the wrong order; the
+    conclusion drawn from its own measurements, as a right one would."""
+
+    def experiment(samples):
+        entropies, first_saturated = [], None
+        for queries, keys in samples:
+            scores = queries @ keys.transpose(-2, -1)
+            pair = (entropy_of(scores), entropy_of(scores / scale_of(queries.size(-1))))
+            entropies.append(pair[::-1] if swapped else pair)
+            if first_saturated is None and entropies[-1][0] < math.log(keys.size(-2)) / 2:
+                first_saturated = queries.size(-1)
+        return entropies, first_saturated
+
+    return experiment
+
+
+def _plain_entropy(scores: torch.Tensor) -> float:  # p log p: nan where p rounds to 0
+    weights = torch.softmax(scores, dim=-1)
+    return float(-(weights * weights.log()).sum(dim=-1).mean())
+
+
+ENTROPY_MISTAKES: list[Mistake] = [
+    Mistake(
+        "0 log 0 is nan",
+        _entropy_mistake(_plain_entropy),
+        "a weight that rounds to 0 gives 0 * log(0) = 0 * -inf = nan: compute p log p with "
+        "torch.special.entr(p) (which is -p log p, 0 at p = 0), torch.xlogy(p, p), or from "
+        "torch.log_softmax, which never gives -inf here",
+    ),
+    Mistake(
+        "entropy in bits",
+        _entropy_mistake(lambda scores: _mean_entropy(scores) / math.log(2)),
+        "measure the entropy in nats, with the natural logarithm (torch.log, log_softmax), not "
+        "log2: the threshold log(S) / 2 is in nats too",
+    ),
+    Mistake(
+        "scaled by d",
+        _entropy_mistake(_mean_entropy, lambda head_size: head_size),
+        "the scaled scores are divided by sqrt(d), the square root of the head size, not by d",
+    ),
+    Mistake(
+        "softmax over the queries",
+        _entropy_mistake(lambda scores: _mean_entropy(scores.transpose(-2, -1))),
+        "each query's weights over the KEYS sum to 1: take the softmax and the entropy over the "
+        "last dimension of queries @ keys^T (dim=-1)",
+    ),
+    Mistake(
+        "sum over the queries",
+        _entropy_mistake(lambda scores: _mean_entropy(scores) * scores[..., 0].numel()),
+        "average the entropy over all the queries of all the samples (.mean()), do not sum it: "
+        "the result must be comparable with log(S), the entropy of ONE uniform row",
+    ),
+    Mistake(
+        "largest weight",
+        _entropy_mistake(lambda scores: float(torch.softmax(scores, -1).amax(-1).mean())),
+        "that is the mean largest weight, the figure's measure: this experiment measures the "
+        "entropy, -sum(p * log p) over the keys, averaged over the queries",
+    ),
+    Mistake(
+        "scaled and unscaled swapped",
+        _entropy_mistake(_mean_entropy, swapped=True),
+        "each pair is (unscaled entropy, scaled entropy), in that order",
+    ),
+]
+
+
+def _first_saturated_of(samples: list[tuple[torch.Tensor, torch.Tensor]]):
+    def conclude(entropies: list[tuple[float, float]]) -> int | None:
+        for (queries, keys), (unscaled, _) in zip(samples, entropies, strict=True):
+            if unscaled < math.log(keys.size(-2)) / 2:
+                return queries.size(-1)
+        return None
+
+    return conclude
+
+
+def _first_saturated_hint(samples):
+    def hint(answer, derived, entropies) -> str:
+        sizes = [queries.size(-1) for queries, _ in samples]
+        if derived is not None and answer == sizes.index(derived) and answer != derived:
+            return "return the head size d (queries.shape[-1]) itself, not its position in the list"
+        if isinstance(answer, float):
+            return "the head size is an int: queries.shape[-1]"
+        return (
+            "compute first_saturated from your own measurements, in the function: the head "
+            "size of the FIRST sample (in the order given) whose UNSCALED entropy is below "
+            "log(S) / 2, S the number of keys; None when there is none"
+        )
+
+    return hint
+
+
+def _entropy_samples(
+    generator: torch.Generator, head_sizes: list[int], queries: int, keys: int, batch: int = 6,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (randn(generator, batch, queries, size), randn(generator, batch, keys, size))
+        for size in head_sizes
+    ]
+
+
+def _entropy_cases() -> list[tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    generator = seeded(46)
+    float64 = [(q.double(), k.double()) for q, k in _entropy_samples(generator, [2, 32], 3, 8)]
+    return [
+        ("head sizes 1, 4, 16, 64, 256, 1024: queries (6, 4, d), keys (6, 16, d)",
+         _entropy_samples(generator, [1, 4, 16, 64, 256, 1024], 4, 16)),
+        ("head sizes in another order, 256, 2, 64: queries (6, 3, d), keys (6, 12, d)",
+         _entropy_samples(generator, [256, 2, 64], 3, 12)),
+        ("small head sizes only, 1 and 2 (nothing saturates): queries (6, 5, d), keys (6, 4, d)",
+         _entropy_samples(generator, [1, 2], 5, 4)),
+        ("one large head size, 512, one query and 32 keys per sample",
+         _entropy_samples(generator, [512], 1, 32)),
+        ("float64 queries and keys, head sizes 2 and 32, 3 queries and 8 keys", float64),
+    ]
+
+
+@exercise(
+    "ch04.entropy_vs_head_size",
+    title="Experiment: attention entropy against the head size",
+    hint="for each (queries, keys): scores = queries @ keys.transpose(-2, -1); the entropy of "
+    "softmax(scores) and of softmax(scores / sqrt(d)) over the keys, -sum(p log p) computed "
+    "with torch.special.entr or log_softmax, averaged over the queries, as Python floats; "
+    "then the first d whose unscaled entropy is below log(S) / 2",
+)
+def check_entropy_vs_head_size(answer: object) -> None:
+    for description, samples in _entropy_cases():
+        sizes = [queries.size(-1) for queries, _ in samples]
+
+        def label(path: tuple[int, ...], sizes: list[int] = sizes) -> str:
+            if len(path) == 1:
+                return f"the pair of head size {sizes[path[0]]}"
+            kind = ("unscaled", "scaled")[path[1]] if path[1] < 2 else f"item {path[1]}"
+            return f"the {kind} entropy of head size {sizes[path[0]]}"
+
+        compare = functools.partial(
+            expect_experiment, label=label, conclude=_first_saturated_of(samples),
+            conclusion="first saturated head size",
+            conclusion_hint=_first_saturated_hint(samples),
+        )
+        run_cases(
+            answer, reference_entropy_vs_head_size, [(description, (samples,))], compare,
+            mistakes=ENTROPY_MISTAKES,
+        )

@@ -26,8 +26,8 @@ from llmcourse.exercises.core import (
     expect_equal,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
-from llmcourse.model import Block, GPTConfig, count_parameters
+from llmcourse.exercises.inputs import expect_experiment, randint, seeded
+from llmcourse.model import GPT, Block, GPTConfig, count_parameters
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
 GELU_TOLERANCE = 1e-6  # far below the 4.7e-4 between the tanh approximation and the exact GELU
@@ -678,3 +678,146 @@ def _samples_at_random(answer: Callable[..., Any]) -> str:
                 "random. Greedy decoding is deterministic: take the argmax of the logits"
             )
     return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# ch05.embedding_share: an experiment
+
+
+def _on_meta(config: GPTConfig) -> GPT:
+    """GPT(config) on the meta device: every shape, no memory, no time."""
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def _share_experiment(
+    share_of: Callable[[GPT], float],
+    first_of: Callable[[list[float]], int | None] | None = None,
+) -> Callable[[list[GPTConfig]], tuple[list[float], int | None]]:
+    """An experiment measuring ``share_of(model)`` for each configuration, then concluding with
+    ``first_of`` (by default: the first share below one half)."""
+
+    def experiment(configs: list[GPTConfig]) -> tuple[list[float], int | None]:
+        shares = [share_of(_on_meta(config)) for config in configs]
+        return shares, (first_of or _first_below_half)(shares)
+
+    return experiment
+
+
+def _first_below_half(shares: list[float]) -> int | None:
+    return next((index for index, share in enumerate(shares) if share < 0.5), None)
+
+
+def _embedding_parameters(model: GPT) -> int:
+    return model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+
+
+def reference_embedding_share(configs: list[GPTConfig]) -> tuple[list[float], int | None]:
+    """For each configuration, the fraction of GPT(config)'s distinct parameters that sit in
+    the token and position embedding tables; then the index of the first model whose
+    embeddings hold less than half of its parameters (None if there is none)."""
+    return _share_experiment(lambda model: _embedding_parameters(model) / model.num_parameters())(
+        configs
+    )
+
+
+def _every_tensor(model: GPT) -> int:
+    return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+
+
+EMBEDDING_SHARE_MISTAKES = (
+    Mistake(
+        "counts_the_tied_matrix_twice",
+        _share_experiment(lambda model: _embedding_parameters(model) / _every_tensor(model)),
+        "with tied embeddings the output layer IS the token embedding matrix: count every "
+        "distinct parameter once (model.parameters() or num_parameters() do; "
+        "named_parameters(remove_duplicate=False) does not)",
+    ),
+    Mistake(
+        "forgets_the_position_embeddings",
+        _share_experiment(lambda model: model.transformer.wte.weight.numel()
+                          / model.num_parameters()),
+        "the embeddings are the token table (wte) AND the position table (wpe)",
+    ),
+    Mistake(
+        "share_of_the_rest",
+        _share_experiment(lambda model: 1 - _embedding_parameters(model) / model.num_parameters()),
+        "that is the share of everything BUT the embeddings: divide the embedding tables' "
+        "parameters by all the parameters",
+    ),
+    Mistake(
+        "ratio_to_the_rest",
+        _share_experiment(lambda model: _embedding_parameters(model)
+                          / (model.num_parameters() - _embedding_parameters(model))),
+        "divide by ALL the parameters (embeddings included), not by the others: a share is "
+        "between 0 and 1",
+    ),
+    Mistake(
+        "counts_the_output_layer_as_an_embedding",
+        _share_experiment(lambda model: (
+            _embedding_parameters(model)
+            + (0 if model.config.tie_embeddings else model.lm_head.weight.numel())
+        ) / model.num_parameters()),
+        "an untied output layer (lm_head) is not an embedding table: count wte and wpe only",
+    ),
+    Mistake(
+        "percent",
+        _share_experiment(
+            lambda model: 100 * _embedding_parameters(model) / model.num_parameters(),
+            lambda shares: next((i for i, share in enumerate(shares) if share < 50), None),
+        ),
+        "return fractions between 0 and 1, not percentages",
+    ),
+)
+
+
+def _share_conclusion_hint(answer, derived, shares) -> str:
+    above = next((index for index, share in enumerate(shares) if share > 0.5), None)
+    if answer == above:
+        return "the index of the first model whose embeddings hold LESS than half (share < 0.5)"
+    if isinstance(answer, GPTConfig):
+        return "return the index of that configuration in the list (an int), not the configuration"
+    return (
+        "compute first_below_half from your own measurements, in the function: the position in "
+        "the list of the FIRST configuration whose share is below 0.5, or None when there is none"
+    )
+
+
+def _share_cases() -> list[tuple[str, list[GPTConfig]]]:
+    def small(vocab_size: int, n_layer: int, n_embd: int, **fields: Any) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, context_length=32, n_layer=n_layer, n_head=2,
+                         n_embd=n_embd, **fields)
+
+    return [
+        ("vocab_size 2000, context_length 32, widths 8, 16, 32, 64 with 1, 2, 4, 8 layers",
+         [small(2000, 1, 8), small(2000, 2, 16), small(2000, 4, 32), small(2000, 8, 64)]),
+        ("the same models from the largest to the smallest",
+         [small(2000, 8, 64), small(2000, 4, 32), small(2000, 2, 16), small(2000, 1, 8)]),
+        ("untied output layers: vocab_size 500, 2 layers, widths 16 and 48",
+         [small(500, 2, 16, tie_embeddings=False), small(500, 2, 48, tie_embeddings=False)]),
+        ("a large vocabulary, then a small one: vocab_size 8000 and 50, 3 layers of width 16",
+         [small(8000, 3, 16), small(50, 3, 16)]),
+        ("one model with a large vocabulary: vocab_size 8000, 1 layer of width 16",
+         [small(8000, 1, 16)]),
+    ]
+
+
+@exercise(
+    "ch05.embedding_share",
+    title="Experiment: where the parameters sit as the model grows",
+    hint="for each configuration build GPT(config) (on the meta device: with "
+    "torch.device('meta'): ...), divide wte.weight.numel() + wpe.weight.numel() by "
+    "model.num_parameters(); then the index of the first share below 0.5, or None",
+)
+def check_embedding_share(answer: object) -> None:
+    for description, configs in _share_cases():
+        compare = functools.partial(
+            expect_experiment,
+            label=lambda path: f"the share of model {path[0]}" if path else "the shares",
+            conclude=_first_below_half, conclusion="first model below one half",
+            conclusion_hint=_share_conclusion_hint, rel_tol=1e-9, abs_tol=1e-12,
+        )
+        run_cases(
+            answer, reference_embedding_share, [(description, (configs,))], compare,
+            mistakes=EMBEDDING_SHARE_MISTAKES,
+        )

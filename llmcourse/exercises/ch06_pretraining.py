@@ -30,8 +30,8 @@ from llmcourse.exercises.core import (
     expect_close,
     run_cases,
 )
-from llmcourse.exercises.inputs import seeded, shape_text
-from llmcourse.generation import top_k_filter
+from llmcourse.exercises.inputs import expect_experiment, seeded, seeded_model, shape_text
+from llmcourse.generation import generate, top_k_filter
 from llmcourse.model import GPT, GPTConfig
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
@@ -617,3 +617,189 @@ def _check_returned_loss(got: object, expected: float, case: str) -> None:
         )
     expect_number(got, expected, case=case,
                   hint="return the loss computed in this step, before the update, as a float")
+
+
+# ----------------------------------------------------------------------------------------------
+# ch06.repetition_vs_temperature: an experiment
+
+
+def repeated_fraction(ids: list[int], n: int) -> float:
+    """The fraction of the (overlapping) n-grams of ``ids`` that repeat an earlier one:
+    1 - distinct / all; 0.0 when ``ids`` has fewer than n tokens."""
+    ngrams = [tuple(ids[start:start + n]) for start in range(len(ids) - n + 1)]
+    return 1 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def _sampled(model, prompt_ids, temperature, max_new_tokens, generator) -> list[int]:
+    ids = generate(model, prompt_ids, max_new_tokens, temperature=temperature, generator=generator)
+    return ids[0, prompt_ids.size(1):].tolist()
+
+
+def reference_repetition_vs_temperature(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    temperatures: list[float],
+    max_new_tokens: int,
+    n: int,
+    seed: int,
+) -> tuple[list[float], float]:
+    """For each temperature, the fraction of repeated n-grams in the continuation of
+    ``prompt_ids`` (1, T) sampled with a generator seeded with ``seed``; then the temperature
+    that repeats least (the first one on a tie)."""
+    repetition = []
+    for temperature in temperatures:
+        generator = torch.Generator().manual_seed(seed)
+        new_ids = _sampled(model, prompt_ids, temperature, max_new_tokens, generator)
+        repetition.append(repeated_fraction(new_ids, n))
+    return repetition, temperatures[repetition.index(min(repetition))]
+
+
+def _least_repetitive_of(temperatures: list[float]) -> Callable[[list[float]], float]:
+    return lambda repetition: temperatures[repetition.index(min(repetition))]
+
+
+def _repetition_mistake(
+    fraction_of: Callable[[list[int], int], float] = repeated_fraction,
+    *,
+    with_prompt: bool = False,
+    one_generator: bool = False,
+):
+    """A wrong experiment; it concludes from its own measurements as a right one would."""
+
+    def experiment(model, prompt_ids, temperatures, max_new_tokens, n, seed):
+        repetition, shared = [], torch.Generator().manual_seed(seed)
+        for temperature in temperatures:
+            generator = shared if one_generator else torch.Generator().manual_seed(seed)
+            ids = generate(model, prompt_ids, max_new_tokens, temperature=temperature,
+                           generator=generator)[0]
+            tokens = ids.tolist() if with_prompt else ids[prompt_ids.size(1):].tolist()
+            repetition.append(fraction_of(tokens, n))
+        return repetition, _least_repetitive_of(temperatures)(repetition)
+
+    return experiment
+
+
+def _ngrams(ids: list[int], n: int, step: int = 1) -> list[tuple[int, ...]]:
+    return [tuple(ids[start:start + n]) for start in range(0, len(ids) - n + 1, step)]
+
+
+def _every_copy_of_a_repeat(ids: list[int], n: int) -> float:
+    ngrams = _ngrams(ids, n)
+    return sum(ngrams.count(g) > 1 for g in ngrams) / len(ngrams) if ngrams else 0.0
+
+
+def _non_overlapping(ids: list[int], n: int) -> float:
+    ngrams = _ngrams(ids, n, step=n)
+    return 1 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+REPETITION_MISTAKES = (
+    Mistake(
+        "one_generator_for_all_temperatures",
+        _repetition_mistake(one_generator=True),
+        "seed a NEW generator for every temperature, torch.Generator().manual_seed(seed): with "
+        "one generator for all, each temperature gets other random draws, and the comparison "
+        "mixes the effect of the temperature with that of the luck of the draw",
+    ),
+    Mistake(
+        "counts_the_prompt",
+        _repetition_mistake(with_prompt=True),
+        "measure the continuation only: generate returns the prompt followed by the new "
+        "tokens, so drop the first prompt_ids.shape[1] of them",
+    ),
+    Mistake(
+        "distinct_fraction",
+        _repetition_mistake(lambda ids, n: 1 - repeated_fraction(ids, n) if len(ids) >= n
+                            else 1.0),
+        "that is the fraction of DISTINCT n-grams: the repeated fraction is 1 - distinct / all",
+    ),
+    Mistake(
+        "every_copy_of_a_repeat",
+        _repetition_mistake(_every_copy_of_a_repeat),
+        "count only the n-grams that repeat an EARLIER one (1 - distinct / all): the first "
+        "occurrence of an n-gram is not a repetition",
+    ),
+    Mistake(
+        "non_overlapping_ngrams",
+        _repetition_mistake(_non_overlapping),
+        "take every n-gram, overlapping ones included: one starting at each position, "
+        "ids[i:i + n] for i in range(len(ids) - n + 1)",
+    ),
+)
+
+
+def _repetition_conclusion_hint(temperatures: list[float]):
+    def hint(answer, derived, repetition) -> str:
+        most = temperatures[repetition.index(max(repetition))]
+        if answer == most and most != derived:
+            return "that temperature repeats MOST: return the one with the smallest fraction"
+        if answer in temperatures and answer != derived and repetition[
+                temperatures.index(answer)] == min(repetition):
+            return "on a tie, return the FIRST temperature (in the order given) with the " \
+                   "smallest fraction, as repetition.index(min(repetition)) finds it"
+        return ("compute least_repetitive from your own measurements, in the function: the "
+                "temperature, from the list given, whose continuation has the smallest fraction "
+                "of repeated n-grams")
+
+    return hint
+
+
+def sharp_tiny_gpt(vocab_size: int, seed: int) -> GPT:
+    """A tiny seeded GPT whose weights are scaled up, so that its next-token distributions are
+    far from uniform and the temperature changes what it samples."""
+    config = GPTConfig(vocab_size=vocab_size, context_length=64, n_layer=1, n_head=2, n_embd=16)
+
+    def build() -> GPT:
+        model = GPT(config)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(40 if parameter.dim() > 1 else 1)
+        return model
+
+    return seeded_model(build, seed)
+
+
+def _repetition_cases() -> list[LabelledArgs]:
+    prompt = torch.tensor([[1, 2, 3]])
+    model, other = sharp_tiny_gpt(12, 67), sharp_tiny_gpt(40, 68)
+    return [
+        ("a tiny GPT (12 tokens), prompt [[1, 2, 3]], temperatures [0.0, 0.5, 1.0, 2.0], "
+         "24 new tokens, n=2, seed=0", (model, prompt, [0.0, 0.5, 1.0, 2.0], 24, 2, 0)),
+        ("the same GPT, temperatures in another order [2.0, 0.0, 1.0], 30 new tokens, n=3, "
+         "seed=5", (model, prompt, [2.0, 0.0, 1.0], 30, 3, 5)),
+        ("another tiny GPT (40 tokens), prompt [[7]], temperatures [0.3, 0.8, 1.5, 3.0], "
+         "30 new tokens, n=2, seed=1",
+         (other, torch.tensor([[7]]), [0.3, 0.8, 1.5, 3.0], 30, 2, 1)),
+        ("fewer new tokens than n: 2 new tokens, n=3, temperatures [1.0, 0.0] (no n-gram at "
+         "all, a tie at 0.0)", (model, prompt, [1.0, 0.0], 2, 3, 0)),
+    ]
+
+
+@exercise(
+    "ch06.repetition_vs_temperature",
+    title="Experiment: repetition against temperature",
+    time_limit=60.0,
+    hint="for each temperature: generator = torch.Generator().manual_seed(seed); ids = "
+    "generate(model, prompt_ids, max_new_tokens, temperature=t, generator=generator); keep the "
+    "new tokens ids[0, prompt_ids.shape[1]:].tolist(); their n-grams ids[i:i + n]; the "
+    "fraction 1 - distinct / all (0.0 without n-grams); then the temperature with the "
+    "smallest fraction (the first on a tie)",
+)
+def check_repetition_vs_temperature(answer: object) -> None:
+    for description, args in _repetition_cases():
+        temperatures = args[2]
+        compare = functools.partial(
+            expect_experiment,
+            label=lambda path, temperatures=temperatures: (
+                f"the fraction at temperature {temperatures[path[0]]}" if path else
+                "the fractions"),
+            conclude=_least_repetitive_of(temperatures), conclusion="least repetitive temperature",
+            conclusion_hint=_repetition_conclusion_hint(temperatures),
+            rel_tol=1e-9, abs_tol=1e-12,
+        )
+        run_cases(
+            answer, reference_repetition_vs_temperature, [(description, args)], compare,
+            mistakes=REPETITION_MISTAKES,
+            hint="seed a new generator with `seed` for each temperature, pass it to generate, "
+            "and measure the new tokens only",
+        )

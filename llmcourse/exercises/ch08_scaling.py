@@ -1,5 +1,5 @@
-"""Checkers of the appendix on multi-process training: the per-process batch size and the
-averaging all-reduce of gradients.
+"""Checkers of the appendix on multi-process training: the per-process batch size, the
+averaging all-reduce of gradients, and an experiment on gradient noise against the batch size.
 
 Each checker runs hand-picked cases first (small numbers that can be read in the failure
 message), then seeded random ones, and stops at the first difference. A wrong answer that is
@@ -8,6 +8,10 @@ gets a hint about that mistake.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,7 +26,8 @@ from llmcourse.exercises.core import (
     expect_close,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.exercises.inputs import expect_experiment, randint, seeded
+from llmcourse.model import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------------------------
 # References
@@ -185,3 +190,172 @@ def check_allreduce_mean(answer: object) -> None:
         answer, reference_allreduce_mean, [_allreduce_case(gradients) for gradients in cases],
         _expect_rank_means, mistakes=ALLREDUCE_MISTAKES,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# ch08.gradient_noise: an experiment
+
+
+class MeanOfRows:
+    """``gradient_of(indices)``: the mean of the given rows of a fixed (N, P) matrix, the
+    "gradient" of a model whose per-example gradients are those rows."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __call__(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        return self.rows[torch.as_tensor(list(map(int, indices)))].mean(dim=0)
+
+
+class TinyGPTGradient:
+    """``gradient_of(indices)``: the flattened gradient of a tiny GPT's mean loss on the given
+    windows (computed with torch.autograd.grad, so that no .grad accumulates between calls)."""
+
+    def __init__(self, model: GPT, windows: torch.Tensor):
+        self.model, self.windows = model, windows
+
+    def __call__(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        batch = self.windows[torch.as_tensor(list(map(int, indices)))]
+        with torch.enable_grad():
+            _, loss = self.model(batch[:, :-1], batch[:, 1:])
+            gradients = torch.autograd.grad(loss, list(self.model.parameters()))
+        return torch.cat([gradient.flatten() for gradient in gradients])
+
+
+def _slope(batch_sizes: Sequence[float], noise: Sequence[float]) -> float:
+    """The least-squares slope of log(noise) against log(batch size)."""
+    xs = [math.log(size) for size in batch_sizes]
+    ys = [math.log(value) for value in noise]
+    x_mean, y_mean = sum(xs) / len(xs), sum(ys) / len(ys)
+    covariance = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys, strict=True))
+    return covariance / sum((x - x_mean) ** 2 for x in xs)
+
+
+def _noise_experiment(
+    distance: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    *,
+    average: Callable[[list[float]], float] | None = None,
+    partial_batch: bool = False,
+) -> Callable[..., tuple[list[float], float]]:
+    """The experiment, right by default; each option makes it one typical wrong way."""
+    distance = distance or (lambda gradient, full: float((gradient - full).pow(2).sum()))
+    average = average or (lambda values: sum(values) / len(values))
+
+    def experiment(gradient_of, num_examples, batch_sizes):
+        full = gradient_of(list(range(num_examples)))
+        noise = []
+        for size in batch_sizes:
+            last_start = num_examples if partial_batch else num_examples - size + 1
+            batches = [list(range(start, min(start + size, num_examples)))
+                       for start in range(0, last_start, size)]
+            noise.append(average([distance(gradient_of(batch), full) for batch in batches]))
+        return noise, _slope(batch_sizes, noise)
+
+    return experiment
+
+
+def reference_gradient_noise(
+    gradient_of: Callable[[list[int]], torch.Tensor],
+    num_examples: int,
+    batch_sizes: list[int],
+) -> tuple[list[float], float]:
+    """For each batch size B: split examples 0 .. num_examples - 1 into consecutive batches of B
+    (the incomplete last one dropped) and average, over the batches, the squared distance
+    |g_batch - g_full|^2 between a batch's gradient and the gradient of all the examples; then
+    the least-squares slope of log(noise) against log(B)."""
+    return _noise_experiment()(gradient_of, num_examples, batch_sizes)
+
+
+GRADIENT_NOISE_MISTAKES = (
+    Mistake(
+        "distance_not_squared",
+        _noise_experiment(lambda gradient, full: float((gradient - full).norm())),
+        "square the distance: the noise is |g_batch - g_full|^2, the sum of the squared "
+        "differences (without the square the slope is half as steep)",
+    ),
+    Mistake(
+        "not_centred",
+        _noise_experiment(lambda gradient, full: float(gradient.pow(2).sum())),
+        "measure how far each batch's gradient is from the gradient of ALL the examples: "
+        "subtract g_full before squaring",
+    ),
+    Mistake(
+        "mean_over_the_elements",
+        _noise_experiment(lambda gradient, full: float((gradient - full).pow(2).mean())),
+        "sum the squared differences over the elements of the gradient (the squared length of "
+        "the difference), do not average them",
+    ),
+    Mistake(
+        "sum_over_the_batches",
+        _noise_experiment(average=sum),
+        "average the squared distances over the batches (divide by their number), do not sum "
+        "them: there are fewer batches of a larger size",
+    ),
+    Mistake(
+        "keeps_the_incomplete_batch",
+        _noise_experiment(partial_batch=True),
+        "drop the last batch when it has fewer than B examples: range(0, num_examples - B + 1, "
+        "B) gives the start of every full batch",
+    ),
+)
+
+
+def _noise_conclusion_hint(batch_sizes: list[int]):
+    def hint(answer, derived, noise) -> str:
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            ends = (math.log(noise[-1]) - math.log(noise[0])) / (
+                math.log(batch_sizes[-1]) - math.log(batch_sizes[0]))
+            if math.isclose(answer, ends, rel_tol=1e-6):
+                return "fit a least-squares line through ALL the points (log B, log noise), " \
+                       "not through the first and the last only"
+            swapped = _slope(noise, batch_sizes) if len(set(noise)) > 1 else None  # x, y swapped
+            if swapped is not None and math.isclose(answer, swapped, rel_tol=1e-6):
+                return "the slope of log(noise) against log(B): log(B) is x, log(noise) is y"
+        return "compute the exponent from your own measurements, in the function: the " \
+               "least-squares slope of log(noise) against log(batch size)"
+
+    return hint
+
+
+def _noise_cases() -> list[LabelledArgs]:
+    generator = seeded(81)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(82)
+        model = GPT(GPTConfig(vocab_size=32, context_length=8, n_layer=1, n_head=2, n_embd=16))
+    windows = torch.randint(0, 32, (16, 9), generator=generator)
+    rows = torch.randn(24, 5, generator=generator) + torch.tensor([3.0, -1.0, 0.0, 2.0, 1.0])
+    return [
+        ("per-example gradients: 24 random rows of 5 numbers, num_examples=24, batch sizes "
+         "[1, 2, 3, 4, 6, 8, 12]", (MeanOfRows(rows), 24, [1, 2, 3, 4, 6, 8, 12])),
+        ("the same rows, num_examples=20, batch sizes [1, 3, 6] (20 is no multiple of 3 or 6)",
+         (MeanOfRows(rows), 20, [1, 3, 6])),
+        ("a tiny GPT on 16 random windows of 8 tokens, num_examples=16, batch sizes [1, 2, 4, 8]",
+         (TinyGPTGradient(model, windows), 16, [1, 2, 4, 8])),
+        ("the tiny GPT, num_examples=12, batch sizes [5, 2] (in that order)",
+         (TinyGPTGradient(model, windows), 12, [5, 2])),
+    ]
+
+
+@exercise(
+    "ch08.gradient_noise",
+    title="Experiment: gradient noise against the batch size",
+    hint="full = gradient_of(list(range(num_examples))); for each B, the batches "
+    "list(range(s, s + B)) for s in range(0, num_examples - B + 1, B), and the mean over them "
+    "of float(((gradient_of(batch) - full) ** 2).sum()); then the least-squares slope of "
+    "log(noise) against log(B)",
+    time_limit=60.0,
+)
+def check_gradient_noise(answer: object) -> None:
+    for description, args in _noise_cases():
+        batch_sizes = args[2]
+        compare = functools.partial(
+            expect_experiment,
+            label=lambda path, sizes=batch_sizes: (
+                f"the noise at batch size {sizes[path[0]]}" if path else "the noise values"),
+            conclude=lambda noise, sizes=batch_sizes: _slope(sizes, noise),
+            conclusion="exponent", conclusion_hint=_noise_conclusion_hint(batch_sizes),
+        )
+        run_cases(
+            answer, reference_gradient_noise, [(description, args)], compare,
+            mistakes=GRADIENT_NOISE_MISTAKES,
+        )

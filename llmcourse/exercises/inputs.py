@@ -1,12 +1,22 @@
-"""Seeded random inputs shared by the chapters' checkers.
+"""Seeded random inputs shared by the chapters' checkers, and the comparison of experiments.
 
 Every helper takes its own ``torch.Generator`` (``seeded(n)``), so a checker's cases are the same
-on every run and the global random state of the learner's notebook is left alone.
+on every run and the global random state of the learner's notebook is left alone. The checkers
+of experiments build tiny seeded models (``seeded_model``) and compare a learner's measurements
+and the conclusion drawn from them with ``expect_experiment``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
+
+from llmcourse.exercises.core import Mismatch, describe
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 MAX_GPT2_ID = 50256  # the largest GPT-2 token id (<|endoftext|>)
 
@@ -46,3 +56,113 @@ def random_mask(generator: torch.Generator, n_queries: int, n_keys: int) -> torc
 def shape_text(tensor: torch.Tensor) -> str:
     """The shape of ``tensor`` as in the chapters' prose: "(2, 3)"."""
     return "(" + ", ".join(str(size) for size in tensor.shape) + ")"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny models and the results of experiments
+
+
+def seeded_model(build: Callable[[], ModuleT], seed: int) -> ModuleT:
+    """``build()`` (say ``lambda: GPT(config)``) under ``torch.manual_seed(seed)``, in eval mode;
+    the global random state of the learner's notebook is restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    return model.eval()
+
+
+def expect_experiment(
+    got: object,
+    expected: tuple[Any, Any],
+    *,
+    case: str,
+    label: Callable[[tuple[int, ...]], str],
+    conclude: Callable[[Any], Any],
+    conclusion: str,
+    hint: str = "",
+    conclusion_hint: Callable[[Any, Any, Any], str] | None = None,
+    rel_tol: float = 1e-4,
+    abs_tol: float = 1e-5,
+) -> None:
+    """Compare the result of an experiment, ``(measurements, answer)``, with the reference's.
+
+    ``measurements`` is a list of numbers (or of tuples of numbers): every one must be a Python
+    number (not a tensor) within ``rel_tol``/``abs_tol`` of the reference's; ``label(path)``
+    names the measurement at ``path`` in a message ("the temperature 0.7"). Then the answer must
+    be ``conclude(measurements)`` computed from the LEARNER's own measurements, so that only a
+    conclusion drawn from the measured numbers passes, never one typed in by hand;
+    ``conclusion`` names it in the messages, ``conclusion_hint(answer, derived, measurements)``
+    may recognise a typical wrong answer.
+    """
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Mismatch(
+            case, expected, got, f"return a pair: (the list of measurements, the {conclusion})",
+            detail=f"expected a pair (measurements, {conclusion}), got "
+            f"{type(got).__name__} {describe(got)}",
+        )
+    measured, answer = got
+    _expect_measured(measured, expected[0], (), case, label, hint, rel_tol, abs_tol)
+    derived = conclude(measured)
+    if not _same_answer(answer, derived, rel_tol, abs_tol):
+        specific = conclusion_hint(answer, derived, measured) if conclusion_hint else ""
+        raise Mismatch(
+            case, derived, answer,
+            specific or f"compute the {conclusion} from the measurements your function made, in "
+            "the function itself: the check runs it on other inputs, where the answer differs",
+            detail=f"your measurements are right, and they give the {conclusion} "
+            f"{describe(derived)}, but the function returned {describe(answer)}",
+        )
+
+
+def _expect_measured(
+    got: object,
+    expected: object,
+    path: tuple[int, ...],
+    case: str,
+    label: Callable[[tuple[int, ...]], str],
+    hint: str,
+    rel_tol: float,
+    abs_tol: float,
+) -> None:
+    if isinstance(expected, (list, tuple)):
+        what = label(path) if path else "the measurements"
+        if not isinstance(got, (list, tuple)) or len(got) != len(expected):
+            size = len(got) if isinstance(got, (list, tuple)) else None
+            raise Mismatch(
+                case, expected, got,
+                hint or f"{what}: one entry per input, in the order of the inputs",
+                detail=f"{what}: expected a list of {len(expected)} entries, got "
+                + (f"{size} entries" if size is not None else f"{type(got).__name__} "
+                   f"{describe(got)}"),
+            )
+        for position, (item, wanted) in enumerate(zip(got, expected, strict=True)):
+            _expect_measured(item, wanted, (*path, position), case, label, hint, rel_tol, abs_tol)
+        return
+    what = label(path)
+    if isinstance(got, torch.Tensor):
+        raise Mismatch(
+            case, expected, got, "return plain Python numbers: float(tensor) or tensor.item()",
+            detail=f"{what}: expected a float, got a tensor {describe(got)}",
+        )
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise Mismatch(
+            case, expected, got, hint,
+            detail=f"{what}: expected a number, got {type(got).__name__} {describe(got)}",
+        )
+    if not _close(got, expected, rel_tol, abs_tol):
+        raise Mismatch(case, expected, got, hint,
+                       detail=f"{what}: expected {expected:.6g}, got {got:.6g}")
+
+
+def _close(got: float, expected: float, rel_tol: float, abs_tol: float) -> bool:
+    if math.isnan(expected) or math.isnan(got):
+        return math.isnan(expected) and math.isnan(got)
+    return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def _same_answer(got: object, expected: object, rel_tol: float, abs_tol: float) -> bool:
+    """Equal with the same type (an int is not a float, True is not 1); floats within the
+    tolerances."""
+    if isinstance(expected, float) and isinstance(got, float):
+        return _close(got, expected, rel_tol, abs_tol)
+    return type(got) is type(expected) and got == expected
