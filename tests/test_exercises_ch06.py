@@ -26,7 +26,7 @@ from llmcourse.exercises.ch06_pretraining import (
     sharp_tiny_gpt,
     train_step_models,
 )
-from llmcourse.generation import apply_temperature, stream_generate, top_k_filter
+from llmcourse.generation import Sampling, apply_temperature, stream_generate, top_k_filter
 from llmcourse.training import perplexity
 
 
@@ -332,7 +332,7 @@ def repetition_by_counting(model, prompt_ids, temperatures, max_new_tokens, n, s
     for temperature in temperatures:
         generator = torch.Generator().manual_seed(seed)
         new_ids = list(stream_generate(model, prompt_ids, max_new_tokens,
-                                       temperature=temperature, generator=generator))
+                                       Sampling(temperature, generator=generator)))
         seen, repeats, total = set(), 0, 0
         for start in range(len(new_ids) - n + 1):
             ngram = tuple(new_ids[start:start + n])

@@ -31,7 +31,7 @@ from llmcourse.exercises.core import (
     run_cases,
 )
 from llmcourse.exercises.inputs import expect_experiment, seeded, seeded_model, shape_text
-from llmcourse.generation import generate, top_k_filter
+from llmcourse.generation import Sampling, generate, top_k_filter
 from llmcourse.model import GPT, GPTConfig
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
@@ -631,7 +631,7 @@ def repeated_fraction(ids: list[int], n: int) -> float:
 
 
 def _sampled(model, prompt_ids, temperature, max_new_tokens, generator) -> list[int]:
-    ids = generate(model, prompt_ids, max_new_tokens, temperature=temperature, generator=generator)
+    ids = generate(model, prompt_ids, max_new_tokens, Sampling(temperature, generator=generator))
     return ids[0, prompt_ids.size(1):].tolist()
 
 
@@ -670,8 +670,8 @@ def _repetition_mistake(
         repetition, shared = [], torch.Generator().manual_seed(seed)
         for temperature in temperatures:
             generator = shared if one_generator else torch.Generator().manual_seed(seed)
-            ids = generate(model, prompt_ids, max_new_tokens, temperature=temperature,
-                           generator=generator)[0]
+            sampling = Sampling(temperature, generator=generator)
+            ids = generate(model, prompt_ids, max_new_tokens, sampling)[0]
             tokens = ids.tolist() if with_prompt else ids[prompt_ids.size(1):].tolist()
             repetition.append(fraction_of(tokens, n))
         return repetition, _least_repetitive_of(temperatures)(repetition)
@@ -780,7 +780,7 @@ def _repetition_cases() -> list[LabelledArgs]:
     title="Experiment: repetition against temperature",
     time_limit=60.0,
     hint="for each temperature: generator = torch.Generator().manual_seed(seed); ids = "
-    "generate(model, prompt_ids, max_new_tokens, temperature=t, generator=generator); keep the "
+    "generate(model, prompt_ids, max_new_tokens, Sampling(t, generator=generator)); keep the "
     "new tokens ids[0, prompt_ids.shape[1]:].tolist(); their n-grams ids[i:i + n]; the "
     "fraction 1 - distinct / all (0.0 without n-grams); then the temperature with the "
     "smallest fraction (the first on a tie)",
