@@ -293,6 +293,7 @@ def test_exercises_of_a_notebook_come_from_its_checks_and_its_name() -> None:
     renamed = Path("07_0_lora-Copy1.ipynb")
     ids = [entry.exercise_id for entry in grading.chapter_exercises(new_notebook(), {}, renamed)]
     assert ids == [
-        "ch07.lora_delta", "ch07.lora_forward", "ch07.lora_param_count", "ch07.merge_weight",
+        "ch07.lora_delta", "ch07.lora_forward", "ch07.lora_param_count", "ch07.lora_rank_sweep",
+        "ch07.merge_weight",
     ]
     assert grading.chapter_exercises(new_notebook(), {"nbtest.square": None}) == []
