@@ -49,8 +49,8 @@ from llmcourse.checkpoints import (
     write_config,
 )
 from llmcourse.errors import CheckpointError, ConfigError, DataError, InputError
-from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
-from llmcourse.lora import trainable_parameter_report as parameter_report
+from llmcourse.lora_models import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
+from llmcourse.lora_models import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.resume import preserved_rng
