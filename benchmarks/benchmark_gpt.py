@@ -43,7 +43,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from llmcourse.generation import generate
 from llmcourse.gpt2_weights import save_gpt2_format
 from llmcourse.model import GPT, GPTConfig
-from llmcourse.training import TrainingConfig, make_optimizer, train_step
+from llmcourse.optimizer import make_optimizer
+from llmcourse.training import TrainingConfig, train_step
 
 try:
     import transformers

@@ -23,15 +23,11 @@ from dataclasses import replace
 import torch
 
 from llmcourse.course_model import recipe_for
+from llmcourse.evaluation import bits_per_byte, bytes_per_token_of, evaluate_loss
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.optimizer import make_optimizer
 from llmcourse.pretraining import PretrainingRun, make_loaders, run_tokenizer
-from llmcourse.training import (
-    bits_per_byte,
-    bytes_per_token_of,
-    evaluate_loss,
-    make_optimizer,
-    train,
-)
+from llmcourse.training import train
 
 TIMED_STEPS = 8
 

@@ -23,10 +23,11 @@ import torch
 
 from llmcourse import data_files
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.optimizer import make_optimizer
 from llmcourse.schedules import warmup_cosine_scheduler
 from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader, split_text
 from llmcourse.tokenizers import BPETokenizer
-from llmcourse.training import TrainingConfig, make_optimizer
+from llmcourse.training import TrainingConfig
 
 # (vocab, n_layer, n_head, n_embd, batch, context, learning rate, dropout)
 GRID = [

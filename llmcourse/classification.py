@@ -49,10 +49,11 @@ from llmcourse.checkpoints import (
     write_config,
 )
 from llmcourse.errors import CheckpointError, ConfigError, DataError, InputError
-from llmcourse.lora import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
-from llmcourse.lora import trainable_parameter_report as parameter_report
+from llmcourse.lora_models import DEFAULT_TARGETS, ParameterReport, apply_lora, merged_state_dict
+from llmcourse.lora_models import trainable_parameter_report as parameter_report
 from llmcourse.model import GPT
 from llmcourse.model_state import eval_mode, model_device
+from llmcourse.resume import preserved_rng
 from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 from llmcourse.tokenizers.files import (
@@ -61,14 +62,7 @@ from llmcourse.tokenizers.files import (
     load_tokenizer,
     save_tokenizer,
 )
-from llmcourse.training import (
-    EvalRecord,
-    StepState,
-    TrainingHistory,
-    fine_tuning_config,
-    preserved_rng,
-    train,
-)
+from llmcourse.training import EvalRecord, StepState, TrainingHistory, fine_tuning_config, train
 
 Example = tuple[str, int]  # (message text, class id)
 LABEL_IDS = {"ham": 0, "spam": 1}

@@ -46,6 +46,7 @@ import torch
 from llmcourse import data_files
 from llmcourse.checkpoints import CHECKPOINT_FILES, load_model, write_checkpoint_files
 from llmcourse.errors import ConfigError, MissingFileError
+from llmcourse.evaluation import bits_per_byte, bytes_per_token_of, evaluate_loss, perplexity
 from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig, count_parameters
 from llmcourse.model_state import model_device
@@ -60,14 +61,7 @@ from llmcourse.profiles import Profile, current_profile, get_profile
 from llmcourse.saving import check_destination, recover, staged_directory
 from llmcourse.tokenizers import GPT2_VOCAB_SIZE
 from llmcourse.tokenizers.files import TOKENIZER_FILE, end_of_text_id, load_tokenizer
-from llmcourse.training import (
-    TrainingConfig,
-    bits_per_byte,
-    bytes_per_token_of,
-    evaluate_loss,
-    perplexity,
-    train,
-)
+from llmcourse.training import TrainingConfig, train
 
 REPORT_FILE = "report.json"
 # Bump when the code that trains the model changes its result, so old caches are not used.

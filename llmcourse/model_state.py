@@ -1,5 +1,5 @@
-"""Two small facts about a module that many parts of the package need: the device its
-parameters live on, and a block in which it runs in evaluation mode."""
+"""Small facts about a module that many parts of the package need: the device its parameters
+live on, a block in which it runs in evaluation mode, and a block under autocast."""
 
 from __future__ import annotations
 
@@ -25,3 +25,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)

@@ -34,7 +34,7 @@ from llmcourse.classification import (
     train_classifier,
 )
 from llmcourse.errors import CheckpointError, ConfigError, CourseError, DataError, InputError
-from llmcourse.lora import lora_layers
+from llmcourse.lora_models import lora_layers
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 

@@ -18,13 +18,13 @@ from llmcourse.cli import main
 from llmcourse.course_model import course_model
 from llmcourse.data_files import CACHE_ENV
 from llmcourse.errors import ConfigError, CourseError, MissingFileError
+from llmcourse.evaluation import evaluate_loss
 from llmcourse.generation import Sampling, generate_text
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.pretraining import make_loaders, read_corpus
 from llmcourse.profiles import get_profile
 from llmcourse.sliding_window import split_text
 from llmcourse.tokenizers import BPETokenizer
-from llmcourse.training import evaluate_loss
 
 SMOKE = get_profile("smoke")
 # The smoke profile cut to 3 steps on a little text: for the tests that train several times.

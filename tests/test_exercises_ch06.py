@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmcourse.evaluation import perplexity
 from llmcourse.exercises import check
 from llmcourse.exercises.ch06_pretraining import (
     CROSS_ENTROPY_MISTAKES,
@@ -27,7 +28,6 @@ from llmcourse.exercises.ch06_pretraining import (
     train_step_models,
 )
 from llmcourse.generation import Sampling, apply_temperature, stream_generate, top_k_filter
-from llmcourse.training import perplexity
 
 
 def run(exercise_id, answer):

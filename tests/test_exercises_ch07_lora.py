@@ -22,7 +22,8 @@ from llmcourse.exercises.ch07_lora import (
     reference_lora_rank_sweep,
     reference_merge_weight,
 )
-from llmcourse.lora import LoRALinear, apply_lora
+from llmcourse.lora import LoRALinear
+from llmcourse.lora_models import apply_lora
 from llmcourse.model import GPT, GPTConfig
 
 

@@ -25,7 +25,7 @@ from llmcourse.figures.finetuning import (
     token_length_figure,
     training_curves_figure,
 )
-from llmcourse.lora import DEFAULT_TARGETS
+from llmcourse.lora_models import DEFAULT_TARGETS
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
 from llmcourse.training import EvalRecord, TrainingHistory

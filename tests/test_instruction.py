@@ -12,9 +12,9 @@ from torch import nn
 from llmcourse import instruction as inst
 from llmcourse.checkpoints import save_checkpoint
 from llmcourse.errors import CheckpointError, ConfigError, DataError
+from llmcourse.evaluation import evaluate_loss
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
-from llmcourse.training import evaluate_loss
 
 E = 50256  # <|endoftext|>
 X = -100  # ignored target

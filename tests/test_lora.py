@@ -16,16 +16,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from llmcourse.classification import replace_head
 from llmcourse.errors import CheckpointError, ConfigError, CourseError, MissingFileError
 from llmcourse.gpt2_weights import load_gpt2
-from llmcourse.lora import (
-    LoRALinear,
+from llmcourse.lora import LoRALinear
+from llmcourse.lora_adapters import load_adapter, save_adapter
+from llmcourse.lora_models import (
     apply_lora,
     disable_adapters,
-    load_adapter,
     lora_layers,
     lora_parameters,
     merge_lora,
     merged_state_dict,
-    save_adapter,
     trainable_parameter_report,
 )
 from llmcourse.model import GPT, GPTConfig

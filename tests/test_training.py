@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from llmcourse import training
 from llmcourse.checkpoints import save_checkpoint
 from llmcourse.errors import ConfigError, CourseError, TrainingError
+from llmcourse.evaluation import evaluate_loss, perplexity
 from llmcourse.model import GPT, PRESETS, GPTConfig, count_parameters
+from llmcourse.optimizer import fused_adamw_unsupported_reason, make_optimizer, weight_decay_groups
 from llmcourse.schedules import warmup_cosine_lr, warmup_cosine_scheduler
 from llmcourse.sliding_window import SlidingWindowDataset, create_dataloader
 from llmcourse.training import (
@@ -25,15 +27,10 @@ from llmcourse.training import (
     TrainingConfig,
     TrainingHistory,
     TrainingInterrupted,
-    estimate_training_memory,
-    evaluate_loss,
-    fused_adamw_unsupported_reason,
-    make_optimizer,
-    perplexity,
     train,
     train_step,
-    weight_decay_groups,
 )
+from llmcourse.training_memory import estimate_training_memory
 
 TINY = GPTConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 TOKENS = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(1))

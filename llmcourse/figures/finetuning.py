@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 from llmcourse.classification import CLASS_NAMES, AccuracyRecord, replace_head
 from llmcourse.errors import InputError
 from llmcourse.figures.display import layout_defaults
-from llmcourse.lora import DEFAULT_TARGETS, apply_lora
+from llmcourse.lora_models import DEFAULT_TARGETS, apply_lora
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.training import TrainingHistory
 
