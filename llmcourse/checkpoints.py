@@ -35,7 +35,12 @@ from safetensors.torch import load_file, save_file
 from llmcourse.errors import CheckpointError, CourseError, MissingFileError
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.saving import check_destination, recover, staged_directory
-from llmcourse.tokenizers.files import TOKENIZER_FILE, Tokenizer, check_vocab_fits, save_tokenizer
+from llmcourse.tokenizers.files import (
+    TOKENIZER_FILE,
+    SavableTokenizer,
+    check_vocab_fits,
+    save_tokenizer,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -67,7 +72,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     training_state: dict[str, Any] | None = None,
     *,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: SavableTokenizer | None = None,
 ) -> Path:
     """Write ``model`` (and any training state given) as a checkpoint directory; returns its path.
 
@@ -94,7 +99,7 @@ def write_checkpoint_files(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     training_state: dict[str, Any] | None = None,
     *,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: SavableTokenizer | None = None,
 ) -> None:
     """Write the files of a checkpoint into the existing ``directory``, not atomically: a
     staging directory of ``llmcourse.saving.staged_directory`` (``save_checkpoint`` is the

@@ -28,7 +28,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import tiktoken
 import torch
@@ -55,7 +55,8 @@ from llmcourse.model import GPT
 from llmcourse.model_state import eval_mode, model_device
 from llmcourse.resume import preserved_rng
 from llmcourse.saving import check_destination, recover, staged_directory
-from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
+from llmcourse.splits import Split
+from llmcourse.tokenizers import GPT2_EOT_ID, Tokenizer, gpt2_tokenizer
 from llmcourse.tokenizers.files import (
     TOKENIZER_FILE,
     end_of_text_id,
@@ -127,23 +128,6 @@ def _describe(fields: list[str], limit: int = 60) -> str:
     return f"no tab in {shown}" if len(fields) == 1 else f"{len(fields)} fields in {shown}"
 
 
-@dataclass(frozen=True)
-class Split:
-    """Training, validation and test examples."""
-
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-
-    def truncated(self, max_examples: int | None) -> Split:
-        """At most ``max_examples`` examples of each part (its first ones); None keeps all."""
-        if max_examples is None:
-            return self
-        if max_examples < 1:
-            raise ConfigError(f"max_examples must be >= 1 or None, got {max_examples}")
-        return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
-
-
 def balanced_split(
     rows: Sequence[Example],
     seed: int = 123,
@@ -194,12 +178,6 @@ def class_counts(rows: Sequence[Example]) -> str:
     names = {label: name for name, label in LABEL_IDS.items()}
     return ", ".join(f"{count} {names.get(label, f'of class {label}')}"
                      for label, count in sorted(counts.items()))
-
-
-class Tokenizer(Protocol):
-    """What the classifier needs of a tokenizer (tiktoken's ``Encoding`` has it)."""
-
-    def encode(self, text: str, *, disallowed_special: object = ...) -> list[int]: ...
 
 
 def encode_message(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import tiktoken
 import torch
@@ -62,7 +62,8 @@ from llmcourse.generation import GREEDY, Sampling, stream_generate
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
 from llmcourse.saving import check_destination, recover, staged_directory, write_json_atomic
-from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.splits import Split
+from llmcourse.tokenizers import GPT2_EOT_ID, Tokenizer
 from llmcourse.tokenizers.files import (
     TOKENIZER_FILE,
     check_vocab_fits,
@@ -92,14 +93,6 @@ class Entry(TypedDict):
     instruction: str
     input: str
     output: str
-
-
-class Tokenizer(Protocol):
-    """What instruction tuning needs of a tokenizer (tiktoken's ``Encoding`` has it)."""
-
-    def encode(self, text: str, *, disallowed_special: object = ...) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,28 +198,6 @@ def _json_type(value: object) -> str:
         if isinstance(value, kind):
             return name
     return type(value).__name__
-
-
-@dataclass(frozen=True)
-class Split:
-    """Training, validation and test entries."""
-
-    train: list[Entry]
-    validation: list[Entry]
-    test: list[Entry]
-
-    def truncated(self, max_examples: int | None) -> Split:
-        """At most ``max_examples`` entries of each part (its first ones); None keeps all."""
-        if max_examples is None:
-            return self
-        if max_examples < 1:
-            raise ConfigError(f"max_examples must be >= 1 or None, got {max_examples}")
-        return Split(*(part[:max_examples] for part in (self.train, self.validation, self.test)))
-
-    def filtered(self, keep: Callable[[Entry], bool]) -> Split:
-        """The entries of each part that ``keep`` accepts, in their order."""
-        return Split(*([entry for entry in part if keep(entry)]
-                       for part in (self.train, self.validation, self.test)))
 
 
 def split_entries(

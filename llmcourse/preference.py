@@ -39,7 +39,6 @@ from llmcourse.instruction import (
     IGNORE_INDEX,
     PromptFormat,
     TokenizedEntry,
-    Tokenizer,
     collate,
     encode_entry,
     extract_response,
@@ -48,6 +47,7 @@ from llmcourse.instruction import (
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
 from llmcourse.story_instructions import criterion_met
+from llmcourse.tokenizers import Tokenizer
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import StepState, TrainingHistory, fine_tuning_config, train
 

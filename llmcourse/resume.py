@@ -32,7 +32,7 @@ from llmcourse.distributed import barrier, current_context, gather_from_processe
 from llmcourse.errors import TrainingError
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
-from llmcourse.tokenizers.files import Tokenizer
+from llmcourse.tokenizers.files import SavableTokenizer
 
 if TYPE_CHECKING:
     from llmcourse.training import TrainingConfig
@@ -201,7 +201,7 @@ def save_run(
     history: dict[str, Any],
     config: TrainingConfig,
     loaders: tuple[object, ...],
-    tokenizer: Tokenizer | None,
+    tokenizer: SavableTokenizer | None,
     run_settings: Mapping[str, Any] | None,
 ) -> None:
     """Rank 0 writes the checkpoint, with every process' generator states; the others wait."""

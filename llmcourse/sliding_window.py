@@ -9,17 +9,13 @@ gives non-overlapping windows, a smaller stride gives overlapping ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmcourse.errors import DataError
-
-
-class Encoder(Protocol):
-    def encode(self, text: str, *, allowed_special: object = ...) -> list[int]: ...
+from llmcourse.tokenizers import Tokenizer
 
 
 class SlidingWindowDataset(Dataset):
@@ -65,7 +61,7 @@ class SlidingWindowDataset(Dataset):
 
     @classmethod
     def from_text(
-        cls, text: str, tokenizer: Encoder, max_length: int, stride: int
+        cls, text: str, tokenizer: Tokenizer, max_length: int, stride: int
     ) -> SlidingWindowDataset:
         """Tokenize ``text`` (``<|endoftext|>`` is allowed as a separator) and window it."""
         ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})

@@ -50,10 +50,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmcourse.errors import DataError
-from llmcourse.instruction import RESPONSE_KEY, Split
+from llmcourse.instruction import RESPONSE_KEY
 from llmcourse.pretraining import read_corpus
 from llmcourse.response_scoring import lcs_length, words
 from llmcourse.sliding_window import split_text
+from llmcourse.splits import Split
 
 STORY_SEPARATOR = "<|endoftext|>"
 TASKS = ("story_with_words", "story_about", "main_character", "continue_story", "rename")

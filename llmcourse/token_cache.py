@@ -31,7 +31,7 @@ from llmcourse import data_files
 from llmcourse.errors import ConfigError, DataError
 from llmcourse.saving import recover, staged_directory
 from llmcourse.tokenizers.bpe import encode_iterable
-from llmcourse.tokenizers.files import Tokenizer, as_encoding, tokenizer_fingerprint
+from llmcourse.tokenizers.files import SavableTokenizer, as_encoding, tokenizer_fingerprint
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"
@@ -74,7 +74,7 @@ class TokenizedCorpus:
 
 def tokenized_corpus(
     path: str | os.PathLike[str],
-    tokenizer: Tokenizer,
+    tokenizer: SavableTokenizer,
     *,
     val_fraction: float = 0.1,
     max_characters: int | None = None,
@@ -95,7 +95,7 @@ def tokenized_corpus(
 
 
 def _cache_directory(
-    path: Path, tokenizer: Tokenizer, val_fraction: float, max_characters: int | None
+    path: Path, tokenizer: SavableTokenizer, val_fraction: float, max_characters: int | None
 ) -> Path:
     key = json.dumps(
         {

@@ -44,7 +44,7 @@ from llmcourse.resume import (
     seed_everything,
 )
 from llmcourse.schedules import warmup_cosine_scheduler
-from llmcourse.tokenizers.files import Tokenizer
+from llmcourse.tokenizers.files import SavableTokenizer
 from llmcourse.training_memory import is_out_of_memory, out_of_memory_error
 
 Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
@@ -293,7 +293,7 @@ def train(
     *,
     callbacks: Iterable[object] = (),
     resume_from: str | os.PathLike[str] | None = None,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: SavableTokenizer | None = None,
     run_settings: Mapping[str, Any] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` on ``train_loader``'s (inputs, targets) batches as ``config`` says.

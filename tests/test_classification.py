@@ -17,7 +17,6 @@ from llmcourse.classification import (
     Classifier,
     EpochAccuracy,
     SpamDataset,
-    Split,
     balanced_split,
     classification_logits,
     classify,
@@ -36,6 +35,7 @@ from llmcourse.classification import (
 from llmcourse.errors import CheckpointError, ConfigError, CourseError, DataError, InputError
 from llmcourse.lora_models import lora_layers
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.splits import Split
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 
 TINY = GPTConfig(vocab_size=50257, context_length=64, n_layer=1, n_head=2, n_embd=16)

@@ -17,6 +17,7 @@ from llmcourse.generation import Sampling, generate
 from llmcourse.instruction_scores import response_scores, scores_table, scores_with_baselines
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.profiles import PROFILE_ENV
+from llmcourse.splits import Split
 from llmcourse.story_instructions import TASKS
 from llmcourse.tokenizers import GPT2_EOT_ID, gpt2_tokenizer
 
@@ -251,10 +252,10 @@ def test_the_default_data_is_the_profiles(
 
     built = []
 
-    def small_story_instructions(corpus: str, *, fits) -> inst.Split:  # not the seconds-long build
+    def small_story_instructions(corpus: str, *, fits) -> Split:  # not the seconds-long build
         built.append((corpus, fits))
         parts = (STORY_ENTRIES + [TOO_LONG], [TOO_LONG, STORY_ENTRIES[0]], STORY_ENTRIES[1:])
-        return inst.Split(*([entry for entry in part if fits(entry)] for part in parts))
+        return Split(*([entry for entry in part if fits(entry)] for part in parts))
 
     monkeypatch.setattr("llmcourse.cli.finetune.load_story_instructions",
                         small_story_instructions)

@@ -16,15 +16,16 @@ from llmcourse.classification import (
 from llmcourse.errors import InputError
 from llmcourse.figures.display import has_profile_label
 from llmcourse.figures.finetuning import (
+    CLASS_COLOURS,
     TRAINING_STATE_BYTES_PER_PARAMETER,
     StrategyResult,
     confusion_matrix_figure,
     lora_parameter_counts,
     lora_rank_figure,
     strategy_comparison_figure,
-    token_length_figure,
     training_curves_figure,
 )
+from llmcourse.figures.tokenization import token_length_figure
 from llmcourse.lora_models import DEFAULT_TARGETS
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.tokenizers import gpt2_tokenizer
@@ -78,8 +79,13 @@ def test_lora_rank_figure_values_and_shares():
 
 
 def test_token_length_figure_one_histogram_per_class_and_the_padded_length():
-    fig = token_length_figure({"not spam": [3, 5, 9], "spam": [20, 30]}, padded_length=30)
-    assert [trace.name for trace in fig.data] == ["not spam (3 messages)", "spam (2 messages)"]
+    fig = token_length_figure({"not spam": [3, 5, 9], "spam": [20, 30]}, 30,
+                              limit_label="padded length", items="messages",
+                              colours=CLASS_COLOURS)
+    assert [trace.name for trace in fig.data] == [
+        "not spam (3 messages, mean 6)", "spam (2 messages, mean 25)"]
+    assert fig.data[1].marker.color == CLASS_COLOURS["spam"]
+    assert fig.layout.annotations[0].text == "padded length: 30"
     assert list(fig.data[1].x) == [20, 30]
     assert fig.layout.shapes[0].x0 == 30
     assert list(fig.layout.xaxis.range) == [0, 35]

@@ -14,8 +14,8 @@ from llmcourse.figures.instruction import (
     input_roles,
     masking_grid_figure,
     target_roles,
-    token_length_figure,
 )
+from llmcourse.figures.tokenization import token_length_figure
 from llmcourse.instruction import TokenizedEntry, collate
 
 PAD = 99
@@ -95,8 +95,9 @@ def test_masking_grid_needs_entries():
 
 
 def test_token_length_figure_overlays_histograms_and_marks_the_context():
-    fig = token_length_figure({"Alpaca": [50, 60, 70], "Phi-3": [30, 40]}, context_length=64)
-    assert [trace.name for trace in fig.data] == ["Alpaca (mean 60)", "Phi-3 (mean 35)"]
+    fig = token_length_figure({"Alpaca": [50, 60, 70], "Phi-3": [30, 40]}, 64)
+    assert [trace.name for trace in fig.data] == [
+        "Alpaca (3 entries, mean 60)", "Phi-3 (2 entries, mean 35)"]
     assert list(fig.data[0].x) == [50, 60, 70]
     lines = [shape for shape in fig.layout.shapes if shape.type == "line"]
     assert [(line.x0, line.x1) for line in lines] == [(64, 64)]

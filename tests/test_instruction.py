@@ -14,6 +14,7 @@ from llmcourse.checkpoints import save_checkpoint
 from llmcourse.errors import CheckpointError, ConfigError, DataError
 from llmcourse.evaluation import evaluate_loss
 from llmcourse.model import GPT, GPTConfig
+from llmcourse.splits import Split
 from llmcourse.tokenizers import gpt2_tokenizer
 
 E = 50256  # <|endoftext|>
@@ -184,7 +185,7 @@ def test_a_seeded_split_shuffles_a_copy_into_parts_of_the_same_sizes():
     parts = split.train + split.test + split.validation
     assert parts != entries and sorted(parts, key=lambda e: int(e["instruction"])) == entries
     assert inst.split_entries(entries, seed=1, fractions=(0.5, 0.25, 0.25)) == split
-    assert split.truncated(2) == inst.Split(split.train[:2], split.validation[:2], split.test[:2])
+    assert split.truncated(2) == Split(split.train[:2], split.validation[:2], split.test[:2])
     with pytest.raises(ConfigError, match="sum to 1"):
         inst.split_entries(entries, fractions=(0.5, 0.5, 0.5))
 
@@ -273,7 +274,7 @@ def test_fits_context_counts_the_prompt_answer_and_end_token(prompt_format):
     assert inst.fits_context(tokenizer, length, prompt_format)(WITH_INPUT)
     assert not inst.fits_context(tokenizer, length - 1, prompt_format)(WITH_INPUT)
     short = {"instruction": "Say yes.", "input": "", "output": "Yes."}
-    split = inst.Split([WITH_INPUT, short], [], [WITH_INPUT])
+    split = Split([WITH_INPUT, short], [], [WITH_INPUT])
     shorter = len(inst.encode_entry(tokenizer, short, prompt_format).ids) + 1
     assert shorter < length
     kept = split.filtered(inst.fits_context(tokenizer, shorter, prompt_format))
@@ -282,7 +283,7 @@ def test_fits_context_counts_the_prompt_answer_and_end_token(prompt_format):
 
 def test_loaders_batch_as_the_book(data_mirror):
     data = inst.load_instruction_data()
-    split = inst.Split(data[:10], data[10:13], [])
+    split = Split(data[:10], data[10:13], [])
     tokenizer = gpt2_tokenizer()
     train, validation, test = inst.make_loaders(
         split, tokenizer, batch_size=4, max_length=40, mask_prompt=True, seed=1
@@ -302,7 +303,7 @@ def test_loaders_batch_as_the_book(data_mirror):
 
 def test_training_lowers_the_loss_on_16_examples(data_mirror):
     data = inst.load_instruction_data()[:16]
-    split = inst.Split(data, data[:4], [])
+    split = Split(data, data[:4], [])
     train_loader, val_loader, _ = inst.make_loaders(
         split, gpt2_tokenizer(), batch_size=4, max_length=32, seed=0
     )

@@ -11,9 +11,9 @@ import pytest
 
 from llmcourse import story_instructions as si
 from llmcourse.errors import DataError
-from llmcourse.instruction import Split
 from llmcourse.pretraining import read_corpus
 from llmcourse.sliding_window import split_text
+from llmcourse.splits import Split
 
 NAMES = ("Lily", "Tom", "Mia", "Ben", "Zoe", "Max", "Sue", "Sam")
 VAL_FRACTION = 0.25  # of the synthetic text: about 10 of its 40 stories are held out

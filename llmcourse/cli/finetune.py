@@ -21,7 +21,9 @@ from llmcourse.instruction_scores import scores_table, scores_with_baselines
 from llmcourse.model import GPT
 from llmcourse.profiles import current_profile
 from llmcourse.saving import write_json_atomic
+from llmcourse.splits import Split
 from llmcourse.story_instructions import TASKS, load_story_instructions
+from llmcourse.tokenizers import Tokenizer
 from llmcourse.tokenizers.files import end_of_text_id
 from llmcourse.training import EvalRecord
 
@@ -310,7 +312,7 @@ def run_prefer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
+def _load_instruction_split(data: str) -> tuple[Split, str]:
     """The split that ``--data`` names when it is not ``stories`` (which needs the model's
     tokenizer), and a few words on it: ``book`` or the path of a JSON file (see the option's
     help). A missing or malformed file raises ``CourseError``, with a one-line message except
@@ -334,7 +336,7 @@ def _load_instruction_split(data: str) -> tuple[inst.Split, str]:
             )
         parts = [_checked_entries(value[name], f"{path} ({name!r})", may_be_empty=name != "train")
                  for name in SPLIT_PARTS]
-        return inst.Split(*parts), "train, validation and test parts as given"
+        return Split(*parts), "train, validation and test parts as given"
     entries = _checked_entries(value, str(path))
     return inst.split_entries(entries), f"{len(entries):,} entries split 85/5/10"
 
@@ -355,7 +357,7 @@ def _checked_entries(value: object, source: str, may_be_empty: bool = False
     return entries
 
 
-def _counts(split: inst.Split) -> str:
+def _counts(split: Split) -> str:
     return (f"{len(split.train)} training, {len(split.validation)} validation and "
             f"{len(split.test)} test entries")
 
@@ -372,7 +374,7 @@ def _instruct_max_length(requested: int | None, context_length: int) -> int:
 
 
 def _test_responses(
-    model: GPT, tokenizer: inst.Tokenizer, entries: Sequence[inst.Entry],
+    model: GPT, tokenizer: Tokenizer, entries: Sequence[inst.Entry],
     args: argparse.Namespace,
 ) -> list[dict[str, str]]:
     """The model's answers to the test entries, with the command's generation settings."""

@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from llmcourse.errors import InputError
 from llmcourse.figures.display import layout_defaults
-from llmcourse.figures.tokenization import Tokenizer, token_label
+from llmcourse.figures.tokenization import ChapterTokenizer, token_label
 from llmcourse.model import GPT, attention_weights
 from llmcourse.model_state import eval_mode, model_device
 
@@ -242,7 +242,7 @@ def attention_heatmap_figure(
 
 @torch.no_grad()
 def text_attention(
-    model: GPT, tokenizer: Tokenizer, text: str, *, max_tokens: int | None = None
+    model: GPT, tokenizer: ChapterTokenizer, text: str, *, max_tokens: int | None = None
 ) -> tuple[list[str], torch.Tensor]:
     """The tokens of ``text`` and the attention the model gives them: (labels, weights).
 

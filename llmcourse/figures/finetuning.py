@@ -2,8 +2,6 @@
 
 - ``lora_parameter_counts`` and ``lora_rank_figure``: trainable parameters and training memory
   of LoRA adapters by rank, against full fine-tuning.
-- ``token_length_figure``: how many tokens the ham and spam messages have, and the padded
-  length.
 - ``training_curves_figure``: the losses during fine-tuning and the accuracies after each epoch.
 - ``confusion_matrix_figure``: true against predicted classes, as a heatmap of counts.
 - ``strategy_comparison_figure``: what trains, how long it takes and how well it classifies,
@@ -119,33 +117,6 @@ def lora_rank_figure(
 
 # ----------------------------------------------------------------------------------------------
 # The data
-
-
-def token_length_figure(
-    lengths: Mapping[str, Sequence[int]], padded_length: int | None = None
-) -> go.Figure:
-    """Overlaid histograms of message lengths in tokens, one per class name in ``lengths``;
-    ``padded_length`` (the length every message is padded to) is marked by a vertical line."""
-    fig = go.Figure()
-    for index, (name, values) in enumerate(lengths.items()):
-        colour = CLASS_COLOURS.get(name, STRATEGY_COLOURS[index % len(STRATEGY_COLOURS)])
-        fig.add_trace(go.Histogram(
-            x=list(values), name=f"{name} ({len(values)} messages)", opacity=0.6,
-            xbins={"start": 0, "size": 4}, marker={"color": colour},
-            hovertemplate="%{x} tokens: %{y} messages<extra>" + name + "</extra>",
-        ))
-    longest = max((max(values) for values in lengths.values() if len(values)), default=0)
-    fig.update_xaxes(range=[0, max(longest, padded_length or 0) + 5])
-    if padded_length is not None:
-        fig.add_vline(
-            x=padded_length, line={"color": "black", "dash": "dash"},
-            annotation_text=f"padded length: {padded_length}", annotation_position="top left",
-        )
-    fig.update_layout(barmode="overlay", height=400, legend={"orientation": "h", "y": -0.2})
-    return layout_defaults(
-        fig, title="How long the messages are, in GPT-2 tokens",
-        x_title="tokens per message", y_title="messages",
-    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""Figures of section 7.3, instruction fine-tuning: the data's lengths and how a batch is
-masked. (The chapter draws its loss curves with ``llmcourse.figures.training``.)
+"""Figures of section 7.3, instruction fine-tuning: how a batch is masked. (The chapter draws
+its loss curves with ``llmcourse.figures.training`` and the entries' lengths with
+``llmcourse.figures.tokenization.token_length_figure``.)
 
-- ``token_length_figure``: overlaid histograms of how many tokens the entries have (one per
-  prompt format, say), with the model's context length marked.
 - ``masking_grid_figure``: a batch drawn as a grid, positions across and entries down, the
   inputs above and the targets below, each cell coloured by its role: prompt, response, end
   token, padding, or ignored by the loss (-100). A dropdown switches prompt masking on and off.
@@ -22,8 +21,8 @@ from plotly.subplots import make_subplots
 
 from llmcourse.errors import InputError
 from llmcourse.figures.display import layout_defaults
-from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, Tokenizer, collate
-from llmcourse.tokenizers import GPT2_EOT_ID
+from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, collate
+from llmcourse.tokenizers import GPT2_EOT_ID, Tokenizer
 from llmcourse.tokenizers.files import end_of_text_id
 
 ROLE_COLOURS = {  # role: colour, in the order of their numbers in the grid
@@ -40,33 +39,6 @@ SERIES_COLOURS = ("#1a73e8", "#d93025", "#188038", "#9334e6", "#f29900")
 
 # ----------------------------------------------------------------------------------------------
 # Lengths
-
-
-def token_length_figure(
-    lengths: Mapping[str, Sequence[int]],
-    context_length: int | None = None,
-    *,
-    title: str = "How long the entries are, in GPT-2 tokens",
-) -> go.Figure:
-    """Overlaid histograms (bins of 4 tokens) of the token counts in ``lengths``, one per name;
-    ``context_length``, when given, is marked by a vertical line: longer entries get cut."""
-    if not lengths or not all(lengths.values()):
-        raise InputError("give at least one non-empty list of lengths to draw")
-    fig = go.Figure()
-    for index, (name, values) in enumerate(lengths.items()):
-        fig.add_trace(go.Histogram(
-            x=list(values), name=f"{name} (mean {sum(values) / len(values):.0f})",
-            opacity=0.6, xbins={"start": 0, "size": 4},
-            marker={"color": SERIES_COLOURS[index % len(SERIES_COLOURS)]},
-            hovertemplate="%{x} tokens: %{y} entries<extra>" + name + "</extra>",
-        ))
-    if context_length is not None:
-        fig.add_vline(
-            x=context_length, line={"color": "black", "dash": "dash"},
-            annotation_text=f"context length: {context_length}", annotation_position="top left",
-        )
-    fig.update_layout(barmode="overlay", height=400, legend={"orientation": "h", "y": -0.2})
-    return layout_defaults(fig, title=title, x_title="tokens per entry", y_title="entries")
 
 
 # ----------------------------------------------------------------------------------------------

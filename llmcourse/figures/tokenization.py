@@ -1,4 +1,5 @@
-"""Figures of chapter 1: tokens as coloured boxes, BPE merges step by step, token counts.
+"""Figures of chapter 1: tokens as coloured boxes, BPE merges step by step, token counts; and
+``token_length_figure``, how long texts are in tokens, which chapter 7 draws for its data.
 
 A token is drawn as a box as wide as its text, coloured by its id (the same token always has
 the same colour), with its id and text (or bytes) on hover. Boxes flow left to right and wrap
@@ -21,7 +22,7 @@ from llmcourse.figures.display import layout_defaults
 from llmcourse.tokenizers import BPETokenizer, WordTokenizer
 from llmcourse.tokenizers.bpe import N_BYTES
 
-Tokenizer = WordTokenizer | BPETokenizer | tiktoken.Encoding
+ChapterTokenizer = WordTokenizer | BPETokenizer | tiktoken.Encoding
 Piece = str | bytes  # what a token stands for: a word (WordTokenizer) or bytes (BPE)
 
 # Light colours under black text; consecutive ids land far apart in the list.
@@ -62,7 +63,7 @@ def token_hover(piece: Piece, token_id: int) -> str:
     return "<br>".join([lines[0], *(html.escape(line, quote=False) for line in lines[1:])])
 
 
-def token_pieces(tokenizer: Tokenizer, text: str) -> tuple[list[Piece], list[int]]:
+def token_pieces(tokenizer: ChapterTokenizer, text: str) -> tuple[list[Piece], list[int]]:
     """The tokens of ``text`` (what each stands for) and their ids, with any of the chapter's
     tokenizers: the two arguments ``token_colour_figure`` takes first.
 
@@ -268,3 +269,46 @@ def token_count_figure(counts: Mapping[str, Mapping[str, int]], title: str) -> g
         )
     fig.update_layout(barmode="group", legend_title_text="tokenizer")
     return layout_defaults(fig, title=title, x_title="text", y_title="number of tokens")
+
+
+# ----------------------------------------------------------------------------------------------
+# How long texts are in tokens
+
+LENGTH_COLOURS = ("#1a73e8", "#f29900", "#188038", "#9334e6", "#d93025")
+
+
+def token_length_figure(
+    lengths: Mapping[str, Sequence[int]],
+    limit: int | None = None,
+    *,
+    limit_label: str = "context length",
+    items: str = "entries",
+    colours: Mapping[str, str] | None = None,
+    title: str = "How long the entries are, in GPT-2 tokens",
+) -> go.Figure:
+    """Overlaid histograms (bins of 4 tokens) of the token counts in ``lengths``, one per name,
+    each named with its count and mean. ``limit``, when given, is marked by a vertical line
+    labelled ``limit_label`` (a context length: longer texts get cut; a padded length).
+    ``items`` names what is counted ("entries", "messages"); ``colours`` may fix a colour per
+    name."""
+    if not lengths or not all(lengths.values()):
+        raise InputError("give at least one non-empty list of lengths to draw")
+    colours = colours or {}
+    fig = go.Figure()
+    for index, (name, values) in enumerate(lengths.items()):
+        colour = colours.get(name, LENGTH_COLOURS[index % len(LENGTH_COLOURS)])
+        fig.add_trace(go.Histogram(
+            x=list(values), opacity=0.6, xbins={"start": 0, "size": 4}, marker={"color": colour},
+            name=f"{name} ({len(values)} {items}, mean {sum(values) / len(values):.0f})",
+            hovertemplate="%{x} tokens: %{y} " + items + "<extra>" + name + "</extra>",
+        ))
+    longest = max(max(values) for values in lengths.values())
+    fig.update_xaxes(range=[0, max(longest, limit or 0) + 5])
+    if limit is not None:
+        fig.add_vline(
+            x=limit, line={"color": "black", "dash": "dash"},
+            annotation_text=f"{limit_label}: {limit}", annotation_position="top left",
+        )
+    fig.update_layout(barmode="overlay", height=400, legend={"orientation": "h", "y": -0.2})
+    singular = {"entries": "entry"}.get(items, items.removesuffix("s"))
+    return layout_defaults(fig, title=title, x_title=f"tokens per {singular}", y_title=items)

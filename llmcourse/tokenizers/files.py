@@ -37,10 +37,10 @@ TOKENIZER_FILE = "tokenizer.bpe.json"
 # GPT-2's 50,257 tokens); any other difference is a mismatch.
 EMBEDDING_ROWS_MULTIPLE = 64
 
-Tokenizer = BPETokenizer | tiktoken.Encoding
+SavableTokenizer = BPETokenizer | tiktoken.Encoding  # what a checkpoint can carry
 
 
-def as_encoding(tokenizer: Tokenizer) -> tiktoken.Encoding:
+def as_encoding(tokenizer: SavableTokenizer) -> tiktoken.Encoding:
     """``tokenizer`` as a ``tiktoken.Encoding`` (a ``BPETokenizer`` is exported once)."""
     if isinstance(tokenizer, tiktoken.Encoding):
         return tokenizer
@@ -51,7 +51,7 @@ def as_encoding(tokenizer: Tokenizer) -> tiktoken.Encoding:
     )
 
 
-def as_bpe(tokenizer: Tokenizer) -> BPETokenizer:
+def as_bpe(tokenizer: SavableTokenizer) -> BPETokenizer:
     """``tokenizer`` as a ``BPETokenizer``: a tiktoken Encoding's merges are recovered from
     its ranks (see ``bpe_from_encoding``); the result is cached per Encoding object."""
     if isinstance(tokenizer, BPETokenizer):
@@ -125,7 +125,7 @@ def _merged_pair(piece: bytes, rank: int, ranks: dict[bytes, int], name: str) ->
     return ranks[parts[0]], ranks[parts[1]]
 
 
-def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer: SavableTokenizer) -> str:
     """A sha256 (hex) of the tokenizer's content (merges, byte order, special tokens): equal
     for two tokenizers exactly when they map text to the same ids."""
     return hashlib.sha256(_file_content(as_bpe(tokenizer)).encode("utf-8")).hexdigest()
@@ -135,7 +135,7 @@ def _file_content(tokenizer: BPETokenizer) -> str:
     return json.dumps(tokenizer.to_dict(), separators=(",", ":"))
 
 
-def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> Path:
+def save_tokenizer(tokenizer: SavableTokenizer, directory: str | os.PathLike[str]) -> Path:
     """Write ``tokenizer`` to ``directory/tokenizer.bpe.json`` (atomically); returns the file's
     path."""
     return write_text_atomic(Path(directory) / TOKENIZER_FILE, _file_content(as_bpe(tokenizer)))
@@ -182,7 +182,9 @@ def _is_hub_layout(directory: Path) -> bool:
     return '"model_type"' in (directory / "config.json").read_text(errors="replace")
 
 
-def check_vocab_fits(tokenizer: Tokenizer, vocab_size: int, *, where: str = "the model") -> None:
+def check_vocab_fits(
+    tokenizer: SavableTokenizer, vocab_size: int, *, where: str = "the model"
+) -> None:
     """Raise ``CheckpointError`` unless the tokenizer's ids are the model's token ids:
     ``vocab_size`` is the tokenizer's number of tokens, or that number rounded up to a multiple
     of ``EMBEDDING_ROWS_MULTIPLE``."""
@@ -196,7 +198,7 @@ def check_vocab_fits(tokenizer: Tokenizer, vocab_size: int, *, where: str = "the
         )
 
 
-def end_of_text_id(tokenizer: Tokenizer, *, default: int | None = None) -> int:
+def end_of_text_id(tokenizer: SavableTokenizer, *, default: int | None = None) -> int:
     """The id of ``<|endoftext|>``, which ends a story or an answer and pads batches.
 
     ``default`` is returned for a tokenizer of another kind (any object with an ``encode``

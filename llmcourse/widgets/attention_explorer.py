@@ -17,7 +17,7 @@ import torch
 
 from llmcourse.errors import InputError
 from llmcourse.figures.attention import text_attention
-from llmcourse.figures.tokenization import Tokenizer
+from llmcourse.figures.tokenization import ChapterTokenizer
 from llmcourse.model import GPT
 from llmcourse.tokenizers import gpt2_tokenizer
 
@@ -75,7 +75,7 @@ def attention_table_html(matrix: torch.Tensor, labels: Sequence[str], caption: s
 
 def attention_explorer(
     model: GPT,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: ChapterTokenizer | None = None,
     text: str = DEFAULT_TEXT,
     *,
     max_tokens: int = MAX_TOKENS,

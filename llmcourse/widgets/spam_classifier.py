@@ -11,9 +11,9 @@ import html
 
 import ipywidgets as widgets
 
-from llmcourse.classification import Classifier, Tokenizer, encode_message
+from llmcourse.classification import Classifier, encode_message
 from llmcourse.errors import InputError
-from llmcourse.tokenizers import gpt2_tokenizer
+from llmcourse.tokenizers import Tokenizer, gpt2_tokenizer
 
 EXAMPLE_MESSAGES = (
     "You are a winner! You have been specially selected to receive $1000 cash or a $2000 "

@@ -14,8 +14,8 @@ import ipywidgets as widgets
 
 from llmcourse.data_files import fetch
 from llmcourse.figures.tokenization import (
+    ChapterTokenizer,
     Piece,
-    Tokenizer,
     token_colour,
     token_label,
     token_pieces,
@@ -26,7 +26,7 @@ DEFAULT_TEXT = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of 
 BPE_VOCAB_SIZE = 1000  # the chapter's BPE tokenizer trained on "The Verdict"
 
 
-def chapter_tokenizers() -> dict[str, Tokenizer]:
+def chapter_tokenizers() -> dict[str, ChapterTokenizer]:
     """The chapter's three tokenizers: word-level and BPE trained on "The Verdict", and GPT-2."""
     verdict = fetch("the-verdict").read_text(encoding="utf-8")
     return {
@@ -53,7 +53,7 @@ def tokens_html(name: str, pieces: Sequence[Piece], ids: Sequence[int]) -> str:
 
 
 def tokenizer_playground(
-    tokenizers: Mapping[str, Tokenizer] | None = None, text: str = DEFAULT_TEXT
+    tokenizers: Mapping[str, ChapterTokenizer] | None = None, text: str = DEFAULT_TEXT
 ) -> widgets.VBox:
     """A text box and, below it, the tokens of its text from each tokenizer, updated as you type.
 
