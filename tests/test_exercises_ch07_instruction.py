@@ -219,7 +219,7 @@ def test_instruction_collate_rejects_masking_the_first_end_token():
     result = run("ch07.instruction_collate", mask_all_pads)
     assert result.status == "failed"
     assert "batch=[[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]" in result.message
-    assert "targets: 3 of 15 values differ; at index (0, 4) expected 50256, got -100" in (
+    assert "in the targets, 3 of 15 values differ; at index (0, 4) expected 50256, got -100" in (
         result.message
     )
     assert "keep the first end token" in result.hint
@@ -250,7 +250,7 @@ def test_instruction_collate_names_a_wrong_length_and_a_wrong_return_value():
 
     result = run("ch07.instruction_collate", to_longest)
     assert result.status == "failed"
-    assert "inputs: got shape (3, 4) but expected (3, 5)" in result.message
+    assert "in the inputs, got shape (3, 4) but expected (3, 5)" in result.message
 
     result = run("ch07.instruction_collate",
                  lambda *args: reference_instruction_collate(*args)[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal, run_cases
-from llmcourse.exercises.inputs import randint, random_ids
+from llmcourse.exercises.inputs import expect_inputs_and_targets, randint, random_ids
 
 Pair = tuple[list[int], int]
 
@@ -122,23 +122,6 @@ def check_next_token_pairs(answer: object) -> None:
 # ch02.input_target_windows
 
 
-def _expect_windows(
-    got: object, expected: tuple[torch.Tensor, torch.Tensor], *, case: str, hint: str = ""
-) -> None:
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise Mismatch(
-            case, expected, got, hint,
-            detail=f"expected a pair (inputs, targets) of tensors, got {describe(got)}",
-        )
-    for name, got_part, expected_part in zip(("inputs", "targets"), got, expected, strict=True):
-        try:
-            expect_equal(got_part, expected_part, case=case, hint=hint)
-        except Mismatch as mismatch:
-            raise Mismatch(
-                case, expected_part, got_part, hint, detail=f"in the {name}, {mismatch.detail}"
-            ) from None
-
-
 @exercise(
     "ch02.input_target_windows",
     title="Sliding windows of inputs and targets",
@@ -171,7 +154,7 @@ def check_input_target_windows(answer: object) -> None:
             f"stride={stride}",
             (ids, max_length, stride),
         ))
-    run_cases(answer, reference_input_target_windows, cases, _expect_windows)
+    run_cases(answer, reference_input_target_windows, cases, expect_inputs_and_targets)
 
 
 # ----------------------------------------------------------------------------------------------

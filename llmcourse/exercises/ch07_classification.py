@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from llmcourse.exercises.ch07_lora import measurement_compare
 from llmcourse.exercises.core import (
     LabelledArgs,
     Mismatch,
@@ -23,7 +22,7 @@ from llmcourse.exercises.core import (
     expect_equal,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.exercises.inputs import measurement_compare, randint, seeded
 from llmcourse.model import GPT, GPTConfig
 
 GPT2_PAD_ID = 50256  # <|endoftext|>, the padding token of the chapter

@@ -18,17 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcourse.exercises.ch07_lora import measurement_compare
 from llmcourse.exercises.core import (
     LabelledArgs,
-    Mismatch,
     Mistake,
-    describe,
     exercise,
     expect_equal,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.exercises.inputs import (
+    expect_inputs_and_targets,
+    measurement_compare,
+    randint,
+    seeded,
+)
 from llmcourse.instruction import (
     END_OF_TEXT,
     IGNORE_INDEX,
@@ -218,22 +220,6 @@ def reference_instruction_collate(
     return collate(batch, pad_id=pad_id, ignore_index=ignore_index, max_length=max_length)
 
 
-def expect_batch(got: object, expected: Pair, *, case: str, hint: str = "") -> None:
-    """Raise ``Mismatch`` unless ``got`` is a pair (inputs, targets) of tensors equal to
-    ``expected``'s; the message says which of the two differs."""
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise Mismatch(
-            case, expected, got, hint,
-            detail=f"expected a pair (inputs, targets) of tensors, got {describe(got)}",
-        )
-    for name, got_part, expected_part in zip(("inputs", "targets"), got, expected, strict=True):
-        try:
-            expect_equal(got_part, expected_part, case=case, hint=hint)
-        except Mismatch as mismatch:
-            raise Mismatch(case, expected_part, got_part, hint,
-                           detail=f"{name}: {mismatch.detail}") from None
-
-
 def _padded(batch: Sequence[Sequence[int]], pad_id: int, length: int) -> torch.Tensor:
     """The sequences right-padded with ``pad_id`` to ``length`` (B, length)."""
     return torch.tensor([list(ids) + [pad_id] * (length - len(ids)) for ids in batch])
@@ -395,7 +381,7 @@ def _collate_cases() -> list[LabelledArgs]:
 )
 def check_instruction_collate(answer: object) -> None:
     run_cases(
-        answer, reference_instruction_collate, _collate_cases(), expect_batch,
+        answer, reference_instruction_collate, _collate_cases(), expect_inputs_and_targets,
         mistakes=COLLATE_MISTAKES,
     )
 

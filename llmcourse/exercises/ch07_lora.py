@@ -19,15 +19,13 @@ from torch import nn
 
 from llmcourse.exercises.core import (
     LabelledArgs,
-    Mismatch,
     Mistake,
-    describe,
     exercise,
     expect_close,
     expect_equal,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.exercises.inputs import measurement_compare, randint, seeded
 from llmcourse.lora import LoRALinear
 
 expect_float = functools.partial(expect_close, atol=1e-5, rtol=1e-5)
@@ -436,72 +434,6 @@ def check_merge_weight(answer: object) -> None:
 # ``measurement_compare`` checks the measurements against the reference's run on the same
 # inputs, then checks that the conclusion is the one the learner's OWN numbers give. The cases
 # are chosen so that the conclusion differs between them: a conclusion typed in by hand fails.
-
-
-def _close(got: object, expected: object, atol: float, rtol: float) -> bool:
-    """Whether ``got`` equals ``expected``: floats within atol + rtol * |expected| (an int is
-    accepted for a float), dicts key by key, anything else exactly."""
-    if isinstance(expected, float):
-        return (
-            isinstance(got, (int, float)) and not isinstance(got, bool)
-            and abs(got - expected) <= atol + rtol * abs(expected)
-        )
-    if isinstance(expected, dict):
-        return isinstance(got, dict) and got.keys() == expected.keys() and all(
-            _close(got[key], value, atol, rtol) for key, value in expected.items()
-        )
-    return type(got) is type(expected) and got == expected
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in value.items()) + "}"
-    return repr(value)
-
-
-def measurement_compare(
-    conclusion: str, rule: Callable[[dict], object], rule_text: str, *,
-    atol: float = 1e-5, rtol: float = 1e-4,
-) -> Callable[..., None]:
-    """A ``compare`` for experiment results: a dict with the reference's keys, its measurements
-    close to the reference's, and ``got[conclusion] == rule(got)``, the conclusion of the
-    learner's own numbers (``rule_text`` says the rule in words, for the hint)."""
-
-    def compare(got: object, expected: dict, *, case: str, hint: str = "") -> None:
-        if not isinstance(got, dict) or got.keys() != expected.keys():
-            keys = ", ".join(repr(key) for key in expected)
-            raise Mismatch(
-                case, expected, got, hint,
-                detail=f"expected a dict with the keys {keys}, got {describe(got)}",
-            )
-        for key, wanted in expected.items():
-            if key != conclusion and not _close(got[key], wanted, atol, rtol):
-                raise Mismatch(
-                    case, wanted, got[key], hint,
-                    detail=f"{key!r}: expected {_shown(wanted)}, got {_shown(got[key])}",
-                )
-        try:
-            own = rule(got)
-        except Exception:  # numbers the rule cannot read: the comparison below reports them
-            own = expected[conclusion]
-        if got[conclusion] != own or type(got[conclusion]) is not type(own):
-            raise Mismatch(
-                case, own, got[conclusion],
-                f"compute {conclusion!r} from your measurements ({rule_text}), do not type it "
-                "in: it must change when the numbers change",
-                detail=f"{conclusion!r} is {_shown(got[conclusion])}, but your own numbers "
-                f"give {_shown(own)}",
-            )
-        if got[conclusion] != expected[conclusion]:
-            raise Mismatch(
-                case, expected[conclusion], got[conclusion], hint,
-                detail=f"{conclusion!r}: expected {_shown(expected[conclusion])}, "
-                f"got {_shown(got[conclusion])}",
-            )
-
-    return compare
 
 
 # ----------------------------------------------------------------------------------------------

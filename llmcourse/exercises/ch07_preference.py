@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcourse.exercises.ch07_lora import measurement_compare
 from llmcourse.exercises.core import (
     LabelledArgs,
     Mistake,
@@ -25,7 +24,7 @@ from llmcourse.exercises.core import (
     expect_equal,
     run_cases,
 )
-from llmcourse.exercises.inputs import randint, seeded
+from llmcourse.exercises.inputs import measurement_compare, randint, seeded
 from llmcourse.instruction import IGNORE_INDEX, TokenizedEntry, collate
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.preference import collate_pairs, dpo_loss, pick_answers, response_log_probs

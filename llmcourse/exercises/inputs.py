@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from llmcourse.exercises.core import Mismatch, describe
+from llmcourse.exercises.core import Mismatch, describe, expect_equal
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
@@ -166,3 +166,88 @@ def _same_answer(got: object, expected: object, rel_tol: float, abs_tol: float) 
     if isinstance(expected, float) and isinstance(got, float):
         return _close(got, expected, rel_tol, abs_tol)
     return type(got) is type(expected) and got == expected
+
+
+def _close_measurement(got: object, expected: object, atol: float, rtol: float) -> bool:
+    """Whether ``got`` equals ``expected``: floats within atol + rtol * |expected| (an int is
+    accepted for a float), dicts key by key, anything else exactly."""
+    if isinstance(expected, float):
+        return (
+            isinstance(got, (int, float)) and not isinstance(got, bool)
+            and abs(got - expected) <= atol + rtol * abs(expected)
+        )
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and got.keys() == expected.keys() and all(
+            _close_measurement(got[key], value, atol, rtol) for key, value in expected.items()
+        )
+    return type(got) is type(expected) and got == expected
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_shown(item)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
+def measurement_compare(
+    conclusion: str, rule: Callable[[dict], object], rule_text: str, *,
+    atol: float = 1e-5, rtol: float = 1e-4,
+) -> Callable[..., None]:
+    """A ``compare`` for experiment results: a dict with the reference's keys, its measurements
+    close to the reference's, and ``got[conclusion] == rule(got)``, the conclusion of the
+    learner's own numbers (``rule_text`` says the rule in words, for the hint)."""
+
+    def compare(got: object, expected: dict, *, case: str, hint: str = "") -> None:
+        if not isinstance(got, dict) or got.keys() != expected.keys():
+            keys = ", ".join(repr(key) for key in expected)
+            raise Mismatch(
+                case, expected, got, hint,
+                detail=f"expected a dict with the keys {keys}, got {describe(got)}",
+            )
+        for key, wanted in expected.items():
+            if key != conclusion and not _close_measurement(got[key], wanted, atol, rtol):
+                raise Mismatch(
+                    case, wanted, got[key], hint,
+                    detail=f"{key!r}: expected {_shown(wanted)}, got {_shown(got[key])}",
+                )
+        try:
+            own = rule(got)
+        except Exception:  # numbers the rule cannot read: the comparison below reports them
+            own = expected[conclusion]
+        if got[conclusion] != own or type(got[conclusion]) is not type(own):
+            raise Mismatch(
+                case, own, got[conclusion],
+                f"compute {conclusion!r} from your measurements ({rule_text}), do not type it "
+                "in: it must change when the numbers change",
+                detail=f"{conclusion!r} is {_shown(got[conclusion])}, but your own numbers "
+                f"give {_shown(own)}",
+            )
+        if got[conclusion] != expected[conclusion]:
+            raise Mismatch(
+                case, expected[conclusion], got[conclusion], hint,
+                detail=f"{conclusion!r}: expected {_shown(expected[conclusion])}, "
+                f"got {_shown(got[conclusion])}",
+            )
+
+    return compare
+
+
+def expect_inputs_and_targets(
+    got: object, expected: tuple[torch.Tensor, torch.Tensor], *, case: str, hint: str = ""
+) -> None:
+    """Raise ``Mismatch`` unless ``got`` is a pair (inputs, targets) of tensors equal to
+    ``expected``'s (exact values and dtypes); the message says which of the two differs."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Mismatch(
+            case, expected, got, hint,
+            detail=f"expected a pair (inputs, targets) of tensors, got {describe(got)}",
+        )
+    for name, got_part, expected_part in zip(("inputs", "targets"), got, expected, strict=True):
+        try:
+            expect_equal(got_part, expected_part, case=case, hint=hint)
+        except Mismatch as mismatch:
+            raise Mismatch(
+                case, expected_part, got_part, hint, detail=f"in the {name}, {mismatch.detail}"
+            ) from None
