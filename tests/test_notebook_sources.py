@@ -97,3 +97,23 @@ def test_headings_carry_no_hand_written_numbers(notebook: Path) -> None:
     assert len(titles) == 1, f"one title (# heading) per notebook, found {titles}"
     if notebook.parts[0] == "solutions":
         assert titles[0].startswith("Solutions: "), titles[0]
+
+
+# "same as the package's Block: False", "fused == explicit to 1e-6: False" ...
+FAILED_COMPARISON = re.compile(
+    r"\b(same|identical|match|matches|equal to|to 1e-\d+)\b[^\n]*:\s*False\s*$", re.I
+)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=str)
+def test_no_saved_output_reports_a_failed_comparison(notebook: Path) -> None:
+    """A cell that prints "same as the package's Block: True" shows the reader a check; saved
+    with False, the page teaches something the code contradicts (nbval does not compare
+    outputs, so only this test notices)."""
+    failed = []
+    for index, cell in enumerate(cells(notebook)):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            failed += [f"cell {index}: {line}" for line in text.splitlines()
+                       if FAILED_COMPARISON.search(line)]
+    assert not failed, f"{notebook} was saved with failed comparisons: {failed}"
