@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,94 @@ def test_next_token_pairs_rejects_pairs_that_are_not_pairs():
     assert "every item must be a (context, target) pair" in result.message
 
 
+def pairs_with_zip(token_ids, context_size):
+    contexts = [token_ids[:i] for i in range(1, len(token_ids))]
+    return list(zip(contexts, token_ids[1:], strict=True))[:context_size]
+
+
+def pairs_as_tuples(token_ids, context_size):
+    return tuple(
+        (tuple(token_ids[:i]), token_ids[i])
+        for i in range(1, min(context_size + 1, len(token_ids)))
+    )
+
+
+@pytest.mark.parametrize("answer", [pairs_with_zip, pairs_as_tuples])
+def test_next_token_pairs_accepts_answers_written_differently(answer):
+    result = run("ch02.next_token_pairs", answer)
+    assert result.status == "passed", result.message_with_hint
+
+
+def pairs_that_truncate_the_ids(token_ids, context_size):
+    del token_ids[context_size + 1 :]  # the ids past the last target are not needed ...
+    return reference_next_token_pairs(token_ids, context_size)  # ... but they are the caller's
+
+
+def float_targets(token_ids, context_size):
+    return [(c, float(t)) for c, t in reference_next_token_pairs(token_ids, context_size)]
+
+
+def string_contexts(token_ids, context_size):
+    pairs = reference_next_token_pairs(token_ids, context_size)
+    return [([str(token) for token in context], target) for context, target in pairs]
+
+
+def float_tensor_contexts(token_ids, context_size):
+    ids = torch.tensor(token_ids, dtype=torch.float32)
+    return [(ids[: len(c)], t) for c, t in reference_next_token_pairs(token_ids, context_size)]
+
+
+def slice_targets(token_ids, context_size):
+    last = min(context_size, len(token_ids) - 1)
+    return [(token_ids[:i], token_ids[i : i + 1]) for i in range(1, last + 1)]
+
+
+def previous_token_only(token_ids, context_size):
+    last = min(context_size, len(token_ids) - 1)
+    return [(token_ids[i - 1 : i], token_ids[i]) for i in range(1, last + 1)]
+
+
+def context_holds_the_target(token_ids, context_size):
+    last = min(context_size, len(token_ids) - 1)
+    return [(token_ids[: i + 1], token_ids[i]) for i in range(1, last + 1)]
+
+
+def context_is_an_id(token_ids, context_size):
+    last = min(context_size, len(token_ids) - 1)
+    return [(token_ids[i - 1], token_ids[i]) for i in range(1, last + 1)]
+
+
+def pairs_not_returned(token_ids, context_size):
+    pairs = reference_next_token_pairs(token_ids, context_size)  # noqa: F841
+
+
+PAIR_MISTAKES = [  # (answer, words of the message, words of the hint)
+    (pairs_that_truncate_the_ids, "was [7, 8, 9] before the call and [7, 8] after it",
+     "your function changed its argument `token_ids` in place; work on a copy"),
+    (float_targets, "expected int 4920, got float 4920.0", "token ids stay ints"),
+    (string_contexts, "expected int 290, got str '290'", "token ids stay ints"),
+    (float_tensor_contexts, "expected int 290, got float 290.0", "token ids stay ints"),
+    (slice_targets, "expected int 4920, got list [4920]", "the target is one id, token_ids[i]"),
+    (previous_token_only, "item 1: item 0: item 0: expected 290, got 4920",
+     "not only the one right before it"),
+    (context_holds_the_target, "item 0: item 0: got 2 items but expected 1",
+     "the context stops before the target"),
+    (context_is_an_id, "every context must be a list of ids, got 290",
+     "the context is the list token_ids[:i]"),
+    (pairs_not_returned, "returned None", "did you forget `return`?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail", "hint"), PAIR_MISTAKES, ids=[row[0].__name__ for row in PAIR_MISTAKES]
+)
+def test_next_token_pairs_rejects_a_typical_mistake_with_its_hint(answer, detail, hint):
+    result = run("ch02.next_token_pairs", answer)
+    assert result.status == "failed", result.message_with_hint
+    assert detail in result.message
+    assert hint in result.hint
+
+
 # ----------------------------------------------------------------------------------------------
 # ch02.input_target_windows
 
@@ -237,6 +326,71 @@ def test_input_target_windows_rejects_a_single_tensor():
     assert "expected a pair (inputs, targets) of tensors" in result.message
 
 
+def windows_by_unfold(token_ids, max_length, stride):
+    ids = torch.as_tensor(token_ids)
+    return ids[:-1].unfold(0, max_length, stride), ids[1:].unfold(0, max_length, stride)
+
+
+def test_input_target_windows_accepts_an_unfold():
+    result = run("ch02.input_target_windows", windows_by_unfold)
+    assert result.status == "passed", result.message_with_hint
+
+
+def windows_that_consume_the_ids(token_ids, max_length, stride):
+    inputs, targets = [], []
+    while len(token_ids) > max_length:
+        inputs.append(token_ids[:max_length])
+        targets.append(token_ids[1 : max_length + 1])
+        del token_ids[:stride]
+    return torch.tensor(inputs), torch.tensor(targets)
+
+
+def int32_windows(token_ids, max_length, stride):
+    inputs, targets = reference_input_target_windows(token_ids, max_length, stride)
+    return inputs.int(), targets.int()
+
+
+def float_windows(token_ids, max_length, stride):
+    ids = torch.Tensor(token_ids)  # capital T: float32
+    starts = range(0, len(ids) - max_length, stride)
+    return (torch.stack([ids[s : s + max_length] for s in starts]),
+            torch.stack([ids[s + 1 : s + max_length + 1] for s in starts]))
+
+
+def unstacked_windows(token_ids, max_length, stride):
+    ids = torch.tensor(token_ids)
+    starts = range(0, len(ids) - max_length, stride)
+    return ([ids[s : s + max_length] for s in starts],
+            [ids[s + 1 : s + max_length + 1] for s in starts])
+
+
+def windows_not_returned(token_ids, max_length, stride):
+    inputs, targets = reference_input_target_windows(token_ids, max_length, stride)  # noqa: F841
+
+
+WINDOW_MISTAKES = [  # (answer, words of the message, words of the hint)
+    (windows_that_consume_the_ids, "was [10, 11, 12, 13, 14] before the call and [11, 12, 13, 14]",
+     "your function changed its argument `token_ids` in place"),
+    (int32_windows, "in the inputs, got a tensor of dtype torch.int32 but expected torch.int64",
+     "token ids are int64 (torch.long)"),
+    (float_windows, "got a tensor of dtype torch.float32 but expected torch.int64",
+     "torch.Tensor(token_ids) gives float32"),
+    (unstacked_windows, "in the inputs, expected a tensor, got list",
+     "torch.stack the list of window tensors"),
+    (windows_not_returned, "returned None", "did you forget `return`?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail", "hint"), WINDOW_MISTAKES, ids=[row[0].__name__ for row in WINDOW_MISTAKES]
+)
+def test_input_target_windows_rejects_a_typical_mistake_with_its_hint(answer, detail, hint):
+    result = run("ch02.input_target_windows", answer)
+    assert result.status == "failed", result.message_with_hint
+    assert detail in result.message
+    assert hint in result.hint
+
+
 # ----------------------------------------------------------------------------------------------
 # ch02.count_windows
 
@@ -248,31 +402,56 @@ def test_count_windows_accepts_right_answers():
     def by_ceiling(num_tokens, max_length, stride):
         return max(0, math.ceil((num_tokens - max_length) / stride))
 
-    for answer in (reference_count_windows, by_range, by_ceiling):
-        assert run("ch02.count_windows", answer).status == "passed"
+    def as_a_tensor(num_tokens, max_length, stride):
+        return torch.tensor(max(0, (num_tokens - max_length - 1) // stride + 1))
+
+    def by_numpy(num_tokens, max_length, stride):
+        return np.int64(max(0, num_tokens - max_length + stride - 1)) // stride
+
+    for answer in (reference_count_windows, by_range, by_ceiling, as_a_tensor, by_numpy):
+        result = run("ch02.count_windows", answer)
+        assert result.status == "passed", result.message_with_hint
+
+
+COUNT_HINT = "s + max_length + 1 <= num_tokens"
+
+
+def count_not_returned(num_tokens, max_length, stride):
+    count = max(0, (num_tokens - max_length - 1) // stride + 1)  # noqa: F841
 
 
 @pytest.mark.parametrize(
-    ("mistake", "answer", "failing_case", "detail"),
+    ("mistake", "answer", "failing_case", "detail", "hint"),
     [
         ("one_window_too_many", lambda n, m, s: (n - m) // s + 1,
-         "num_tokens=5, max_length=4, stride=1 (exactly one window)", "expected 1, got 2"),
+         "num_tokens=5, max_length=4, stride=1 (exactly one window)", "expected 1, got 2",
+         COUNT_HINT),
         ("one_window_too_few", lambda n, m, s: (n - m) // s,
-         "num_tokens=9, max_length=4, stride=4", "expected 2, got 1"),
+         "num_tokens=9, max_length=4, stride=4", "expected 2, got 1", COUNT_HINT),
         ("stride_ignored", lambda n, m, s: max(0, n - m),
-         "num_tokens=9, max_length=4, stride=4", "expected 2, got 5"),
+         "num_tokens=9, max_length=4, stride=4", "expected 2, got 5", COUNT_HINT),
         ("negative_count_for_short_text", lambda n, m, s: (n - m - 1) // s + 1,
-         "num_tokens=0, max_length=3, stride=2 (no tokens)", "expected 0, got -1"),
+         "num_tokens=0, max_length=3, stride=2 (no tokens)", "expected 0, got -1",
+         "return 0 there, not a negative count"),
         ("float_division", lambda n, m, s: max(0, (n - m - 1) / s + 1),
-         "num_tokens=5, max_length=4, stride=1", "expected int 1, got float 1.0"),
+         "num_tokens=5, max_length=4, stride=1", "expected int 1, got float 1.0",
+         "use floor division //, not /"),
+        ("float_tensor", lambda n, m, s: torch.tensor(float(max(0, (n - m - 1) // s + 1))),
+         "num_tokens=5, max_length=4, stride=1", "expected int 1, got Tensor",
+         "use floor division //, not /"),
+        ("the_starts_not_their_number", lambda n, m, s: list(range(0, n - m, s)),
+         "num_tokens=5, max_length=4, stride=1", "expected int 1, got list [0]",
+         "not the starts themselves"),
+        ("no_return", count_not_returned, "num_tokens=5, max_length=4, stride=1",
+         "returned None but expected 1", "did you forget `return`?"),
     ],
 )
-def test_count_windows_rejects(mistake, answer, failing_case, detail):
+def test_count_windows_rejects(mistake, answer, failing_case, detail, hint):
     result = run("ch02.count_windows", answer)
     assert result.status == "failed", mistake
     assert failing_case in result.message
     assert detail in result.message
-    assert "s + max_length + 1 <= num_tokens" in result.hint
+    assert hint in result.hint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,9 +466,30 @@ def learner_batch_shapes(num_tokens, max_length, stride, batch_size, drop_last):
     return shapes
 
 
+def batch_shapes_by_grouping(num_tokens, max_length, stride, batch_size, drop_last):
+    starts = list(range(0, num_tokens - max_length, stride))
+    batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return tuple([len(batch), max_length] for batch in batches)  # a tuple of lists
+
+
+def batch_shapes_with_numpy(num_tokens, max_length, stride, batch_size, drop_last):
+    windows = np.int64(max(0, (num_tokens - max_length - 1) // stride + 1))
+    full, left = divmod(windows, batch_size)
+    return [(batch_size, max_length)] * int(full) + ([(left, max_length)] if left and not drop_last
+                                                     else [])
+
+
 def test_batch_shapes_accepts_right_answers():
     assert run("ch02.batch_shapes", reference_batch_shapes).status == "passed"
     assert run("ch02.batch_shapes", learner_batch_shapes).status == "passed"
+
+
+@pytest.mark.parametrize("answer", [batch_shapes_by_grouping, batch_shapes_with_numpy])
+def test_batch_shapes_accepts_answers_written_differently(answer):
+    result = run("ch02.batch_shapes", answer)
+    assert result.status == "passed", result.message_with_hint
 
 
 def keeps_short_batch(num_tokens, max_length, stride, batch_size, drop_last):
@@ -311,20 +511,61 @@ def short_batch_padded_to_full(num_tokens, max_length, stride, batch_size, drop_
     return [(batch_size, max_length)] * batches
 
 
+def windows_off_by_one(num_tokens, max_length, stride, batch_size, drop_last):
+    return reference_batch_shapes(num_tokens + 1, max_length, stride, batch_size, drop_last)
+
+
+def stride_ignored(num_tokens, max_length, stride, batch_size, drop_last):
+    return reference_batch_shapes(num_tokens, max_length, 1, batch_size, drop_last)
+
+
+def float_sizes(num_tokens, max_length, stride, batch_size, drop_last):
+    windows = max(0, (num_tokens - max_length - 1) / stride + 1)  # / where // was meant
+    full = windows // batch_size
+    left = (windows - full * batch_size) // 1
+    return [(float(batch_size), max_length)] * int(full) + (
+        [(left, max_length)] if left and not drop_last else []
+    )
+
+
+def number_of_batches(num_tokens, max_length, stride, batch_size, drop_last):
+    return len(reference_batch_shapes(num_tokens, max_length, stride, batch_size, drop_last))
+
+
+def shapes_not_returned(num_tokens, max_length, stride, batch_size, drop_last):
+    shapes = reference_batch_shapes(num_tokens, max_length, stride, batch_size, drop_last)  # noqa: F841
+
+
+BATCH_HINT = "drop_last=True drops it"
+
+
 @pytest.mark.parametrize(
-    ("answer", "failing_case", "detail"),
+    ("answer", "failing_case", "detail", "hint"),
     [
-        (keeps_short_batch, "drop_last=True (the book)", "got 161 items but expected 160"),
-        (drops_short_batch, "drop_last=False (the book)", "got 160 items but expected 161"),
-        (transposed_shapes, "drop_last=True (the book)", "item 0: item 0: expected 8, got 4"),
+        (keeps_short_batch, "drop_last=True (the book)", "got 161 items but expected 160",
+         BATCH_HINT),
+        (drops_short_batch, "drop_last=False (the book)", "got 160 items but expected 161",
+         BATCH_HINT),
+        (transposed_shapes, "drop_last=True (the book)", "item 0: item 0: expected 8, got 4",
+         BATCH_HINT),
         (short_batch_padded_to_full, "drop_last=False (the book)",
-         "item 160: item 0: expected 6, got 8"),
+         "item 160: item 0: expected 6, got 8", BATCH_HINT),
+        (windows_off_by_one, "num_tokens=10, max_length=4, stride=1, batch_size=8",
+         "item 0: item 0: expected 6, got 7", "count the windows first"),
+        (stride_ignored, "drop_last=True (the book)", "got 642 items but expected 160",
+         "count the windows first"),
+        (float_sizes, "drop_last=True (the book)", "item 0: item 0: expected int 8, got float 8.0",
+         "floor division //, not /"),
+        (number_of_batches, "drop_last=True (the book)", "got int 160",
+         "not how many batches there are"),
+        (shapes_not_returned, "drop_last=True (the book)", "returned None",
+         "did you forget `return`?"),
     ],
 )
-def test_batch_shapes_rejects(answer, failing_case, detail):
+def test_batch_shapes_rejects(answer, failing_case, detail, hint):
     result = run("ch02.batch_shapes", answer)
     assert result.status == "failed", answer.__name__
     assert failing_case in result.message
     assert detail in result.message
-    assert "drop_last=True drops it" in result.hint
+    assert hint in result.hint
 

@@ -7,9 +7,18 @@ the window) and then on random cases, and stops at the first difference.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from llmcourse.exercises.core import Mismatch, describe, exercise, expect_equal, run_cases
+from llmcourse.exercises.core import (
+    Mismatch,
+    Mistake,
+    describe,
+    exercise,
+    expect_equal,
+    run_cases,
+)
 from llmcourse.exercises.inputs import expect_inputs_and_targets, randint, random_ids
 
 Pair = tuple[list[int], int]
@@ -77,16 +86,70 @@ def _as_pairs(value: object, case: str) -> list[Pair] | object:
                 detail=f"every item must be a (context, target) pair, got {describe(item)}",
             )
         context, target = item
-        if isinstance(context, torch.Tensor):
+        if isinstance(context, torch.Tensor) and context.dim() == 1:
             context = context.tolist()
+        if not isinstance(context, (list, tuple)):
+            raise Mismatch(
+                case, "(context, target) pairs", value,
+                "the context is the list token_ids[:i], even when it holds a single id",
+                detail=f"every context must be a list of ids, got {describe(context)}",
+            )
         if isinstance(target, torch.Tensor) and target.numel() == 1:
             target = target.item()
         pairs.append((list(context), target))
     return pairs
 
 
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool: a Python int, or a NumPy integer."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _pairs_hint(pairs: object) -> str:
+    """A hint for pairs whose targets or context ids are not plain ints, else ""."""
+    if not isinstance(pairs, list):
+        return ""
+    for context, target in pairs:
+        if isinstance(target, (list, tuple, torch.Tensor)):
+            return (
+                "the target is one id, token_ids[i] (an int), not a list or a slice such as "
+                "token_ids[i : i + 1]"
+            )
+        if not _is_int(target) or not all(_is_int(token) for token in context):
+            return (
+                "token ids stay ints: put the ids of token_ids into the contexts and targets "
+                "as they are, not turned into floats or strings"
+            )
+    return ""
+
+
 def _expect_pairs(got: object, expected: list[Pair], *, case: str, hint: str = "") -> None:
-    expect_equal(_as_pairs(got, case), expected, case=case, hint=hint)
+    pairs = _as_pairs(got, case)
+    try:
+        expect_equal(pairs, expected, case=case, hint=hint)
+    except Mismatch as mismatch:
+        mismatch.hint = mismatch.hint or _pairs_hint(pairs)
+        raise
+
+
+def _pair_range(token_ids: list[int], context_size: int) -> range:
+    return range(1, min(context_size, len(token_ids) - 1) + 1)
+
+
+PAIR_MISTAKES = (
+    Mistake(
+        "previous_token_only",
+        lambda ids, size: [(list(ids[i - 1 : i]), ids[i]) for i in _pair_range(ids, size)],
+        "the context is every token before the target, token_ids[:i], not only the one right "
+        "before it",
+    ),
+    Mistake(
+        "context_holds_the_target",
+        lambda ids, size: [(list(ids[: i + 1]), ids[i]) for i in _pair_range(ids, size)],
+        "the context stops before the target: token_ids[:i] ends at index i - 1, and the target "
+        "token_ids[i] is not part of it",
+    ),
+)
 
 
 @exercise(
@@ -115,7 +178,7 @@ def check_next_token_pairs(answer: object) -> None:
         context_size = randint(generator, 1, 12)
         cases.append((f"token_ids={describe(ids)} ({len(ids)} ids), context_size={context_size}",
                       (ids, context_size)))
-    run_cases(answer, reference_next_token_pairs, cases, _expect_pairs)
+    run_cases(answer, reference_next_token_pairs, cases, _expect_pairs, mistakes=PAIR_MISTAKES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +217,35 @@ def check_input_target_windows(answer: object) -> None:
             f"stride={stride}",
             (ids, max_length, stride),
         ))
-    run_cases(answer, reference_input_target_windows, cases, expect_inputs_and_targets)
+    run_cases(answer, reference_input_target_windows, cases, _expect_windows)
+
+
+def _windows_hint(got: object) -> str:
+    """A hint for inputs or targets that are not int64 tensors, else ""."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return ""
+    for part in got:
+        if not isinstance(part, torch.Tensor):
+            return (
+                "return two tensors of shape (num_windows, max_length): torch.stack the list "
+                "of window tensors (or torch.tensor a list of window lists)"
+            )
+        if part.dtype != torch.int64:
+            return (
+                "token ids are int64 (torch.long): torch.tensor(token_ids) of Python ints gives "
+                "int64, torch.Tensor(token_ids) gives float32; do not convert to int32"
+            )
+    return ""
+
+
+def _expect_windows(
+    got: object, expected: tuple[torch.Tensor, torch.Tensor], *, case: str, hint: str = ""
+) -> None:
+    try:
+        expect_inputs_and_targets(got, expected, case=case, hint=hint)
+    except Mismatch as mismatch:
+        mismatch.hint = mismatch.hint or _windows_hint(got)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,9 +284,30 @@ def check_count_windows(answer: object) -> None:
 
 
 def _expect_int(got: object, expected: int, *, case: str, hint: str = "") -> None:
+    """``got`` equals the int ``expected``; an integer tensor or NumPy integer counts as an int."""
     if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
         got = int(got)
-    expect_equal(got, expected, case=case, hint=hint)
+    elif _is_int(got):
+        got = int(got)
+    try:
+        expect_equal(got, expected, case=case, hint=hint)
+    except Mismatch as mismatch:
+        mismatch.hint = mismatch.hint or _count_hint(got, expected)
+        raise
+
+
+def _count_hint(got: object, expected: int) -> str:
+    """A hint for a count that is a float, a list, or negative where no window fits, else ""."""
+    if isinstance(got, (list, tuple, range)):
+        return "return how many windows there are, one int, not the starts themselves"
+    if isinstance(got, float) or (isinstance(got, torch.Tensor) and got.is_floating_point()):
+        return "a count is an int: use floor division //, not /"
+    if isinstance(got, int) and got < 0 and expected == 0:
+        return (
+            "a text shorter than max_length + 1 tokens has no window: return 0 there, not a "
+            "negative count"
+        )
+    return ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,8 +318,23 @@ def _expect_shapes(
     got: object, expected: list[tuple[int, int]], *, case: str, hint: str = ""
 ) -> None:
     if isinstance(got, (list, tuple)) and all(isinstance(shape, (list, tuple)) for shape in got):
-        got = [tuple(shape) for shape in got]
-    expect_equal(got, expected, case=case, hint=hint)
+        got = [tuple(int(size) if _is_int(size) else size for size in shape) for shape in got]
+    try:
+        expect_equal(got, expected, case=case, hint=hint)
+    except Mismatch as mismatch:
+        floats = isinstance(got, list) and any(
+            isinstance(size, float) for shape in got for size in shape
+        )
+        if floats:
+            mismatch.hint = mismatch.hint or (
+                "batch shapes hold ints: count windows and batches with floor division //, not /"
+            )
+        elif _is_int(got):
+            mismatch.hint = mismatch.hint or (
+                "return the list of shapes, one (rows, max_length) tuple per batch, not how many "
+                "batches there are"
+            )
+        raise
 
 
 _BATCH_ARGUMENTS = ("num_tokens", "max_length", "stride", "batch_size", "drop_last")

@@ -7,13 +7,42 @@ up as a readable number in the failure message; random cases follow.
 from __future__ import annotations
 
 import functools
+import numbers
+from collections.abc import Callable
 
 import torch
 
-from llmcourse.exercises.core import exercise, expect_close, expect_equal, run_cases
+from llmcourse.exercises.core import Mismatch, exercise, expect_close, expect_equal, run_cases
 from llmcourse.exercises.inputs import randint, random_ids, shape_text
 
 expect_float = functools.partial(expect_close, atol=1e-6, rtol=1e-6)
+
+NOT_ONE_TENSOR_HINT = (
+    "return one tensor, not a list: build it with tensor operations, or torch.stack a list of "
+    "tensors"
+)
+
+
+def _with_tensor_hints(compare: Callable[..., None], dtype_hint: str) -> Callable[..., None]:
+    """``compare`` with a hint for a list instead of a tensor and for a tensor of another dtype."""
+
+    def compare_with_hints(
+        got: object, expected: torch.Tensor, *, case: str, hint: str = ""
+    ) -> None:
+        try:
+            compare(got, expected, case=case, hint=hint)
+        except Mismatch as mismatch:
+            if not mismatch.hint and isinstance(got, (list, tuple)):
+                mismatch.hint = NOT_ONE_TENSOR_HINT
+            elif (
+                not mismatch.hint and isinstance(got, torch.Tensor)
+                and got.shape == expected.shape and got.dtype != expected.dtype
+            ):
+                mismatch.hint = dtype_hint
+            raise
+
+    return compare_with_hints
+
 
 # ----------------------------------------------------------------------------------------------
 # References
@@ -87,7 +116,11 @@ def check_one_hot_lookup(answer: object) -> None:
             f"token_ids of shape {shape}, a random {vocab_size}x{dim} weight",
             (token_ids, weight),
         ))
-    run_cases(answer, reference_one_hot_lookup, cases, expect_float)
+    run_cases(answer, reference_one_hot_lookup, cases, _with_tensor_hints(
+        expect_float,
+        "the result has weight's dtype: turn the one-hot rows into weight.dtype "
+        "(.to(weight.dtype)) before the product, and keep weight as it is",
+    ))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +151,11 @@ def check_positional_ids(answer: object) -> None:
             f"a batch of shape {shape}, start={start}",
             (random_ids(generator, shape, 50257), start),
         ))
-    run_cases(answer, reference_positional_ids, cases, expect_equal)
+    run_cases(answer, reference_positional_ids, cases, _with_tensor_hints(
+        expect_equal,
+        "positions are int64 (torch.long), the dtype torch.arange gives for int bounds: no "
+        "float and no int32",
+    ))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +184,8 @@ def check_input_embeddings(answer: object) -> None:
         ("a batch of 3 sequences of 4 tokens (the full context), a 5x2 token weight",
          (torch.tensor([[0, 1, 2, 3], [4, 4, 4, 4], [1, 3, 0, 2]]), token_weight,
           position_weight)),
+        ("token_ids=tensor([[4, 0]]), a float64 5x2 token weight and a float64 4x2 position "
+         "weight", (torch.tensor([[4, 0]]), token_weight.double(), position_weight.double())),
     ]
     for _ in range(6):
         vocab_size, dim = randint(generator, 2, 60), randint(generator, 1, 8)
@@ -159,7 +198,11 @@ def check_input_embeddings(answer: object) -> None:
             f"a {shape_text(position_weight)} position weight",
             (random_ids(generator, shape, vocab_size), token_weight, position_weight),
         ))
-    run_cases(answer, reference_input_embeddings, cases, expect_float)
+    run_cases(answer, reference_input_embeddings, cases, _with_tensor_hints(
+        expect_float,
+        "the embeddings keep the weights' dtype: add the looked-up rows as they are, without "
+        "a conversion and without a buffer (torch.zeros) of the default dtype",
+    ))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,9 +210,25 @@ def check_input_embeddings(answer: object) -> None:
 
 
 def _expect_count(got: object, expected: int, *, case: str, hint: str = "") -> None:
+    """``got`` equals the int ``expected``; an integer tensor or NumPy integer counts as an int."""
     if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
         got = int(got)
-    expect_equal(got, expected, case=case, hint=hint)
+    elif isinstance(got, numbers.Integral) and not isinstance(got, bool):
+        got = int(got)
+    try:
+        expect_equal(got, expected, case=case, hint=hint)
+    except Mismatch as mismatch:
+        if isinstance(got, (list, tuple)):
+            mismatch.hint = mismatch.hint or (
+                "return one number: the token table's count plus the position table's"
+            )
+        elif isinstance(got, float) or (
+            isinstance(got, torch.Tensor) and got.is_floating_point()
+        ):
+            mismatch.hint = mismatch.hint or (
+                "a count of parameters is an int: multiply and add ints, with no / and no float"
+            )
+        raise
 
 
 @exercise(
