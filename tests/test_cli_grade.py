@@ -250,13 +250,15 @@ def test_grade_kills_a_loop_that_swallows_the_interrupt(
         new_code_cell('check("ch08.allreduce_mean", lambda gradients: gradients)'),
     ])
     start = time.monotonic()
-    assert main(["grade", str(path), "--timeout", "2", "--quiet"]) == 1
-    assert time.monotonic() - start < 2 + 30
+    # The timeout leaves the first cell (a fresh kernel importing torch) time on a loaded
+    # machine; the loop of the second then runs into it.
+    assert main(["grade", str(path), "--timeout", "15", "--quiet"]) == 1
+    assert time.monotonic() - start < 15 + 30
     out = capsys.readouterr().out
     assert "✓ ch08.per_process_batch  passed" in out
     assert "○ ch08.allreduce_mean     missing: never checked" in out
     assert (
-        "cell 2 (while True:): timed out after 2 s and ignored the interrupt, so its kernel "
+        "cell 2 (while True:): timed out after 15 s and ignored the interrupt, so its kernel "
         "was killed; the cells after it did not run"
     ) in out
 
