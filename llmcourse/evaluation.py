@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 from llmcourse.errors import ConfigError, TrainingError
 from llmcourse.model import IGNORE_INDEX
 from llmcourse.model_state import autocast, eval_mode, model_device
-
-Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
+from llmcourse.sliding_window import Batch
 
 
 def evaluate_loss(

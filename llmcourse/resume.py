@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +32,12 @@ from llmcourse.distributed import barrier, current_context, gather_from_processe
 from llmcourse.errors import TrainingError
 from llmcourse.model import GPT
 from llmcourse.model_state import model_device
+from llmcourse.sliding_window import Batch
 from llmcourse.tokenizers.files import SavableTokenizer
 
 if TYPE_CHECKING:
     from llmcourse.training import TrainingConfig
 
-Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
 
 
 def rng_states(*loaders: object) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from llmcourse.errors import DataError
 from llmcourse.tokenizers import Tokenizer
 
+Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
+
 
 class SlidingWindowDataset(Dataset):
     """(input, target) pairs of ``max_length`` token ids, each window ``stride`` ids after the last.

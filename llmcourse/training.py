@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,9 @@ from llmcourse.resume import (
     seed_everything,
 )
 from llmcourse.schedules import warmup_cosine_scheduler
+from llmcourse.sliding_window import Batch
 from llmcourse.tokenizers.files import SavableTokenizer
 from llmcourse.training_memory import is_out_of_memory, out_of_memory_error
-
-Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,9 +11,7 @@ from torch import nn
 from llmcourse.errors import ConfigError, TrainingError
 from llmcourse.model import GPTConfig, count_parameters
 from llmcourse.model_state import model_device
-
-Batch = Sequence[torch.Tensor]  # (inputs, targets), each (B, T) int64
-
+from llmcourse.sliding_window import Batch
 
 GIB = 1 << 30
 # Values that autograd keeps for the backward pass, per token and layer, in units of n_embd:
